@@ -1,0 +1,118 @@
+package api
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/purchase-system/purchase-system/consumer/internal/store"
+	"github.com/purchase-system/purchase-system/servicekit/httpjson"
+	"github.com/purchase-system/purchase-system/servicekit/purchase"
+)
+
+// Limits of one response.
+const (
+	DefaultLimit = 1000
+	MaxLimit     = 10000
+)
+
+func parseLimit(q url.Values) (int, error) {
+	v := q.Get("limit")
+	if v == "" {
+		return DefaultLimit, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 || n > MaxLimit {
+		return 0, fmt.Errorf("limit: must be an integer from 1 to %d, got %q", MaxLimit, v)
+	}
+	return n, nil
+}
+
+// handleUserPurchases answers a JSON array of the user's purchases, newest
+// first, at most limit of them.
+func handleUserPurchases(s Store, logger *slog.Logger) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		userID, err := url.PathUnescape(chi.URLParam(r, "userid"))
+		if err == nil {
+			err = purchase.ValidateUserID(userID)
+		}
+		if err != nil {
+			httpjson.Error(w, http.StatusBadRequest, err.Error())
+			return
+		}
+		limit, err := parseLimit(r.URL.Query())
+		if err != nil {
+			httpjson.Error(w, http.StatusBadRequest, err.Error())
+			return
+		}
+		ps, err := s.UserPurchases(r.Context(), userID, limit)
+		if err != nil {
+			logger.Error("reading purchases", "userid", userID, "err", err)
+			httpjson.Error(w, http.StatusServiceUnavailable, err.Error())
+			return
+		}
+		httpjson.Write(w, http.StatusOK, ps)
+	}
+}
+
+// Page is one page of the purchase log, oldest first. Next is empty on the
+// last page.
+type Page struct {
+	Purchases []purchase.Purchase `json:"purchases"`
+	Next      string              `json:"next,omitempty"`
+}
+
+func handlePage(s Store, logger *slog.Logger) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		limit, err := parseLimit(q)
+		if err != nil {
+			httpjson.Error(w, http.StatusBadRequest, err.Error())
+			return
+		}
+		after, err := store.ParseCursor(q.Get("after"))
+		if err != nil {
+			httpjson.Error(w, http.StatusBadRequest, err.Error())
+			return
+		}
+		ps, next, err := s.Page(r.Context(), after, limit)
+		if err != nil {
+			logger.Error("reading purchase page", "err", err)
+			httpjson.Error(w, http.StatusServiceUnavailable, err.Error())
+			return
+		}
+		httpjson.Write(w, http.StatusOK, Page{Purchases: ps, Next: next.String()})
+	}
+}
+
+func handleHealthz() http.HandlerFunc {
+	return func(w http.ResponseWriter, _ *http.Request) {
+		httpjson.Write(w, http.StatusOK, map[string]string{"status": "ok"})
+	}
+}
+
+// handleReadyz checks every dependency and names each that fails.
+func handleReadyz(checks []Check) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		var failed []string
+		for _, c := range checks {
+			if err := c.Check(ctx); err != nil {
+				failed = append(failed, c.Name+": "+err.Error())
+			}
+		}
+		if len(failed) > 0 {
+			httpjson.Error(w, http.StatusServiceUnavailable, "not ready: "+strings.Join(failed, "; "))
+			return
+		}
+		httpjson.Write(w, http.StatusOK, map[string]string{"status": "ready"})
+	}
+}

@@ -1,0 +1,51 @@
+// Package api is the Customer Management API: it serves the purchases the
+// ingest pipeline stored.
+package api
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/purchase-system/purchase-system/consumer/internal/store"
+	"github.com/purchase-system/purchase-system/servicekit/httpmetrics"
+	"github.com/purchase-system/purchase-system/servicekit/purchase"
+)
+
+// Store reads purchases.
+type Store interface {
+	UserPurchases(ctx context.Context, userID string, limit int) ([]purchase.Purchase, error)
+	Page(ctx context.Context, after store.Cursor, limit int) ([]purchase.Purchase, store.Cursor, error)
+}
+
+// Check is one readiness dependency: nil means ready.
+type Check struct {
+	Name  string
+	Check func(ctx context.Context) error
+}
+
+// Deps are what the API needs from the rest of the program.
+type Deps struct {
+	Store     Store
+	Readiness []Check
+	Registry  *prometheus.Registry
+	Logger    *slog.Logger
+}
+
+// NewServer returns the API's handler. The route table below is the whole
+// API.
+func NewServer(d Deps) http.Handler {
+	r := chi.NewRouter()
+	r.Use(httpmetrics.New(d.Registry).Middleware)
+
+	r.Get("/purchases/{userid}", handleUserPurchases(d.Store, d.Logger))
+	r.Get("/purchases", handlePage(d.Store, d.Logger))
+
+	r.Get("/healthz", handleHealthz())
+	r.Get("/readyz", handleReadyz(d.Readiness))
+	r.Method(http.MethodGet, "/metrics", httpmetrics.Handler(d.Registry))
+	return r
+}

@@ -1,0 +1,112 @@
+// Package app wires the Customer Management API from its environment:
+// store, Kafka ingest pipeline, HTTP API.
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/purchase-system/purchase-system/consumer/internal/api"
+	"github.com/purchase-system/purchase-system/consumer/internal/ingest"
+	"github.com/purchase-system/purchase-system/consumer/internal/store"
+	"github.com/purchase-system/purchase-system/servicekit/kafkaenv"
+	"github.com/purchase-system/purchase-system/servicekit/lifecycle"
+	"github.com/purchase-system/purchase-system/servicekit/logging"
+	"github.com/purchase-system/purchase-system/servicekit/retry"
+)
+
+// Config is everything the consumer reads from its environment.
+type Config struct {
+	HTTPAddr    string // HTTP_ADDR, default :8081
+	DatabaseURL string // DATABASE_URL; empty means the embedded SQLite file
+	LogLevel    string // LOG_LEVEL
+	Batch       ingest.Options
+	Kafka       kafkaenv.Settings
+}
+
+// ConfigFromEnv reads the configuration, failing on values it cannot use.
+func ConfigFromEnv(getenv func(string) string) (Config, error) {
+	c := Config{
+		HTTPAddr:    getenv("HTTP_ADDR"),
+		DatabaseURL: getenv("DATABASE_URL"),
+		LogLevel:    getenv("LOG_LEVEL"),
+		Batch:       ingest.DefaultOptions,
+	}
+	if c.HTTPAddr == "" {
+		c.HTTPAddr = ":8081"
+	}
+	if v := getenv("BATCH_SIZE"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > store.MaxBatch*10 {
+			return Config{}, fmt.Errorf("BATCH_SIZE: %q is not a count from 1 to %d", v, store.MaxBatch*10)
+		}
+		c.Batch.BatchSize = n
+	}
+	if v := getenv("BATCH_WAIT"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 {
+			return Config{}, fmt.Errorf("BATCH_WAIT: %q is not a positive duration such as 20ms", v)
+		}
+		c.Batch.BatchWait = d
+	}
+	var err error
+	c.Kafka, err = kafkaenv.FromEnv(getenv)
+	return c, err
+}
+
+// Run is the consumer's main: it ingests and serves until ctx ends
+// (SIGTERM), then drains HTTP, stores and commits what it holds, and exits.
+func Run(ctx context.Context, getenv func(string) string, stdout io.Writer) error {
+	c, err := ConfigFromEnv(getenv)
+	if err != nil {
+		return err
+	}
+	logger := logging.New(stdout, "consumer", c.LogLevel)
+
+	st, err := store.Open(ctx, c.DatabaseURL)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	logger.Info("store ready", "backend", st.Dialect())
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	in, err := ingest.New(c.Kafka, st, ingest.NewMetrics(reg), c.Batch, logger)
+	if err != nil {
+		return err
+	}
+	ln, err := lifecycle.Listen(c.HTTPAddr)
+	if err != nil {
+		return err
+	}
+	handler := api.NewServer(api.Deps{
+		Store:    st,
+		Registry: reg,
+		Logger:   logger,
+		Readiness: []api.Check{
+			{Name: "database", Check: st.Ping},
+			{Name: "kafka", Check: in.Ready},
+		},
+	})
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		_ = retry.Do(ctx, retry.Backoff{First: time.Second, Max: 30 * time.Second}, logger,
+			"ensuring Kafka topics", func() error { return in.EnsureTopics(ctx) })
+	}()
+
+	// Either half failing stops the other; both finish their drain.
+	errc := make(chan error, 2)
+	go func() { errc <- in.Run(ctx); cancel() }()
+	go func() { errc <- lifecycle.Serve(ctx, ln, handler, logger); cancel() }()
+	return errors.Join(<-errc, <-errc)
+}

@@ -1,0 +1,324 @@
+// Package store keeps purchases in PostgreSQL or SQLite with one set of SQL
+// statements: inserts are idempotent by purchase id, so a message Kafka
+// delivers twice is stored once.
+package store
+
+import (
+	"context"
+	"database/sql"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"net/url"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	_ "github.com/jackc/pgx/v5/stdlib" // registers "pgx"
+	_ "modernc.org/sqlite"             // registers "sqlite"
+
+	"github.com/purchase-system/purchase-system/servicekit/purchase"
+)
+
+// DefaultSQLitePath is where purchases are kept when DATABASE_URL is unset:
+// a file in the working directory, so a fresh machine needs no database
+// server.
+const DefaultSQLitePath = "purchases.db"
+
+// Record is a purchase with the Kafka position it was read from, kept for
+// tracing a row back to its message.
+type Record struct {
+	purchase.Purchase
+	Partition int32
+	Offset    int64
+}
+
+// Store is a purchase store over database/sql.
+type Store struct {
+	db      *sql.DB
+	dialect dialect
+}
+
+// dialect holds the little that differs between the two databases.
+type dialect struct {
+	name string
+	// lockMigrations serialises concurrent migrations across replicas;
+	// SQLite needs none (its write lock does it).
+	lockMigrations string
+}
+
+// Open connects to the database named by databaseURL: postgres://… or
+// postgresql://… (pgx), sqlite:///abs/path or sqlite:rel/path (pure-Go
+// SQLite), or "" for DefaultSQLitePath. It checks the connection and
+// migrates the schema.
+func Open(ctx context.Context, databaseURL string) (*Store, error) {
+	driver, dsn, d, err := parseURL(databaseURL)
+	if err != nil {
+		return nil, err
+	}
+	db, err := sql.Open(driver, dsn)
+	if err != nil {
+		return nil, fmt.Errorf("opening %s database: %w", d.name, err)
+	}
+	if d.name == "sqlite" {
+		// One writer at a time is all SQLite allows; a single connection
+		// avoids "database is locked" between our own goroutines.
+		db.SetMaxOpenConns(1)
+	} else {
+		db.SetMaxOpenConns(8)
+		db.SetConnMaxIdleTime(5 * time.Minute)
+	}
+	s := &Store{db: db, dialect: d}
+	if err := s.Ping(ctx); err != nil {
+		db.Close()
+		return nil, err
+	}
+	if err := s.migrate(ctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("migrating %s schema: %w", d.name, err)
+	}
+	return s, nil
+}
+
+func parseURL(raw string) (driver, dsn string, d dialect, err error) {
+	if raw == "" {
+		raw = "sqlite:" + DefaultSQLitePath
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "", "", dialect{}, fmt.Errorf("DATABASE_URL is not a URL: %w", err)
+	}
+	switch u.Scheme {
+	case "postgres", "postgresql":
+		return "pgx", raw, dialect{name: "postgres", lockMigrations: "SELECT pg_advisory_xact_lock(7072011)"}, nil
+	case "sqlite", "sqlite3":
+		path := u.Path
+		if u.Opaque != "" { // sqlite:relative/path
+			path = u.Opaque
+		}
+		if u.Host != "" && u.Host != "localhost" { // sqlite://relative/path, a common slip
+			path = filepath.Join(u.Host, path)
+		}
+		if path == "" {
+			return "", "", dialect{}, errors.New("DATABASE_URL: sqlite URL has no file path (use sqlite:///abs/path or sqlite:rel/path)")
+		}
+		// WAL lets readers proceed during writes; synchronous=FULL makes a
+		// committed batch survive power loss before its Kafka offsets are
+		// committed.
+		q := url.Values{}
+		q.Add("_pragma", "journal_mode(WAL)")
+		q.Add("_pragma", "synchronous(FULL)")
+		q.Add("_pragma", "busy_timeout(10000)")
+		return "sqlite", "file:" + path + "?" + q.Encode(), dialect{name: "sqlite"}, nil
+	}
+	return "", "", dialect{}, fmt.Errorf("DATABASE_URL: unsupported scheme %q (use postgres:// or sqlite://)", u.Scheme)
+}
+
+// Dialect names the database behind the store: "postgres" or "sqlite".
+func (s *Store) Dialect() string { return s.dialect.name }
+
+// Ping checks that the database answers.
+func (s *Store) Ping(ctx context.Context) error {
+	if err := s.db.PingContext(ctx); err != nil {
+		return fmt.Errorf("%s database unreachable: %w", s.dialect.name, err)
+	}
+	return nil
+}
+
+// Close closes the database.
+func (s *Store) Close() error { return s.db.Close() }
+
+// migrations are applied in order, each once, inside one transaction.
+var migrations = []string{
+	`CREATE TABLE IF NOT EXISTS purchases (
+		id TEXT PRIMARY KEY,
+		userid TEXT NOT NULL,
+		username TEXT NOT NULL,
+		price DOUBLE PRECISION NOT NULL,
+		ts_unix_nano BIGINT NOT NULL,
+		kafka_partition INTEGER NOT NULL,
+		kafka_offset BIGINT NOT NULL
+	);
+	CREATE INDEX IF NOT EXISTS purchases_by_user ON purchases (userid, ts_unix_nano DESC, id DESC);
+	CREATE INDEX IF NOT EXISTS purchases_by_time ON purchases (ts_unix_nano, id);`,
+}
+
+func (s *Store) migrate(ctx context.Context) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	if s.dialect.lockMigrations != "" {
+		if _, err := tx.ExecContext(ctx, s.dialect.lockMigrations); err != nil {
+			return err
+		}
+	}
+	if _, err := tx.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY)`); err != nil {
+		return err
+	}
+	var applied int
+	if err := tx.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM schema_migrations`).Scan(&applied); err != nil {
+		return err
+	}
+	if applied > len(migrations) {
+		return fmt.Errorf("database schema version %d is newer than this program knows (%d): refusing to run an older consumer against it", applied, len(migrations))
+	}
+	for v := applied + 1; v <= len(migrations); v++ {
+		for _, stmt := range strings.Split(migrations[v-1], ";") {
+			if strings.TrimSpace(stmt) == "" {
+				continue
+			}
+			if _, err := tx.ExecContext(ctx, stmt); err != nil {
+				return fmt.Errorf("migration %d: %w", v, err)
+			}
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO schema_migrations (version) VALUES ($1)`, v); err != nil {
+			return err
+		}
+	}
+	return tx.Commit()
+}
+
+const insertColumns = 7
+
+// MaxBatch is the most records one Insert statement carries (PostgreSQL
+// allows 65535 bind parameters, SQLite 32766).
+const MaxBatch = 1000
+
+// Insert stores records, skipping ids already stored, in one transaction.
+// It returns how many were new.
+func (s *Store) Insert(ctx context.Context, recs []Record) (int, error) {
+	if len(recs) == 0 {
+		return 0, nil
+	}
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return 0, fmt.Errorf("%s: begin: %w", s.dialect.name, err)
+	}
+	defer tx.Rollback()
+	inserted := 0
+	for start := 0; start < len(recs); start += MaxBatch {
+		chunk := recs[start:min(start+MaxBatch, len(recs))]
+		res, err := tx.ExecContext(ctx, insertSQL(len(chunk)), insertArgs(chunk)...)
+		if err != nil {
+			return 0, fmt.Errorf("%s: inserting %d purchases: %w", s.dialect.name, len(chunk), err)
+		}
+		n, err := res.RowsAffected()
+		if err != nil {
+			return 0, err
+		}
+		inserted += int(n)
+	}
+	if err := tx.Commit(); err != nil {
+		return 0, fmt.Errorf("%s: commit: %w", s.dialect.name, err)
+	}
+	return inserted, nil
+}
+
+func insertSQL(n int) string {
+	var b strings.Builder
+	b.WriteString("INSERT INTO purchases (id, userid, username, price, ts_unix_nano, kafka_partition, kafka_offset) VALUES ")
+	for i := range n {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteByte('(')
+		for c := range insertColumns {
+			if c > 0 {
+				b.WriteByte(',')
+			}
+			b.WriteByte('$')
+			b.WriteString(strconv.Itoa(i*insertColumns + c + 1))
+		}
+		b.WriteByte(')')
+	}
+	b.WriteString(" ON CONFLICT (id) DO NOTHING")
+	return b.String()
+}
+
+func insertArgs(recs []Record) []any {
+	args := make([]any, 0, len(recs)*insertColumns)
+	for _, r := range recs {
+		args = append(args, r.ID, r.UserID, r.Username, r.Price, r.Timestamp.UnixNano(), r.Partition, r.Offset)
+	}
+	return args
+}
+
+const selectColumns = "id, userid, username, price, ts_unix_nano"
+
+func scanPurchases(rows *sql.Rows) ([]purchase.Purchase, error) {
+	defer rows.Close()
+	out := []purchase.Purchase{}
+	for rows.Next() {
+		var p purchase.Purchase
+		var ts int64
+		if err := rows.Scan(&p.ID, &p.UserID, &p.Username, &p.Price, &ts); err != nil {
+			return nil, err
+		}
+		p.Timestamp = time.Unix(0, ts).UTC()
+		out = append(out, p)
+	}
+	return out, rows.Err()
+}
+
+// UserPurchases returns up to limit of a user's purchases, newest first.
+func (s *Store) UserPurchases(ctx context.Context, userID string, limit int) ([]purchase.Purchase, error) {
+	rows, err := s.db.QueryContext(ctx,
+		`SELECT `+selectColumns+` FROM purchases WHERE userid = $1 ORDER BY ts_unix_nano DESC, id DESC LIMIT $2`,
+		userID, limit)
+	if err != nil {
+		return nil, fmt.Errorf("%s: reading purchases of %q: %w", s.dialect.name, userID, err)
+	}
+	return scanPurchases(rows)
+}
+
+// Cursor is a position in the purchase log, oldest first: the purchases
+// after (Timestamp, ID). The zero Cursor is the start.
+type Cursor struct {
+	TimestampNano int64
+	ID            string
+}
+
+// String encodes c for a URL; the encoding is opaque to clients.
+func (c Cursor) String() string {
+	if c == (Cursor{}) {
+		return ""
+	}
+	return base64.RawURLEncoding.EncodeToString([]byte(strconv.FormatInt(c.TimestampNano, 10) + "/" + c.ID))
+}
+
+// ParseCursor decodes what Cursor.String produced.
+func ParseCursor(s string) (Cursor, error) {
+	if s == "" {
+		return Cursor{}, nil
+	}
+	b, err := base64.RawURLEncoding.DecodeString(s)
+	if err == nil {
+		ts, id, ok := strings.Cut(string(b), "/")
+		if n, perr := strconv.ParseInt(ts, 10, 64); ok && perr == nil && id != "" {
+			return Cursor{n, id}, nil
+		}
+	}
+	return Cursor{}, errors.New("after: not a cursor returned by this API")
+}
+
+// Page returns up to limit purchases of all users after c, oldest first,
+// and the cursor of the next page (zero when this page is the last).
+func (s *Store) Page(ctx context.Context, after Cursor, limit int) ([]purchase.Purchase, Cursor, error) {
+	rows, err := s.db.QueryContext(ctx,
+		`SELECT `+selectColumns+` FROM purchases
+		 WHERE ts_unix_nano > $1 OR (ts_unix_nano = $1 AND id > $2)
+		 ORDER BY ts_unix_nano, id LIMIT $3`, after.TimestampNano, after.ID, limit+1)
+	if err != nil {
+		return nil, Cursor{}, fmt.Errorf("%s: reading purchases: %w", s.dialect.name, err)
+	}
+	ps, err := scanPurchases(rows)
+	if err != nil || len(ps) <= limit {
+		return ps, Cursor{}, err
+	}
+	ps = ps[:limit]
+	last := ps[len(ps)-1]
+	return ps, Cursor{last.Timestamp.UnixNano(), last.ID}, nil
+}

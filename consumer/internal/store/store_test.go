@@ -1,0 +1,179 @@
+package store_test
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/purchase-system/purchase-system/consumer/internal/store"
+	"github.com/purchase-system/purchase-system/consumer/internal/store/storetest"
+	"github.com/purchase-system/purchase-system/servicekit/purchase"
+)
+
+func rec(user string, ts time.Time, price float64) store.Record {
+	return store.Record{Purchase: purchase.Purchase{
+		ID: uuid.NewString(), Username: "name-" + user, UserID: user, Price: price, Timestamp: ts.UTC(),
+	}}
+}
+
+func open(t *testing.T, b storetest.Backend) *store.Store {
+	t.Helper()
+	s, err := store.Open(context.Background(), b.URL)
+	if err != nil {
+		t.Fatalf("open %s: %v", b.Name, err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// forEachBackend runs the same test over SQLite and PostgreSQL.
+func forEachBackend(t *testing.T, f func(t *testing.T, s *store.Store)) {
+	for _, b := range storetest.Backends(t) {
+		t.Run(b.Name, func(t *testing.T) { f(t, open(t, b)) })
+	}
+}
+
+func TestInsertIsIdempotentByID(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, s *store.Store) {
+		ctx := context.Background()
+		t0 := time.Date(2026, 1, 2, 3, 4, 5, 6, time.UTC)
+		a, b := rec("u1", t0, 10), rec("u1", t0.Add(time.Second), 20.5)
+		n, err := s.Insert(ctx, []store.Record{a, b})
+		if err != nil || n != 2 {
+			t.Fatalf("first insert: n=%d err=%v, want 2 new", n, err)
+		}
+		// Kafka redelivers a after a crash, together with a new one.
+		c := rec("u1", t0.Add(2*time.Second), 30)
+		n, err = s.Insert(ctx, []store.Record{a, c})
+		if err != nil || n != 1 {
+			t.Fatalf("redelivery: n=%d err=%v, want 1 new", n, err)
+		}
+		got, err := s.UserPurchases(ctx, "u1", 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := []purchase.Purchase{c.Purchase, b.Purchase, a.Purchase} // newest first
+		if !slices.EqualFunc(got, want, func(x, y purchase.Purchase) bool {
+			return x.ID == y.ID && x.Price == y.Price && x.Username == y.Username && x.Timestamp.Equal(y.Timestamp)
+		}) {
+			t.Fatalf("UserPurchases = %+v\nwant %+v", got, want)
+		}
+	})
+}
+
+func TestUserPurchasesOnlyThatUserAndLimit(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, s *store.Store) {
+		ctx := context.Background()
+		t0 := time.Now()
+		var recs []store.Record
+		for i := range 5 {
+			recs = append(recs, rec("alice", t0.Add(time.Duration(i)*time.Millisecond), float64(i+1)))
+			recs = append(recs, rec("bob", t0.Add(time.Duration(i)*time.Millisecond), 1))
+		}
+		if _, err := s.Insert(ctx, recs); err != nil {
+			t.Fatal(err)
+		}
+		got, err := s.UserPurchases(ctx, "alice", 3)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != 3 || got[0].Price != 5 || got[2].Price != 3 {
+			t.Fatalf("alice newest 3 = %+v", got)
+		}
+		for _, p := range got {
+			if p.UserID != "alice" {
+				t.Fatalf("got another user's purchase: %+v", p)
+			}
+		}
+		none, err := s.UserPurchases(ctx, "nobody", 10)
+		if err != nil || none == nil || len(none) != 0 {
+			t.Fatalf("unknown user: %v %v, want empty non-nil slice", none, err)
+		}
+	})
+}
+
+func TestPageWalksEveryPurchaseOnce(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, s *store.Store) {
+		ctx := context.Background()
+		t0 := time.Now()
+		var recs []store.Record
+		want := map[string]bool{}
+		for i := range 2500 { // more than one Insert statement's worth
+			// Several purchases share a timestamp: the cursor must break ties by id.
+			r := rec(fmt.Sprint("u", i%7), t0.Add(time.Duration(i/3)*time.Microsecond), 1)
+			recs = append(recs, r)
+			want[r.ID] = true
+		}
+		if n, err := s.Insert(ctx, recs); err != nil || n != len(recs) {
+			t.Fatalf("insert: %d %v", n, err)
+		}
+		seen := map[string]bool{}
+		var cur store.Cursor
+		pages := 0
+		for {
+			ps, next, err := s.Page(ctx, cur, 300)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pages++
+			for _, p := range ps {
+				if seen[p.ID] {
+					t.Fatalf("purchase %s returned twice", p.ID)
+				}
+				seen[p.ID] = true
+			}
+			if next == (store.Cursor{}) {
+				break
+			}
+			parsed, err := store.ParseCursor(next.String())
+			if err != nil || parsed != next {
+				t.Fatalf("cursor round trip: %v %v", parsed, err)
+			}
+			cur = parsed
+		}
+		if len(seen) != len(want) || pages != 9 {
+			t.Fatalf("walked %d purchases in %d pages, want %d in 9", len(seen), pages, len(want))
+		}
+	})
+}
+
+func TestReopenKeepsDataAndSchema(t *testing.T) {
+	for _, b := range storetest.Backends(t) {
+		t.Run(b.Name, func(t *testing.T) {
+			ctx := context.Background()
+			s := open(t, b)
+			r := rec("u", time.Now(), 1)
+			if _, err := s.Insert(ctx, []store.Record{r}); err != nil {
+				t.Fatal(err)
+			}
+			s.Close()
+			s2 := open(t, b) // migrations run again and must be a no-op
+			got, err := s2.UserPurchases(ctx, "u", 10)
+			if err != nil || len(got) != 1 || got[0].ID != r.ID {
+				t.Fatalf("after reopen: %+v %v", got, err)
+			}
+		})
+	}
+}
+
+func TestOpenRejectsBadURLs(t *testing.T) {
+	for _, u := range []string{"mysql://x/y", "sqlite://", "::not a url"} {
+		if _, err := store.Open(context.Background(), u); err == nil {
+			t.Errorf("Open(%q) succeeded, want an error", u)
+		}
+	}
+}
+
+func TestOpenUnreachablePostgresSaysSo(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, err := store.Open(ctx, "postgres://postgres@127.0.0.1:1/x?sslmode=disable&connect_timeout=2")
+	if err == nil || !strings.Contains(err.Error(), "postgres database unreachable") {
+		t.Fatalf("err = %v, want it to say the database is unreachable", err)
+	}
+}

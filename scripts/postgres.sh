@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# A private PostgreSQL server from Debian's packages, for tests and local runs.
+#
+#   scripts/postgres.sh start DIR [PORT]  start (idempotent); prints nothing, logs to DIR/postgres.log
+#   scripts/postgres.sh stop DIR
+#   scripts/postgres.sh url [PORT]        the DATABASE_URL of the server
+#
+# The server trusts local connections and listens on 127.0.0.1 only.
+source "$(dirname "$0")/lib.sh"
+
+DB_NAME=purchases
+
+pg_bin() {
+  local d
+  for d in /usr/lib/postgresql/*/bin; do [[ -x "$d/pg_ctl" ]] && { echo "$d"; return; }; done
+  return 1
+}
+
+ensure_installed() {
+  pg_bin >/dev/null && return 0
+  log "postgresql: installing Debian's package"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends postgresql >/dev/null \
+    || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends postgresql >/dev/null; } \
+    || die "installing postgresql with apt-get failed"
+}
+
+# PostgreSQL refuses to run as root: run its programs as the postgres user.
+as_pg() { if [[ $(id -u) == 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+
+start() {
+  local dir="$1" port="${2:-5432}"
+  ensure_installed
+  local bin; bin="$(pg_bin)"
+  mkdir -p "$dir"; dir="$(cd "$dir" && pwd)"
+  [[ $(id -u) == 0 ]] && chown postgres: "$dir"
+  if as_pg "$bin/pg_ctl" -D "$dir/data" status >/dev/null 2>&1; then return 0; fi
+  if [[ ! -f "$dir/data/PG_VERSION" ]]; then
+    log "postgresql: initialising a cluster in $dir/data"
+    as_pg "$bin/initdb" -D "$dir/data" -U postgres -A trust -E UTF8 >"$dir/initdb.log" 2>&1 \
+      || die "initdb failed: see $dir/initdb.log"
+  fi
+  log "postgresql: starting on 127.0.0.1:${port}"
+  as_pg "$bin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 \
+    -o "-p ${port} -k ${dir} -c listen_addresses=127.0.0.1 -c fsync=on -c max_connections=200" start >/dev/null \
+    || { tail -20 "$dir/postgres.log" >&2; die "postgresql did not start: see $dir/postgres.log"; }
+  as_pg "$bin/psql" -h 127.0.0.1 -p "$port" -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname='${DB_NAME}'" | grep -q 1 \
+    || as_pg "$bin/createdb" -h 127.0.0.1 -p "$port" -U postgres "$DB_NAME"
+}
+
+stop() {
+  local dir="$1"
+  [[ -d "$dir/data" ]] || return 0
+  local bin; bin="$(pg_bin)" || return 0
+  as_pg "$bin/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null 2>&1 || true
+}
+
+case "${1:-}" in
+  start) start "${2:?DIR}" "${3:-5432}" ;;
+  stop) stop "${2:?DIR}" ;;
+  url) echo "postgres://postgres@127.0.0.1:${2:-5432}/${DB_NAME}?sslmode=disable" ;;
+  *) die "usage: $0 start DIR [PORT] | stop DIR | url [PORT]" ;;
+esac

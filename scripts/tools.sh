@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# Installs the tools the project runs, once per version, into TOOLS_DIR
+# (outside the checkout), and prints where they are.
+#
+#   scripts/tools.sh ensure kubernetes|etcd|metrics-server|kafka|prometheus|all
+#   scripts/tools.sh path   kubernetes|etcd|metrics-server|kafka|prometheus
+#
+# A built tool is moved into place only when complete, so an interrupted
+# build leaves nothing that looks finished.
+source "$(dirname "$0")/lib.sh"
+
+kubernetes_dir()     { echo "${TOOLS_DIR}/kubernetes-${KUBERNETES_VERSION}"; }
+etcd_dir()           { echo "${TOOLS_DIR}/etcd-${ETCD_VERSION}"; }
+metrics_server_dir() { echo "${TOOLS_DIR}/metrics-server-${METRICS_SERVER_VERSION}"; }
+kafka_dir()          { echo "${TOOLS_DIR}/kafka-${KAFKA_VERSION}"; }
+
+# heartbeat LABEL PID: prints elapsed time every 30 s while PID runs, so a
+# cold 15-minute build does not look hung.
+heartbeat() {
+  local label="$1" pid="$2" start=$SECONDS
+  while kill -0 "$pid" 2>/dev/null; do
+    sleep 5
+    if (( (SECONDS - start) % 30 < 5 )) && kill -0 "$pid" 2>/dev/null; then
+      log "${label}: still building ($((SECONDS - start)) s)"
+    fi
+  done
+}
+
+# go_build_tools MODULE_DIR OUT_DIR LDFLAGS PKG...: builds PKGs of a tools
+# module into OUT_DIR atomically.
+go_build_tools() {
+  local mod="$1" out="$2" ldflags="$3"; shift 3
+  local tmp="${out}.tmp.$$"
+  rm -rf "$tmp"; mkdir -p "$tmp"
+  local start=$SECONDS
+  (cd "${REPO_ROOT}/tools/${mod}" && GOWORK=off CGO_ENABLED=0 \
+    go build -trimpath -ldflags "$ldflags" -o "$tmp/" "$@") &
+  local pid=$!
+  heartbeat "$mod" "$pid" &
+  local hb=$!
+  if ! wait "$pid"; then
+    kill "$hb" 2>/dev/null || true
+    rm -rf "$tmp"
+    die "building ${mod} failed"
+  fi
+  kill "$hb" 2>/dev/null || true
+  rm -rf "$out"; mv "$tmp" "$out"
+  log "${mod}: built in $((SECONDS - start)) s into ${out}"
+}
+
+ensure_kubernetes() {
+  local out; out="$(kubernetes_dir)"
+  [[ -x "$out/kube-apiserver" && -x "$out/kubectl" ]] && return 0
+  log "kubernetes ${KUBERNETES_VERSION}: building kube-apiserver, kube-controller-manager, kube-scheduler, kubectl (about 15-20 min the first time on 2 cores; cached afterwards in ${out})"
+  local major minor rest
+  IFS=. read -r major minor rest <<<"${KUBERNETES_VERSION#v}"
+  local v="k8s.io/component-base/version"
+  # Without these the servers report v0.0.0-master+$Format:%H$, which kubectl cannot parse.
+  local ldflags="-s -w -X ${v}.gitVersion=${KUBERNETES_VERSION} -X ${v}.gitMajor=${major} -X ${v}.gitMinor=${minor} -X ${v}.gitTreeState=clean -X ${v}.buildDate=1970-01-01T00:00:00Z"
+  ldflags+=" -X k8s.io/client-go/pkg/version.gitVersion=${KUBERNETES_VERSION} -X k8s.io/client-go/pkg/version.gitMajor=${major} -X k8s.io/client-go/pkg/version.gitMinor=${minor}"
+  go_build_tools kubernetes "$out" "$ldflags" \
+    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+    k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl
+}
+
+ensure_etcd() {
+  local out; out="$(etcd_dir)"
+  [[ -x "$out/etcd" ]] && return 0
+  log "etcd ${ETCD_VERSION}: building (about 1 min the first time)"
+  go_build_tools etcd "$out.bin" "-s -w" go.etcd.io/etcd/server/v3
+  mkdir -p "$out"; mv "$out.bin/server" "$out/etcd"; rm -rf "$out.bin"
+}
+
+ensure_metrics_server() {
+  local out; out="$(metrics_server_dir)"
+  [[ -x "$out/metrics-server" ]] && return 0
+  log "metrics-server ${METRICS_SERVER_VERSION}: building (a few minutes the first time)"
+  go_build_tools metrics-server "$out" "-s -w" sigs.k8s.io/metrics-server/cmd/metrics-server
+}
+
+ensure_kafka() {
+  local out; out="$(kafka_dir)"
+  [[ -f "$out/.complete" ]] && return 0
+  command -v java >/dev/null || die "java is required for the Kafka broker (Java 17 or newer)"
+  command -v mvn >/dev/null || die "mvn is required to fetch Apache Kafka from Maven Central"
+  log "kafka ${KAFKA_VERSION}: fetching org.apache.kafka:kafka_2.13 and its dependencies from Maven Central"
+  local tmp="${out}.tmp.$$"
+  rm -rf "$tmp"; mkdir -p "$tmp/libs"
+  # kafka_2.13 is the broker; kafka-tools gives kafka-consumer-groups and friends.
+  cat >"$tmp/pom.xml" <<POM
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>purchase-system</groupId><artifactId>kafka-dist</artifactId><version>1</version>
+  <dependencies>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId><version>${KAFKA_VERSION}</version></dependency>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka-tools</artifactId><version>${KAFKA_VERSION}</version></dependency>
+    <!-- The broker logs through SLF4J 2; log4j2 writes it out. -->
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j2-impl</artifactId><version>2.24.3</version></dependency>
+    <dependency><groupId>org.slf4j</groupId><artifactId>slf4j-api</artifactId><version>2.0.17</version></dependency>
+  </dependencies>
+</project>
+POM
+  (cd "$tmp" && mvn -q -B dependency:copy-dependencies -DoutputDirectory=libs -DincludeScope=runtime) \
+    || { rm -rf "$tmp"; die "fetching Kafka ${KAFKA_VERSION} from Maven Central failed"; }
+  rm -f "$tmp/pom.xml"
+  touch "$tmp/.complete"
+  rm -rf "$out"; mv "$tmp" "$out"
+  log "kafka ${KAFKA_VERSION}: $(ls "$out/libs" | wc -l) jars in ${out}/libs"
+}
+
+ensure_prometheus() {
+  command -v prometheus >/dev/null && return 0
+  log "prometheus: installing Debian's package"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >/dev/null \
+    || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >/dev/null; } \
+    || die "installing prometheus with apt-get failed"
+}
+
+tool_path() {
+  case "$1" in
+    kubernetes) kubernetes_dir ;;
+    etcd) echo "$(etcd_dir)/etcd" ;;
+    metrics-server) echo "$(metrics_server_dir)/metrics-server" ;;
+    kafka) kafka_dir ;;
+    prometheus) command -v prometheus ;;
+    *) die "unknown tool: $1" ;;
+  esac
+}
+
+ensure() {
+  local t="$1"
+  case "$t" in
+    all) for x in etcd kafka prometheus metrics-server kubernetes; do ensure "$x"; done ;;
+    kubernetes|etcd|metrics-server|kafka|prometheus)
+      with_lock "${TOOLS_DIR}/${t}" "ensure_${t//-/_}" ;;
+    *) die "unknown tool: $t" ;;
+  esac
+}
+
+case "${1:-}" in
+  ensure) shift; for t in "$@"; do ensure "$t"; done ;;
+  path) tool_path "$2" ;;
+  *) die "usage: $0 ensure|path TOOL" ;;
+esac

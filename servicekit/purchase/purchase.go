@@ -1,0 +1,201 @@
+// Package purchase is the contract between the web server, Kafka and the
+// customer management API: what a purchase is, what makes one valid, and
+// how it is encoded on the wire.
+package purchase
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"reflect"
+	"strings"
+	"time"
+	"unicode"
+	"unicode/utf8"
+
+	"github.com/google/uuid"
+)
+
+// Limits of a valid purchase.
+const (
+	MaxIDLength = 128
+	MaxPrice    = 1e9
+)
+
+// Request is what a customer sends to POST /buy.
+type Request struct {
+	Username string  `json:"username"`
+	UserID   string  `json:"userid"`
+	Price    float64 `json:"price"`
+}
+
+// Purchase is an accepted purchase: the request plus the identity and time
+// the web server gave it. It is the Kafka message value and the stored row.
+type Purchase struct {
+	ID        string    `json:"id"`
+	Username  string    `json:"username"`
+	UserID    string    `json:"userid"`
+	Price     float64   `json:"price"`
+	Timestamp time.Time `json:"timestamp"`
+}
+
+// FieldError says which field is wrong and why. Its message is what the
+// client sees.
+type FieldError struct {
+	Field  string
+	Reason string
+}
+
+func (e *FieldError) Error() string { return e.Field + ": " + e.Reason }
+
+// ValidateUserID checks a user id as it appears in a request body or a URL.
+func ValidateUserID(s string) error { return validateName("userid", s) }
+
+func validateName(field, s string) error {
+	if s == "" {
+		return &FieldError{field, "must not be empty"}
+	}
+	if !utf8.ValidString(s) {
+		return &FieldError{field, "must be valid UTF-8"}
+	}
+	if n := utf8.RuneCountInString(s); n > MaxIDLength {
+		return &FieldError{field, fmt.Sprintf("must be at most %d characters, got %d", MaxIDLength, n)}
+	}
+	for _, r := range s {
+		if !unicode.IsPrint(r) {
+			return &FieldError{field, fmt.Sprintf("must contain only printable characters, found %U", r)}
+		}
+	}
+	return nil
+}
+
+func validatePrice(p float64) error {
+	switch {
+	case math.IsNaN(p) || math.IsInf(p, 0):
+		return &FieldError{"price", "must be a finite number"}
+	case p <= 0:
+		return &FieldError{"price", "must be greater than 0"}
+	case p > MaxPrice:
+		return &FieldError{"price", fmt.Sprintf("must be at most %g", float64(MaxPrice))}
+	}
+	return nil
+}
+
+// Validate reports the first thing wrong with the request, in field order.
+func (r Request) Validate() error {
+	if err := validateName("username", r.Username); err != nil {
+		return err
+	}
+	if err := validateName("userid", r.UserID); err != nil {
+		return err
+	}
+	return validatePrice(r.Price)
+}
+
+// Validate checks a purchase read back from Kafka: the request's rules plus
+// a well-formed id and a timestamp.
+func (p Purchase) Validate() error {
+	if _, err := uuid.Parse(p.ID); err != nil {
+		return &FieldError{"id", "must be a UUID"}
+	}
+	if p.Timestamp.IsZero() {
+		return &FieldError{"timestamp", "must be set"}
+	}
+	return Request{Username: p.Username, UserID: p.UserID, Price: p.Price}.Validate()
+}
+
+// New accepts a validated request: it gets a random UUID and the current
+// UTC time.
+func New(r Request, now time.Time) Purchase {
+	return Purchase{
+		ID:        uuid.NewString(),
+		Username:  r.Username,
+		UserID:    r.UserID,
+		Price:     r.Price,
+		Timestamp: now.UTC(),
+	}
+}
+
+// DecodeRequest reads one JSON request strictly: unknown fields, wrong
+// types and trailing data are errors that name what is wrong. The result is
+// validated.
+func DecodeRequest(r io.Reader) (Request, error) {
+	var req Request
+	if err := decodeStrict(r, &req); err != nil {
+		return Request{}, err
+	}
+	return req, req.Validate()
+}
+
+// Decode reads a purchase from a Kafka message value, strictly, and
+// validates it.
+func Decode(b []byte) (Purchase, error) {
+	var p Purchase
+	if err := decodeStrict(bytes.NewReader(b), &p); err != nil {
+		return Purchase{}, err
+	}
+	return p, p.Validate()
+}
+
+// Encode is the wire form of a purchase.
+func Encode(p Purchase) ([]byte, error) { return json.Marshal(p) }
+
+// ErrMalformed marks input that is not the expected JSON at all (as opposed
+// to JSON with a bad field value).
+var ErrMalformed = errors.New("malformed JSON")
+
+func decodeStrict(r io.Reader, v any) error {
+	dec := json.NewDecoder(r)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return describeDecodeError(err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return fmt.Errorf("%w: unexpected data after the JSON object", ErrMalformed)
+	}
+	return nil
+}
+
+// describeDecodeError turns encoding/json's errors into messages a client
+// can act on, naming the field where there is one. Errors that wrap a
+// reader failure (such as a body over its size limit) are kept wrapped so
+// callers can still recognise them.
+func describeDecodeError(err error) error {
+	var syntax *json.SyntaxError
+	var typ *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &typ):
+		if typ.Field == "" {
+			return fmt.Errorf("%w: expected a JSON object, got %s", ErrMalformed, typ.Value)
+		}
+		if typ.Type.Kind() == reflect.Float64 && strings.HasPrefix(typ.Value, "number") {
+			return &FieldError{typ.Field, "number out of range"}
+		}
+		return &FieldError{typ.Field, fmt.Sprintf("must be a %s, got %s", jsonKind(typ.Type.Kind()), typ.Value)}
+	case errors.As(err, &syntax):
+		return fmt.Errorf("%w at byte %d: %s", ErrMalformed, syntax.Offset, syntax.Error())
+	case errors.Is(err, io.EOF):
+		return fmt.Errorf("%w: empty body", ErrMalformed)
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return fmt.Errorf("%w: unexpected end of input", ErrMalformed)
+	case strings.HasPrefix(err.Error(), "json: unknown field "):
+		field := strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`)
+		return &FieldError{field, "unknown field"}
+	}
+	return err
+}
+
+func jsonKind(k reflect.Kind) string {
+	switch k {
+	case reflect.Float64:
+		return "number"
+	case reflect.String:
+		return "string"
+	case reflect.Struct:
+		return "JSON object"
+	}
+	return k.String()
+}

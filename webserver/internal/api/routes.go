@@ -1,0 +1,55 @@
+// Package api is the Customer Web Server's HTTP API.
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/purchase-system/purchase-system/servicekit/httpmetrics"
+	"github.com/purchase-system/purchase-system/servicekit/purchase"
+)
+
+// Publisher puts a purchase into Kafka; nil means acknowledged.
+type Publisher interface {
+	Publish(ctx context.Context, p purchase.Purchase) error
+	Ready(ctx context.Context) error
+}
+
+// Customers reads a user's purchases from the Customer Management API.
+type Customers interface {
+	UserPurchases(ctx context.Context, userID string, query url.Values) (json.RawMessage, error)
+}
+
+// Deps are what the API needs from the rest of the program.
+type Deps struct {
+	Publisher Publisher
+	Customers Customers
+	Registry  *prometheus.Registry
+	Logger    *slog.Logger
+	Now       func() time.Time
+}
+
+// NewServer returns the web server's handler. The route table below is the
+// whole API.
+func NewServer(d Deps) http.Handler {
+	if d.Now == nil {
+		d.Now = time.Now
+	}
+	r := chi.NewRouter()
+	r.Use(httpmetrics.New(d.Registry).Middleware)
+
+	r.Post("/buy", handleBuy(d.Publisher, d.Logger, d.Now))
+	r.Get("/getAllUserBuys/{userid}", handleGetAllUserBuys(d.Customers, d.Logger))
+
+	r.Get("/healthz", handleHealthz())
+	r.Get("/readyz", handleReadyz(d.Publisher))
+	r.Method(http.MethodGet, "/metrics", httpmetrics.Handler(d.Registry))
+	return r
+}
