@@ -11,7 +11,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/purchase-system/purchase-system/consumer/internal/store"
-	"github.com/purchase-system/purchase-system/consumer/internal/store/storetest"
+	"github.com/purchase-system/purchase-system/consumer/storetest"
 	"github.com/purchase-system/purchase-system/servicekit/purchase"
 )
 

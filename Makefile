@@ -1,0 +1,40 @@
+# Purchase Tracking System. The two commands a newcomer needs:
+#   make run    the whole system, running, with URLs printed
+#   make test   everything CI runs
+# Both install what they need (tools are cached per version under
+# $${XDG_CACHE_HOME:-~/.cache}/purchase-system) and print progress.
+
+SHELL := /bin/bash
+BIN   := $(CURDIR)/bin
+PROGRAMS := webserver consumer loadgen
+
+.PHONY: help build run run-local test test-unit test-fuzz bench tools stop-local clean
+
+help:
+	@echo "make run        start the system (Kafka, consumer, web server) and print its URLs"
+	@echo "make test       run every test CI runs"
+	@echo "make run-local  the services as host processes, without the dev cluster"
+	@echo "make build      build the programs into bin/"
+	@echo "make bench      measure /buy and consumer throughput (docs/BENCHMARKS.md)"
+	@echo "make tools      fetch and build every tool into the cache"
+
+build:
+	@echo "==> building $(PROGRAMS) into bin/"
+	@go build -o $(BIN)/ ./webserver/cmd/webserver ./consumer/cmd/consumer ./e2e/cmd/loadgen
+
+tools:
+	@scripts/tools.sh ensure all
+
+run: run-local
+
+run-local: build
+	@scripts/run-local.sh
+
+test: build
+	@scripts/test.sh
+
+bench: build
+	@scripts/bench.sh
+
+clean:
+	rm -rf $(BIN) .cache
