@@ -59,6 +59,7 @@ type Ingestor struct {
 	metrics  *Metrics
 	logger   *slog.Logger
 
+	errors   *kafkaenv.ErrorLog
 	pending  []*kafka.Message
 	received map[*kafka.Message]time.Time
 }
@@ -75,16 +76,11 @@ func New(s kafkaenv.Settings, st Store, m *Metrics, opts Options, logger *slog.L
 		c.Close()
 		return nil, fmt.Errorf("creating dead-letter producer: %w", err)
 	}
-	go func() {
-		for ev := range p.Events() {
-			if e, ok := ev.(kafka.Error); ok {
-				logger.Warn("kafka dead-letter producer", "err", e.Error())
-			}
-		}
-	}()
+	go (&kafkaenv.ErrorLog{Logger: logger, Client: "dead-letter producer"}).Drain(p.Events())
 	return &Ingestor{
 		consumer: c, dlq: p, store: st, settings: s, opts: opts, metrics: m, logger: logger,
 		received: map[*kafka.Message]time.Time{},
+		errors:   &kafkaenv.ErrorLog{Logger: logger, Client: "consumer"},
 	}, nil
 }
 
@@ -147,7 +143,7 @@ func (in *Ingestor) Run(ctx context.Context) error {
 			in.pending = append(in.pending, e)
 			in.received[e] = time.Now()
 		case kafka.Error:
-			in.logger.Warn("kafka consumer", "err", e.Error(), "code", e.Code().String(), "fatal", e.IsFatal())
+			in.errors.Log(e)
 			if e.IsFatal() {
 				return fmt.Errorf("kafka consumer: %w", e)
 			}

@@ -45,11 +45,7 @@ func New(s kafkaenv.Settings, timeout time.Duration, logger *slog.Logger) (*Publ
 // delivery reports go to per-message channels instead.
 func (p *Publisher) logEvents() {
 	defer close(p.done)
-	for ev := range p.producer.Events() {
-		if e, ok := ev.(kafka.Error); ok {
-			p.logger.Warn("kafka producer", "err", e.Error(), "code", e.Code().String())
-		}
-	}
+	(&kafkaenv.ErrorLog{Logger: p.logger, Client: "producer"}).Drain(p.producer.Events())
 }
 
 // EnsureTopics creates the purchase topic if it is missing.
