@@ -6,9 +6,9 @@
 
 SHELL := /bin/bash
 BIN   := $(CURDIR)/bin
-PROGRAMS := webserver consumer loadgen
+PROGRAMS := webserver consumer loadgen devcluster
 
-.PHONY: help build run run-local test test-unit test-fuzz bench tools stop-local clean
+.PHONY: help build run run-local test bench tools cluster-up cluster-down clean
 
 help:
 	@echo "make run        start the system (Kafka, consumer, web server) and print its URLs"
@@ -20,7 +20,7 @@ help:
 
 build:
 	@echo "==> building $(PROGRAMS) into bin/"
-	@go build -o $(BIN)/ ./webserver/cmd/webserver ./consumer/cmd/consumer ./e2e/cmd/loadgen
+	@go build -o $(BIN)/ ./webserver/cmd/webserver ./consumer/cmd/consumer ./e2e/cmd/loadgen ./e2e/cmd/devcluster
 
 tools:
 	@scripts/tools.sh ensure all
@@ -35,6 +35,12 @@ test: build
 
 bench: build
 	@scripts/bench.sh
+
+cluster-up: build
+	@scripts/cluster.sh up
+
+cluster-down:
+	@scripts/cluster.sh down
 
 clean:
 	rm -rf $(BIN) .cache

@@ -1,0 +1,353 @@
+// Package controlplane starts a real Kubernetes control plane on this
+// machine from locally built binaries: etcd, kube-apiserver (with the
+// aggregation layer configured), kube-controller-manager (HPA included)
+// and kube-scheduler. Certificates, kubeconfigs, data and logs live in one
+// directory; the processes are daemons that outlive the command.
+package controlplane
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/purchase-system/purchase-system/e2e/internal/daemon"
+	"github.com/purchase-system/purchase-system/e2e/internal/pki"
+	"github.com/purchase-system/purchase-system/e2e/internal/podnet"
+)
+
+// Binaries are the control plane programs to run.
+type Binaries struct {
+	Etcd, APIServer, ControllerManager, Scheduler string
+}
+
+// Config describes the control plane.
+type Config struct {
+	Dir           string // state: pki/, etcd/, kubeconfigs, logs/, pids/
+	Bin           Binaries
+	APIServerPort int           // on podnet.HostIP; default 6443
+	EtcdPort      int           // client port on 127.0.0.1 (peer port is +1); default 2379
+	HPASyncPeriod time.Duration // default 15s
+	NodeName      string        // the node whose kubelet the apiserver talks to
+}
+
+// Component names, as daemons and in logs.
+const (
+	Etcd              = "etcd"
+	APIServer         = "kube-apiserver"
+	ControllerManager = "kube-controller-manager"
+	Scheduler         = "kube-scheduler"
+)
+
+// Components in start order; stopped in reverse.
+var Components = []string{Etcd, APIServer, ControllerManager, Scheduler}
+
+func (c *Config) defaults() {
+	if c.APIServerPort == 0 {
+		c.APIServerPort = 6443
+	}
+	if c.EtcdPort == 0 {
+		c.EtcdPort = 2379
+	}
+	if c.HPASyncPeriod == 0 {
+		c.HPASyncPeriod = 15 * time.Second
+	}
+}
+
+// Paths of what the control plane writes.
+func (c Config) pkiDir() string { return filepath.Join(c.Dir, "pki") }
+
+// AdminKubeconfig is the cluster-admin kubeconfig users and tests use.
+func (c Config) AdminKubeconfig() string { return filepath.Join(c.Dir, "kubeconfig") }
+
+// Kubeconfig is the kubeconfig of a component identity (node, proxy, ...).
+func (c Config) Kubeconfig(name string) string {
+	return filepath.Join(c.Dir, "kubeconfigs", name+".kubeconfig")
+}
+
+// CAFile is the cluster CA every component trusts.
+func (c Config) CAFile() string { return filepath.Join(c.pkiDir(), "ca.crt") }
+
+// ServerURL is the API server's address.
+func (c Config) ServerURL() string {
+	return "https://" + net.JoinHostPort(podnet.HostIP, strconv.Itoa(c.APIServerPort))
+}
+
+// Daemons is where the control plane's processes are tracked.
+func (c Config) Daemons() daemon.Dir { return daemon.Dir(c.Dir) }
+
+// Identity is a client certificate the control plane issues for a
+// component running beside it.
+type Identity struct {
+	Name   string   // kubeconfig and file name
+	User   string   // certificate CN
+	Groups []string // certificate O
+}
+
+// Identities every cluster gets.
+var (
+	Admin                     = Identity{"admin", "kubernetes-admin", []string{"system:masters"}}
+	ControllerManagerIdentity = Identity{"controller-manager", "system:kube-controller-manager", nil}
+	SchedulerIdentity         = Identity{"scheduler", "system:kube-scheduler", nil}
+	// ProxyIdentity is the service proxy's: bound to system:node-proxier by
+	// the API server's bootstrap policy.
+	ProxyIdentity = Identity{"proxy", "system:kube-proxy", nil}
+)
+
+// NodeIdentity is the identity of the kubelet of the node called name.
+func NodeIdentity(name string) Identity {
+	return Identity{"node", "system:node:" + name, []string{"system:nodes"}}
+}
+
+// certs issues every certificate and key the control plane needs (kept
+// across restarts), and the kubeconfigs for ids.
+func (c Config) certs(ids ...Identity) error {
+	dir := c.pkiDir()
+	ca, err := pki.LoadOrCreateCA(dir, "ca", "devcluster-ca")
+	if err != nil {
+		return err
+	}
+	frontProxyCA, err := pki.LoadOrCreateCA(dir, "front-proxy-ca", "devcluster-front-proxy-ca")
+	if err != nil {
+		return err
+	}
+	leaves := []struct {
+		ca   *pki.CA
+		leaf pki.Leaf
+	}{
+		{ca, pki.Leaf{Name: "apiserver", CommonName: "kube-apiserver", Server: true,
+			DNSNames: []string{"kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local", "localhost"},
+			IPs:      []net.IP{net.ParseIP(podnet.HostIP), net.ParseIP("10.96.0.1"), net.ParseIP("127.0.0.1")}}},
+		{ca, pki.Leaf{Name: "apiserver-kubelet-client", CommonName: "kube-apiserver-kubelet-client", Organization: []string{"system:masters"}, Client: true}},
+		{ca, pki.Leaf{Name: "kubelet", CommonName: c.NodeName, Server: true, IPs: []net.IP{net.ParseIP(podnet.HostIP)}, DNSNames: []string{c.NodeName}}},
+		{frontProxyCA, pki.Leaf{Name: "front-proxy-client", CommonName: "front-proxy-client", Client: true}},
+	}
+	for _, id := range ids {
+		leaves = append(leaves, struct {
+			ca   *pki.CA
+			leaf pki.Leaf
+		}{ca, pki.Leaf{Name: "client-" + id.Name, CommonName: id.User, Organization: id.Groups, Client: true}})
+	}
+	for _, l := range leaves {
+		if _, _, err := l.ca.Issue(dir, l.leaf); err != nil {
+			return fmt.Errorf("issuing %s certificate: %w", l.leaf.Name, err)
+		}
+	}
+	if _, _, err := pki.WriteKey(dir, "sa"); err != nil {
+		return err
+	}
+	for _, id := range ids {
+		path := c.Kubeconfig(id.Name)
+		if id.Name == Admin.Name {
+			path = c.AdminKubeconfig()
+		}
+		if err := c.writeKubeconfig(path, id); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (c Config) writeKubeconfig(path string, id Identity) error {
+	cfg := clientcmdapi.NewConfig()
+	cfg.Clusters["devcluster"] = &clientcmdapi.Cluster{Server: c.ServerURL(), CertificateAuthority: c.CAFile()}
+	cfg.AuthInfos[id.Name] = &clientcmdapi.AuthInfo{
+		ClientCertificate: filepath.Join(c.pkiDir(), "client-"+id.Name+".crt"),
+		ClientKey:         filepath.Join(c.pkiDir(), "client-"+id.Name+".key"),
+	}
+	cfg.Contexts["devcluster"] = &clientcmdapi.Context{Cluster: "devcluster", AuthInfo: id.Name}
+	cfg.CurrentContext = "devcluster"
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	return clientcmd.WriteToFile(*cfg, path)
+}
+
+func (c Config) specs() map[string]daemon.Spec {
+	p := func(name string) string { return filepath.Join(c.pkiDir(), name) }
+	etcdURL := "http://127.0.0.1:" + strconv.Itoa(c.EtcdPort)
+	peerURL := "http://127.0.0.1:" + strconv.Itoa(c.EtcdPort+1)
+	cm := c.Kubeconfig(ControllerManagerIdentity.Name)
+	sched := c.Kubeconfig(SchedulerIdentity.Name)
+	return map[string]daemon.Spec{
+		Etcd: {Name: Etcd, Path: c.Bin.Etcd, Args: []string{
+			"--name=devcluster", "--data-dir=" + filepath.Join(c.Dir, "etcd"),
+			"--listen-client-urls=" + etcdURL, "--advertise-client-urls=" + etcdURL,
+			"--listen-peer-urls=" + peerURL, "--initial-advertise-peer-urls=" + peerURL,
+			"--initial-cluster=devcluster=" + peerURL,
+			// A throwaway dev cluster: durability of each write is not worth an fsync.
+			"--unsafe-no-fsync=true", "--log-level=warn",
+		}},
+		APIServer: {Name: APIServer, Path: c.Bin.APIServer, Args: []string{
+			"--etcd-servers=" + etcdURL,
+			"--bind-address=" + podnet.HostIP, "--advertise-address=" + podnet.HostIP,
+			"--secure-port=" + strconv.Itoa(c.APIServerPort),
+			"--tls-cert-file=" + p("apiserver.crt"), "--tls-private-key-file=" + p("apiserver.key"),
+			"--client-ca-file=" + p("ca.crt"),
+			"--authorization-mode=Node,RBAC",
+			"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+			"--service-account-key-file=" + p("sa.pub"), "--service-account-signing-key-file=" + p("sa.key"),
+			"--service-cluster-ip-range=" + podnet.ServiceCIDR,
+			"--kubelet-client-certificate=" + p("apiserver-kubelet-client.crt"),
+			"--kubelet-client-key=" + p("apiserver-kubelet-client.key"),
+			"--kubelet-certificate-authority=" + p("ca.crt"),
+			"--kubelet-preferred-address-types=InternalIP",
+			// The aggregation layer: the apiserver proxies APIService
+			// requests with this client certificate and the user in
+			// X-Remote-* headers, which extension servers trust because
+			// the certificate is signed by the front-proxy CA.
+			"--requestheader-client-ca-file=" + p("front-proxy-ca.crt"),
+			"--requestheader-allowed-names=front-proxy-client",
+			"--requestheader-username-headers=X-Remote-User",
+			"--requestheader-group-headers=X-Remote-Group",
+			"--requestheader-extra-headers-prefix=X-Remote-Extra-",
+			"--proxy-client-cert-file=" + p("front-proxy-client.crt"),
+			"--proxy-client-key-file=" + p("front-proxy-client.key"),
+			"--enable-aggregator-routing=true",
+			"--allow-privileged=true",
+			"--profiling=false",
+		}},
+		ControllerManager: {Name: ControllerManager, Path: c.Bin.ControllerManager, Args: []string{
+			"--kubeconfig=" + cm, "--authentication-kubeconfig=" + cm, "--authorization-kubeconfig=" + cm,
+			"--bind-address=127.0.0.1", "--secure-port=10257",
+			"--leader-elect=false",
+			"--use-service-account-credentials=true",
+			"--service-account-private-key-file=" + p("sa.key"),
+			"--root-ca-file=" + p("ca.crt"),
+			"--cluster-signing-cert-file=" + p("ca.crt"), "--cluster-signing-key-file=" + p("ca.key"),
+			"--service-cluster-ip-range=" + podnet.ServiceCIDR,
+			"--horizontal-pod-autoscaler-sync-period=" + c.HPASyncPeriod.String(),
+			"--controllers=*",
+			"--profiling=false",
+		}},
+		Scheduler: {Name: Scheduler, Path: c.Bin.Scheduler, Args: []string{
+			"--kubeconfig=" + sched, "--authentication-kubeconfig=" + sched, "--authorization-kubeconfig=" + sched,
+			"--bind-address=127.0.0.1", "--secure-port=10259", "--leader-elect=false", "--profiling=false",
+		}},
+	}
+}
+
+// health is where each component says it is ready.
+func (c Config) health(name string) string {
+	switch name {
+	case Etcd:
+		return "http://127.0.0.1:" + strconv.Itoa(c.EtcdPort) + "/health"
+	case APIServer:
+		return c.ServerURL() + "/readyz"
+	case ControllerManager:
+		return "https://127.0.0.1:10257/healthz"
+	default:
+		return "https://127.0.0.1:10259/healthz"
+	}
+}
+
+// Up starts every component that is not running and waits until each is
+// healthy. extra are identities to issue kubeconfigs for (the node's).
+func Up(ctx context.Context, c Config, progress io.Writer, extra ...Identity) error {
+	c.defaults()
+	for name, path := range map[string]string{Etcd: c.Bin.Etcd, APIServer: c.Bin.APIServer, ControllerManager: c.Bin.ControllerManager, Scheduler: c.Bin.Scheduler} {
+		if _, err := os.Stat(path); err != nil {
+			return fmt.Errorf("%s binary: %w (scripts/tools.sh ensure kubernetes etcd builds it)", name, err)
+		}
+	}
+	ids := append([]Identity{Admin, ControllerManagerIdentity, SchedulerIdentity}, extra...)
+	if err := c.certs(ids...); err != nil {
+		return err
+	}
+	specs := c.specs()
+	client, err := c.healthClient()
+	if err != nil {
+		return err
+	}
+	for _, name := range Components {
+		start := time.Now()
+		if _, running := c.Daemons().Running(name); !running {
+			fmt.Fprintf(progress, "==> starting %s\n", name)
+			if _, err := c.Daemons().Start(specs[name]); err != nil {
+				return err
+			}
+		}
+		hc := client
+		if name == ControllerManager || name == Scheduler {
+			hc = selfSigned
+		}
+		if err := waitHealthy(ctx, hc, c.health(name), 90*time.Second, func() bool {
+			_, ok := c.Daemons().Running(name)
+			return ok
+		}); err != nil {
+			return fmt.Errorf("%s: %w (log: %s)", name, err, c.Daemons().LogFile(name))
+		}
+		fmt.Fprintf(progress, "==> %s healthy (%.1fs)\n", name, time.Since(start).Seconds())
+	}
+	return nil
+}
+
+// Down stops the control plane's processes, newest first.
+func Down(c Config) error {
+	for i := len(Components) - 1; i >= 0; i-- {
+		if err := c.Daemons().Stop(Components[i], 15*time.Second); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// healthClient trusts the cluster CA and presents the admin certificate.
+func (c Config) healthClient() (*http.Client, error) {
+	caPEM, err := os.ReadFile(c.CAFile())
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(caPEM)
+	cert, err := tls.LoadX509KeyPair(filepath.Join(c.pkiDir(), "client-admin.crt"), filepath.Join(c.pkiDir(), "client-admin.key"))
+	if err != nil {
+		return nil, err
+	}
+	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{
+		RootCAs: pool, Certificates: []tls.Certificate{cert},
+	}}}, nil
+}
+
+// selfSigned reaches the controller-manager's and scheduler's health ports
+// on 127.0.0.1, which serve certificates they generate themselves.
+var selfSigned = &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+
+func waitHealthy(ctx context.Context, client *http.Client, url string, timeout time.Duration, alive func() bool) error {
+	deadline := time.Now().Add(timeout)
+	var last string
+	for time.Now().Before(deadline) {
+		if !alive() {
+			return fmt.Errorf("exited during start")
+		}
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		resp, err := client.Do(req)
+		if err == nil {
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+			last = fmt.Sprintf("%d %s", resp.StatusCode, body)
+		} else {
+			last = err.Error()
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("not healthy within %s at %s: %s", timeout, url, last)
+}

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The local Kubernetes (no Docker needed): a control plane built from
+# source and a node whose pods are processes of this machine.
+#
+#   scripts/cluster.sh up      start it (builds tools into the cache the first time)
+#   scripts/cluster.sh down    stop it and remove every process and file it started
+#   scripts/cluster.sh status
+#
+# The admin kubeconfig is always .cache/devcluster/kubeconfig.
+# HPA_SYNC_PERIOD (default 15s) sets the HPA controller's period.
+source "$(dirname "$0")/lib.sh"
+cd "$REPO_ROOT"
+
+CLUSTER_DIR="${STATE_DIR}/devcluster"
+BIN="${REPO_ROOT}/bin"
+
+cluster_flags() {
+  local k8s; k8s="$(scripts/tools.sh path kubernetes)"
+  echo "--state=${CLUSTER_DIR}"
+  echo "--etcd=$(scripts/tools.sh path etcd)"
+  echo "--kube-apiserver=${k8s}/kube-apiserver"
+  echo "--kube-controller-manager=${k8s}/kube-controller-manager"
+  echo "--kube-scheduler=${k8s}/kube-scheduler"
+  echo "--kubectl=${k8s}/kubectl"
+  echo "--hpa-sync-period=${HPA_SYNC_PERIOD:-15s}"
+  # What each image runs on the process node.
+  echo "--image=purchase-system/webserver=${BIN}/webserver"
+  echo "--image=purchase-system/consumer=${BIN}/consumer"
+  echo "--image=purchase-system/adapter=${BIN}/adapter"
+  echo "--image=registry.k8s.io/metrics-server/metrics-server=$(scripts/tools.sh path metrics-server)"
+  echo "--addon=${REPO_ROOT}/manifests/addons/metrics-server"
+}
+
+case "${1:-}" in
+  up)
+    [[ $(id -u) == 0 ]] || die "the local cluster needs root (it gives each pod a network namespace); with Docker, use the kind scripts in e2e/kind instead"
+    scripts/tools.sh ensure etcd kubernetes metrics-server
+    [[ -x "$BIN/devcluster" ]] || die "bin/devcluster is missing: run make build"
+    mapfile -t flags < <(cluster_flags)
+    "$BIN/devcluster" up "${flags[@]}"
+    ;;
+  down)
+    if [[ -x "$BIN/devcluster" ]]; then
+      "$BIN/devcluster" down --state="${CLUSTER_DIR}"
+    elif [[ -d "$CLUSTER_DIR" ]]; then
+      die "bin/devcluster is missing: run make build, then make cluster-down"
+    fi
+    ;;
+  status) "$BIN/devcluster" status --state="${CLUSTER_DIR}" ;;
+  kubeconfig) echo "${CLUSTER_DIR}/kubeconfig" ;;
+  *) die "usage: $0 up|down|status|kubeconfig" ;;
+esac
