@@ -15,6 +15,7 @@ KUBERNETES_VERSION="v1.37.2"
 ETCD_VERSION="v3.6.8"
 KAFKA_VERSION="4.1.1"
 METRICS_SERVER_VERSION="v0.8.0"
+PROMETHEUS_VERSION="v0.316.0"
 
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }

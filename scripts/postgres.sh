@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # A private PostgreSQL server from Debian's packages, for tests and local runs.
 #
-#   scripts/postgres.sh start DIR [PORT]  start (idempotent); prints nothing, logs to DIR/postgres.log
+#   scripts/postgres.sh start DIR [PORT [EXTRA_ADDR]]  start (idempotent), logs to DIR/postgres.log;
+#                                         listens on 127.0.0.1 and EXTRA_ADDR if given
 #   scripts/postgres.sh stop DIR
 #   scripts/postgres.sh url [PORT]        the DATABASE_URL of the server
 #
-# The server trusts local connections and listens on 127.0.0.1 only.
+# The server trusts connections from this machine and from the dev
+# cluster's pod network (10.88.0.0/16), and listens on loopback unless told.
 source "$(dirname "$0")/lib.sh"
 
 DB_NAME=purchases
@@ -28,7 +30,7 @@ ensure_installed() {
 as_pg() { if [[ $(id -u) == 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 
 start() {
-  local dir="$1" port="${2:-5432}"
+  local dir="$1" port="${2:-5432}" extra="${3:-}"
   ensure_installed
   local bin; bin="$(pg_bin)"
   mkdir -p "$dir"; dir="$(cd "$dir" && pwd)"
@@ -38,10 +40,12 @@ start() {
     log "postgresql: initialising a cluster in $dir/data"
     as_pg "$bin/initdb" -D "$dir/data" -U postgres -A trust -E UTF8 >"$dir/initdb.log" 2>&1 \
       || die "initdb failed: see $dir/initdb.log"
+    echo "host all all 10.88.0.0/16 trust" >>"$dir/data/pg_hba.conf"
   fi
+  local listen="127.0.0.1${extra:+,$extra}"
   log "postgresql: starting on 127.0.0.1:${port}"
   as_pg "$bin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 \
-    -o "-p ${port} -k ${dir} -c listen_addresses=127.0.0.1 -c fsync=on -c max_connections=200" start >/dev/null \
+    -o "-p ${port} -k ${dir} -c listen_addresses=${listen} -c fsync=on -c max_connections=200" start >/dev/null \
     || { tail -20 "$dir/postgres.log" >&2; die "postgresql did not start: see $dir/postgres.log"; }
   as_pg "$bin/psql" -h 127.0.0.1 -p "$port" -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname='${DB_NAME}'" | grep -q 1 \
     || as_pg "$bin/createdb" -h 127.0.0.1 -p "$port" -U postgres "$DB_NAME"
@@ -55,8 +59,8 @@ stop() {
 }
 
 case "${1:-}" in
-  start) start "${2:?DIR}" "${3:-5432}" ;;
+  start) start "${2:?DIR}" "${3:-5432}" "${4:-}" ;;
   stop) stop "${2:?DIR}" ;;
   url) echo "postgres://postgres@127.0.0.1:${2:-5432}/${DB_NAME}?sslmode=disable" ;;
-  *) die "usage: $0 start DIR [PORT] | stop DIR | url [PORT]" ;;
+  *) die "usage: $0 start DIR [PORT [EXTRA_ADDR]] | stop DIR | url [PORT]" ;;
 esac

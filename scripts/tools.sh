@@ -13,15 +13,17 @@ kubernetes_dir()     { echo "${TOOLS_DIR}/kubernetes-${KUBERNETES_VERSION}"; }
 etcd_dir()           { echo "${TOOLS_DIR}/etcd-${ETCD_VERSION}"; }
 metrics_server_dir() { echo "${TOOLS_DIR}/metrics-server-${METRICS_SERVER_VERSION}"; }
 kafka_dir()          { echo "${TOOLS_DIR}/kafka-${KAFKA_VERSION}"; }
+prometheus_dir()     { echo "${TOOLS_DIR}/prometheus-${PROMETHEUS_VERSION}"; }
 
 # heartbeat LABEL PID: prints elapsed time every 30 s while PID runs, so a
 # cold 15-minute build does not look hung.
 heartbeat() {
-  local label="$1" pid="$2" start=$SECONDS
+  local label="$1" pid="$2" start=$SECONDS next=30
   while kill -0 "$pid" 2>/dev/null; do
-    sleep 5
-    if (( (SECONDS - start) % 30 < 5 )) && kill -0 "$pid" 2>/dev/null; then
+    sleep 1
+    if (( SECONDS - start >= next )); then
       log "${label}: still building ($((SECONDS - start)) s)"
+      next=$((next + 30))
     fi
   done
 }
@@ -108,12 +110,14 @@ POM
   log "kafka ${KAFKA_VERSION}: $(ls "$out/libs" | wc -l) jars in ${out}/libs"
 }
 
+# Built from source: Debian's prometheus package leaves out Kubernetes
+# service discovery, which the pod-scraping configuration needs.
 ensure_prometheus() {
-  command -v prometheus >/dev/null && return 0
-  log "prometheus: installing Debian's package"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >/dev/null \
-    || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >/dev/null; } \
-    || die "installing prometheus with apt-get failed"
+  local out; out="$(prometheus_dir)"
+  [[ -x "$out/prometheus" ]] && return 0
+  log "prometheus ${PROMETHEUS_VERSION}: building (about 10 min the first time on 2 cores; cached afterwards in ${out})"
+  go_build_tools prometheus "$out" "-s -w -X github.com/prometheus/common/version.Version=${PROMETHEUS_VERSION#v}" \
+    github.com/prometheus/prometheus/cmd/prometheus
 }
 
 tool_path() {
@@ -122,7 +126,7 @@ tool_path() {
     etcd) echo "$(etcd_dir)/etcd" ;;
     metrics-server) echo "$(metrics_server_dir)/metrics-server" ;;
     kafka) kafka_dir ;;
-    prometheus) command -v prometheus ;;
+    prometheus) echo "$(prometheus_dir)/prometheus" ;;
     *) die "unknown tool: $1" ;;
   esac
 }

@@ -51,6 +51,7 @@ func Run(ctx context.Context, c Config) error {
 	}
 	// Namespaces left by a node that was killed: their processes are gone
 	// (they die with the node), so the namespaces are just litter.
+	procnode.ReapOrphans(c.StateDir)
 	for _, ns := range podnet.Namespaces() {
 		_ = podnet.DeletePod(ns)
 	}

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -45,6 +46,9 @@ type container struct {
 	stopping     bool
 	livenessKill bool
 }
+
+// pidPath records the running process, for ReapOrphans.
+func (c *container) pidPath() string { return filepath.Join(c.pod.dir, "pids", c.spec.Name) }
 
 // PreviousLog is where a container's output from before its last restart
 // is kept (kubectl logs --previous).
@@ -99,8 +103,10 @@ func (c *container) setWaiting(reason, msg string) {
 }
 
 func (c *container) start(args, env []string) error {
-	if err := os.MkdirAll(filepath.Dir(c.logPath), 0o755); err != nil {
-		return err
+	for _, d := range []string{filepath.Dir(c.logPath), filepath.Dir(c.pidPath())} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return err
+		}
 	}
 	if _, err := os.Stat(c.logPath); err == nil {
 		_ = os.Rename(c.logPath, c.previousLogPath())
@@ -121,14 +127,15 @@ func (c *container) start(args, env []string) error {
 	cmd.Env = env
 	cmd.Dir = workdir
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{
-		Setpgid: true,
-		// A pod's processes must not outlive the node that supervises them.
-		Pdeathsig: syscall.SIGKILL,
-	}
+	// A pod's processes must not outlive the node that supervises them:
+	// they stay in the node's process group (stopping the node daemon
+	// signals the group), ask for SIGKILL if the node dies, and leave a
+	// pid file that a restarted node reaps.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		return err
 	}
+	_ = os.WriteFile(c.pidPath(), []byte(strconv.Itoa(cmd.Process.Pid)+"\n"+c.binary+"\n"), 0o644)
 	exited := make(chan struct{})
 	c.mu.Lock()
 	c.proc, c.exited, c.startedAt = cmd.Process, exited, time.Now()
@@ -140,7 +147,10 @@ func (c *container) start(args, env []string) error {
 		c.mu.Lock()
 		c.lastExit = terminated(cmd.ProcessState, err, c.startedAt, c.livenessKill)
 		c.proc, c.ready = nil, false
+		exit := *c.lastExit
 		c.mu.Unlock()
+		c.pod.node.logger.Info("container exited", "pod", c.pod.key, "container", c.spec.Name,
+			"exit_code", exit.ExitCode, "signal", exit.Signal, "reason", exit.Reason)
 		close(exited)
 		c.pod.changed()
 	}()
@@ -267,3 +277,25 @@ func (c *container) pid() int {
 }
 
 var errNoProcess = errors.New("container is not running")
+
+// ReapOrphans kills the processes a previous node left behind (it was
+// killed before it could stop its pods) and removes their pod directories:
+// the pods will be created again from the API.
+func ReapOrphans(stateDir string) {
+	files, _ := filepath.Glob(filepath.Join(stateDir, "pods", "*", "pids", "*"))
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		lines := strings.SplitN(strings.TrimSpace(string(b)), "\n", 2)
+		pid, _ := strconv.Atoi(lines[0])
+		if pid <= 0 || len(lines) < 2 {
+			continue
+		}
+		if exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); err == nil && strings.TrimSuffix(exe, " (deleted)") == lines[1] {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+	_ = os.RemoveAll(filepath.Join(stateDir, "pods"))
+}

@@ -1,0 +1,303 @@
+package lag
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/selection"
+
+	"github.com/purchase-system/purchase-system/adapter/internal/selfmetrics"
+	"github.com/purchase-system/purchase-system/adapter/internal/store"
+)
+
+// The external metrics this package serves, and their labels.
+const (
+	MetricLag        = "kafka_consumergroup_lag"
+	MetricLagSeconds = "kafka_consumergroup_lag_seconds"
+	LabelGroup       = "consumergroup"
+	LabelTopic       = "topic"
+)
+
+// Source computes lag from the brokers with one shared admin client.
+type Source struct {
+	admin     *kafka.AdminClient
+	bootstrap string
+	metrics   *selfmetrics.Metrics
+	// RateWindow is how far back the consumption rate looks;
+	// DrainCap bounds kafka_consumergroup_lag_seconds.
+	RateWindow time.Duration
+	DrainCap   float64
+
+	mu    sync.Mutex
+	rates map[[2]string]*Rate
+}
+
+// NewSource connects an admin client with the given librdkafka settings
+// (bootstrap.servers at least).
+func NewSource(cfg kafka.ConfigMap, m *selfmetrics.Metrics) (*Source, error) {
+	admin, err := kafka.NewAdminClient(&cfg)
+	if err != nil {
+		return nil, fmt.Errorf("kafka admin client: %w", err)
+	}
+	bs, _ := cfg.Get("bootstrap.servers", "")
+	return &Source{admin: admin, bootstrap: fmt.Sprint(bs), metrics: m,
+		RateWindow: 2 * time.Minute, DrainCap: 3600, rates: map[[2]string]*Rate{}}, nil
+}
+
+// Close closes the admin client.
+func (s *Source) Close() { s.admin.Close() }
+
+func (s *Source) wrap(what string, err error) error {
+	return fmt.Errorf("kafka at %s: %s: %w", s.bootstrap, what, err)
+}
+
+// Filter is what an external metric selector asks for.
+type Filter struct {
+	Groups []string // empty: every group
+	Topics []string // empty: every topic the group committed on
+}
+
+// ParseSelector reads consumergroup and topic (=, ==, in) from a metric
+// selector; anything else is an error that says what is supported.
+func ParseSelector(sel labels.Selector) (Filter, error) {
+	var f Filter
+	if sel == nil {
+		return f, nil
+	}
+	reqs, _ := sel.Requirements()
+	for _, r := range reqs {
+		op := r.Operator()
+		if op != selection.Equals && op != selection.DoubleEquals && op != selection.In {
+			return f, fmt.Errorf("metric selector %q: only %s and %s with = or in are supported", sel, LabelGroup, LabelTopic)
+		}
+		vals := r.Values().List()
+		switch r.Key() {
+		case LabelGroup:
+			f.Groups = vals
+		case LabelTopic:
+			f.Topics = vals
+		default:
+			return f, fmt.Errorf("metric selector %q: unknown label %q (the labels are %s and %s)", sel, r.Key(), LabelGroup, LabelTopic)
+		}
+	}
+	return f, nil
+}
+
+// Fetch computes metric (lag or lag seconds) for every group and topic the
+// filter selects: one sample per (group, topic), summed over partitions.
+func (s *Source) Fetch(ctx context.Context, metric string, f Filter) ([]store.Sample, error) {
+	groups := f.Groups
+	if len(groups) == 0 {
+		var err error
+		if groups, err = s.listGroups(ctx); err != nil {
+			return nil, err
+		}
+	}
+	var out []store.Sample
+	for _, g := range groups {
+		start := time.Now()
+		parts, err := s.GroupPartitions(ctx, g, f.Topics)
+		s.metrics.LagComputeSeconds.Observe(time.Since(start).Seconds())
+		if err != nil {
+			return nil, &Error{Group: g, Cause: err}
+		}
+		now := time.Now()
+		for _, t := range ByTopic(g, Calculate(parts)) {
+			v := float64(t.Lag)
+			rate := s.observeRate(g, t.Topic, now, t.Committed)
+			if metric == MetricLagSeconds {
+				perSec, ok := rate.PerSecond()
+				if !ok && t.Lag > 0 {
+					// Not enough history for a rate yet: missing, not a guess.
+					continue
+				}
+				v = DrainSeconds(t.Lag, perSec, s.DrainCap)
+			}
+			out = append(out, store.Sample{Labels: map[string]string{LabelGroup: g, LabelTopic: t.Topic}, Value: v, Timestamp: now})
+		}
+	}
+	return out, nil
+}
+
+func (s *Source) observeRate(group, topic string, at time.Time, committed int64) *Rate {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	k := [2]string{group, topic}
+	r, ok := s.rates[k]
+	if !ok {
+		r = &Rate{Window: s.RateWindow}
+		s.rates[k] = r
+	}
+	r.Observe(at, committed)
+	cp := *r
+	cp.samples = append([]rateSample(nil), r.samples...)
+	return &cp
+}
+
+func (s *Source) listGroups(ctx context.Context) ([]string, error) {
+	t0 := time.Now()
+	res, err := s.admin.ListConsumerGroups(ctx)
+	if err == nil && len(res.Errors) > 0 {
+		err = errors.Join(res.Errors...)
+	}
+	s.metrics.Backend("kafka", "list_groups", t0, err)
+	if err != nil {
+		return nil, s.wrap("listing consumer groups", err)
+	}
+	var out []string
+	for _, g := range res.Valid {
+		out = append(out, g.GroupID)
+	}
+	sort.Strings(out)
+	return out, nil
+}
+
+type tpKey struct {
+	topic     string
+	partition int32
+}
+
+// GroupPartitions fetches, for every partition of the topics (or of every
+// topic the group committed on), the log start, the last stable offset and
+// the group's committed offset. Any error — an unreachable broker, a
+// coordinator that moved — is returned: lag that cannot be known is not 0.
+func (s *Source) GroupPartitions(ctx context.Context, group string, topics []string) ([]Partition, error) {
+	if len(topics) == 0 {
+		committed, err := s.committed(ctx, group, nil)
+		if err != nil {
+			return nil, err
+		}
+		seen := map[string]bool{}
+		for k := range committed {
+			if !seen[k.topic] {
+				seen[k.topic] = true
+				topics = append(topics, k.topic)
+			}
+		}
+		sort.Strings(topics)
+		if len(topics) == 0 {
+			return nil, fmt.Errorf("the group has committed no offsets: name its topic in the selector (%s=...)", LabelTopic)
+		}
+	}
+	// Every partition from metadata: a partition the group never committed
+	// is absent from its offsets but has lag all the same.
+	var tps []kafka.TopicPartition
+	for _, topic := range topics {
+		t0 := time.Now()
+		md, err := s.admin.GetMetadata(&topic, false, timeoutMs(ctx))
+		s.metrics.Backend("kafka", "metadata", t0, err)
+		if err != nil {
+			return nil, s.wrap("metadata of topic "+topic, err)
+		}
+		tm, ok := md.Topics[topic]
+		if !ok || tm.Error.Code() != kafka.ErrNoError {
+			return nil, s.wrap("metadata of topic "+topic, fmt.Errorf("%v", tm.Error))
+		}
+		for _, p := range tm.Partitions {
+			tps = append(tps, kafka.TopicPartition{Topic: &topic, Partition: p.ID})
+		}
+	}
+	committed, err := s.committed(ctx, group, tps)
+	if err != nil {
+		return nil, err
+	}
+	end, err := s.offsets(ctx, tps, kafka.LatestOffsetSpec)
+	if err != nil {
+		return nil, err
+	}
+	start, err := s.offsets(ctx, tps, kafka.EarliestOffsetSpec)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Partition, 0, len(tps))
+	for _, tp := range tps {
+		k := tpKey{*tp.Topic, tp.Partition}
+		c, ok := committed[k]
+		if !ok {
+			c = NoOffset
+		}
+		out = append(out, Partition{Topic: k.topic, Partition: k.partition, Start: start[k], End: end[k], Committed: c})
+	}
+	return out, nil
+}
+
+// committed lists the group's committed offsets (nil tps: all of them),
+// requiring stable offsets so a pending transactional commit is waited for.
+func (s *Source) committed(ctx context.Context, group string, tps []kafka.TopicPartition) (map[tpKey]int64, error) {
+	t0 := time.Now()
+	res, err := s.admin.ListConsumerGroupOffsets(ctx,
+		[]kafka.ConsumerGroupTopicPartitions{{Group: group, Partitions: tps}},
+		kafka.SetAdminRequireStableOffsets(true))
+	s.metrics.Backend("kafka", "committed_offsets", t0, err)
+	if err != nil {
+		return nil, s.wrap("committed offsets", err)
+	}
+	out := map[tpKey]int64{}
+	var errs []string
+	for _, g := range res.ConsumerGroupsTopicPartitions {
+		for _, tp := range g.Partitions {
+			if tp.Error != nil {
+				errs = append(errs, fmt.Sprintf("%s[%d]: %v", *tp.Topic, tp.Partition, tp.Error))
+				continue
+			}
+			if tp.Offset >= 0 {
+				out[tpKey{*tp.Topic, tp.Partition}] = int64(tp.Offset)
+			}
+		}
+	}
+	if len(errs) > 0 {
+		return nil, s.wrap("committed offsets", errors.New(strings.Join(errs, "; ")))
+	}
+	return out, nil
+}
+
+// offsets lists the earliest or latest (read_committed: last stable)
+// offset of each partition.
+func (s *Source) offsets(ctx context.Context, tps []kafka.TopicPartition, spec kafka.OffsetSpec) (map[tpKey]int64, error) {
+	req := make(map[kafka.TopicPartition]kafka.OffsetSpec, len(tps))
+	for _, tp := range tps {
+		req[tp] = spec
+	}
+	kind := "end_offsets"
+	if spec == kafka.EarliestOffsetSpec {
+		kind = "start_offsets"
+	}
+	t0 := time.Now()
+	res, err := s.admin.ListOffsets(ctx, req, kafka.SetAdminIsolationLevel(kafka.IsolationLevelReadCommitted))
+	s.metrics.Backend("kafka", kind, t0, err)
+	if err != nil {
+		return nil, s.wrap(kind, err)
+	}
+	out := make(map[tpKey]int64, len(res.ResultInfos))
+	var errs []string
+	for tp, info := range res.ResultInfos {
+		if info.Error.Code() != kafka.ErrNoError {
+			errs = append(errs, fmt.Sprintf("%s[%d]: %v", *tp.Topic, tp.Partition, info.Error))
+			continue
+		}
+		out[tpKey{*tp.Topic, tp.Partition}] = int64(info.Offset)
+	}
+	if len(errs) > 0 {
+		return nil, s.wrap(kind, errors.New(strings.Join(errs, "; ")))
+	}
+	for _, tp := range tps {
+		if _, ok := out[tpKey{*tp.Topic, tp.Partition}]; !ok {
+			return nil, s.wrap(kind, fmt.Errorf("no offset returned for %s[%d]", *tp.Topic, tp.Partition))
+		}
+	}
+	return out, nil
+}
+
+func timeoutMs(ctx context.Context) int {
+	if d, ok := ctx.Deadline(); ok {
+		return int(max(time.Until(d), 100*time.Millisecond).Milliseconds())
+	}
+	return 5000
+}

@@ -1,0 +1,368 @@
+package clustertest
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/utils/ptr"
+
+	"github.com/purchase-system/purchase-system/e2e/internal/testproc"
+)
+
+// namespace creates a namespace for one test and deletes it afterwards.
+func namespace(t *testing.T) string {
+	t.Helper()
+	name := fmt.Sprintf("e2e-%s-%d", strings.ToLower(strings.ReplaceAll(t.Name(), "/", "-"))[:min(20, len(t.Name()))], time.Now().UnixNano()%100000)
+	name = strings.Trim(strings.ReplaceAll(name, "_", "-"), "-")
+	ctx := context.Background()
+	if _, err := client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = client.CoreV1().Namespaces().Delete(context.Background(), name, metav1.DeleteOptions{})
+	})
+	testproc.Eventually(t, 30*time.Second, "default service account in "+name, func() error {
+		_, err := client.CoreV1().ServiceAccounts(name).Get(ctx, "default", metav1.GetOptions{})
+		return err
+	})
+	return name
+}
+
+// webDeployment is the web server as a Deployment, talking to the host's
+// Kafka broker.
+func webDeployment(ns string, replicas int32) *appsv1.Deployment {
+	labels := map[string]string{"app": "web"}
+	return &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: ns},
+		Spec: appsv1.DeploymentSpec{
+			Replicas: ptr.To(replicas),
+			Selector: &metav1.LabelSelector{MatchLabels: labels},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: labels, Annotations: map[string]string{
+					"prometheus.io/scrape": "true", "prometheus.io/port": "8080",
+				}},
+				Spec: corev1.PodSpec{
+					TerminationGracePeriodSeconds: ptr.To(int64(20)),
+					Containers: []corev1.Container{{
+						Name:  "web",
+						Image: "purchase-system/webserver:e2e",
+						Env: []corev1.EnvVar{
+							{Name: "KAFKA_BOOTSTRAP_SERVERS", Value: hostKafka},
+							{Name: "KAFKA_TOPIC", Value: "purchases-" + ns},
+							{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}},
+							{Name: "POD_IP", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "status.podIP"}}},
+						},
+						Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: 8080}},
+						ReadinessProbe: &corev1.Probe{
+							ProbeHandler:  corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/readyz", Port: intstr.FromString("http")}},
+							PeriodSeconds: 1,
+						},
+						LivenessProbe: &corev1.Probe{
+							ProbeHandler:  corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/healthz", Port: intstr.FromInt32(8080)}},
+							PeriodSeconds: 5,
+						},
+					}},
+				},
+			},
+		},
+	}
+}
+
+func readyPods(ctx context.Context, ns, selector string) ([]corev1.Pod, error) {
+	pods, err := client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: selector})
+	if err != nil {
+		return nil, err
+	}
+	var ready []corev1.Pod
+	for _, p := range pods.Items {
+		for _, c := range p.Status.Conditions {
+			if c.Type == corev1.PodReady && c.Status == corev1.ConditionTrue && p.DeletionTimestamp == nil {
+				ready = append(ready, p)
+			}
+		}
+	}
+	return ready, nil
+}
+
+func waitReplicas(t *testing.T, ns, selector string, n int) []corev1.Pod {
+	t.Helper()
+	var pods []corev1.Pod
+	testproc.Eventually(t, 90*time.Second, fmt.Sprintf("%d ready pods", n), func() error {
+		var err error
+		pods, err = readyPods(context.Background(), ns, selector)
+		if err != nil {
+			return err
+		}
+		all, _ := client.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{LabelSelector: selector})
+		if len(pods) != n || len(all.Items) != n {
+			return fmt.Errorf("%d ready of %d pods", len(pods), len(all.Items))
+		}
+		return nil
+	})
+	return pods
+}
+
+func pidOf(p corev1.Pod) int {
+	for _, cs := range p.Status.ContainerStatuses {
+		if id, ok := strings.CutPrefix(cs.ContainerID, "process://"); ok {
+			pid, _ := strconv.Atoi(id)
+			return pid
+		}
+	}
+	return 0
+}
+
+func processAlive(pid int) bool {
+	_, err := os.Stat(fmt.Sprintf("/proc/%d", pid))
+	return err == nil
+}
+
+func TestDeploymentRunsPodsAsProcesses(t *testing.T) {
+	ns := namespace(t)
+	ctx := context.Background()
+	if _, err := client.AppsV1().Deployments(ns).Create(ctx, webDeployment(ns, 3), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	pods := waitReplicas(t, ns, "app=web", 3)
+
+	ips := map[string]bool{}
+	for _, p := range pods {
+		if ips[p.Status.PodIP] {
+			t.Fatalf("two pods share IP %s", p.Status.PodIP)
+		}
+		ips[p.Status.PodIP] = true
+		if pid := pidOf(p); pid == 0 || !processAlive(pid) {
+			t.Fatalf("pod %s: no live process behind container id %v", p.Name, p.Status.ContainerStatuses)
+		}
+		// Each replica binds :8080 in its own network namespace and answers
+		// on its own pod IP.
+		resp, err := http.Get("http://" + p.Status.PodIP + ":8080/healthz")
+		if err != nil {
+			t.Fatalf("pod %s at %s: %v", p.Name, p.Status.PodIP, err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Fatalf("pod %s /healthz = %d", p.Name, resp.StatusCode)
+		}
+		logs := kubectl(t, "-n", ns, "logs", p.Name)
+		if !strings.Contains(logs, `"msg":"listening"`) {
+			t.Fatalf("kubectl logs %s lacks the server's start line:\n%s", p.Name, logs)
+		}
+	}
+
+	// Scale to one: the two removed pods get SIGTERM, drain and exit 0 (a
+	// process killed by SIGKILL would exit 137).
+	if _, err := client.AppsV1().Deployments(ns).Patch(ctx, "web", "application/merge-patch+json",
+		[]byte(`{"spec":{"replicas":1}}`), metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	remaining := waitReplicas(t, ns, "app=web", 1)
+	var removed []corev1.Pod
+	for _, p := range pods {
+		if p.Name != remaining[0].Name {
+			removed = append(removed, p)
+		}
+	}
+	testproc.Eventually(t, 30*time.Second, "removed pods' processes exit", func() error {
+		for _, p := range removed {
+			if processAlive(pidOf(p)) {
+				return fmt.Errorf("pid %d of %s still running", pidOf(p), p.Name)
+			}
+		}
+		return nil
+	})
+	nodeLog, err := os.ReadFile(filepath.Join(repoRoot, ".cache", "devcluster", "logs", "process-node.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range removed {
+		want := fmt.Sprintf(`"msg":"container exited","service":"process-node","pod":"%s/%s","container":"web","exit_code":0,"signal":0`, ns, p.Name)
+		if !strings.Contains(string(nodeLog), want) {
+			t.Fatalf("node log has no clean exit of %s after SIGTERM (want %s)", p.Name, want)
+		}
+	}
+
+	last := pidOf(remaining[0])
+	if err := client.AppsV1().Deployments(ns).Delete(ctx, "web", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	testproc.Eventually(t, 60*time.Second, "no pods and no processes left", func() error {
+		all, err := client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return err
+		}
+		if len(all.Items) > 0 || processAlive(last) {
+			return fmt.Errorf("%d pods, last process alive: %v", len(all.Items), processAlive(last))
+		}
+		return nil
+	})
+}
+
+func TestUnknownImageSaysWhy(t *testing.T) {
+	ns := namespace(t)
+	ctx := context.Background()
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "nginx", Namespace: ns},
+		Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "nginx", Image: "nginx:1.27"}}},
+	}
+	if _, err := client.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	testproc.Eventually(t, 30*time.Second, "a clear reason in the container status", func() error {
+		p, err := client.CoreV1().Pods(ns).Get(ctx, "nginx", metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		for _, cs := range p.Status.ContainerStatuses {
+			if w := cs.State.Waiting; w != nil && w.Reason == "ErrImagePull" && strings.Contains(w.Message, `image "nginx:1.27" is not a program this node can run`) {
+				return nil
+			}
+		}
+		return fmt.Errorf("status %+v", p.Status.ContainerStatuses)
+	})
+}
+
+// promQuery runs an instant query against the host Prometheus.
+func promQuery(t *testing.T, q string) []struct {
+	Metric map[string]string `json:"metric"`
+	Value  [2]any            `json:"value"`
+} {
+	t.Helper()
+	resp, err := http.Get(prometheusURL + "/api/v1/query?query=" + url.QueryEscape(q))
+	if err != nil {
+		t.Fatalf("prometheus: %v", err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	var r struct {
+		Status string `json:"status"`
+		Data   struct {
+			Result []struct {
+				Metric map[string]string `json:"metric"`
+				Value  [2]any            `json:"value"`
+			} `json:"result"`
+		} `json:"data"`
+	}
+	if err := json.Unmarshal(b, &r); err != nil || r.Status != "success" {
+		t.Fatalf("prometheus query %q: %v %s", q, err, b)
+	}
+	return r.Data.Result
+}
+
+func TestPrometheusScrapesPodsWithTheirNamespaceAndName(t *testing.T) {
+	ns := namespace(t)
+	ctx := context.Background()
+	if _, err := client.AppsV1().Deployments(ns).Create(ctx, webDeployment(ns, 2), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	pods := waitReplicas(t, ns, "app=web", 2)
+	want := []string{pods[0].Name, pods[1].Name}
+	sort.Strings(want)
+	for _, p := range pods {
+		// A request each, so the counter series exist.
+		resp, err := http.Get("http://" + p.Status.PodIP + ":8080/getAllUserBuys/x")
+		if err == nil {
+			resp.Body.Close()
+		}
+	}
+	testproc.Eventually(t, 60*time.Second, "series for both pods", func() error {
+		res := promQuery(t, fmt.Sprintf(`flask_http_request_total{namespace=%q}`, ns))
+		var got []string
+		for _, r := range res {
+			if r.Metric["namespace"] != ns || r.Metric["app"] != "web" {
+				return fmt.Errorf("series with wrong labels: %v", r.Metric)
+			}
+			got = append(got, r.Metric["pod"])
+		}
+		sort.Strings(got)
+		if strings.Join(got, ",") != strings.Join(want, ",") {
+			return fmt.Errorf("pods in Prometheus %v, want %v", got, want)
+		}
+		return nil
+	})
+}
+
+func TestTopPodsShowsCPUOfAPodUnderLoad(t *testing.T) {
+	ns := namespace(t)
+	ctx := context.Background()
+	if _, err := client.AppsV1().Deployments(ns).Create(ctx, webDeployment(ns, 1), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	pod := waitReplicas(t, ns, "app=web", 1)[0]
+	loadCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	for range 8 {
+		go func() {
+			for loadCtx.Err() == nil {
+				resp, err := http.Post("http://"+pod.Status.PodIP+":8080/buy", "application/json",
+					strings.NewReader(`{"username":"u","userid":"top","price":1}`))
+				if err == nil {
+					_, _ = io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+				}
+			}
+		}()
+	}
+	testproc.Eventually(t, 120*time.Second, "kubectl top shows CPU for the loaded pod", func() error {
+		out, err := execKubectl("top", "pod", "-n", ns, pod.Name, "--no-headers")
+		if err != nil {
+			return fmt.Errorf("%v: %s", err, out)
+		}
+		f := strings.Fields(out)
+		if len(f) < 3 {
+			return fmt.Errorf("unexpected output %q", out)
+		}
+		milli, err := strconv.Atoi(strings.TrimSuffix(f[1], "m"))
+		if err != nil || milli <= 0 {
+			return fmt.Errorf("CPU %q", f[1])
+		}
+		t.Logf("kubectl top: %s", strings.TrimSpace(out))
+		return nil
+	})
+}
+
+func TestAggregatedAPIReachesItsPodThroughTheAPIServer(t *testing.T) {
+	// metrics-server is an APIService backed by a pod on the process node:
+	// the API server proxies to its pod IP with the front-proxy client
+	// certificate, and metrics-server authenticates the user it names.
+	testproc.Eventually(t, 90*time.Second, "metrics.k8s.io answers through the API server", func() error {
+		out, err := execKubectl("get", "--raw", "/apis/metrics.k8s.io/v1beta1/namespaces/kube-system/pods")
+		if err != nil {
+			return fmt.Errorf("%v: %s", err, out)
+		}
+		var list struct {
+			Items []struct {
+				Metadata struct{ Name string } `json:"metadata"`
+			} `json:"items"`
+		}
+		if err := json.Unmarshal([]byte(out), &list); err != nil {
+			return err
+		}
+		for _, it := range list.Items {
+			if strings.HasPrefix(it.Metadata.Name, "metrics-server-") {
+				return nil
+			}
+		}
+		return fmt.Errorf("metrics-server's own pod not in %s", out)
+	})
+	// A user the API server knows but RBAC does not allow is refused.
+	out, err := execKubectl("get", "--raw", "/apis/metrics.k8s.io/v1beta1/namespaces/kube-system/pods", "--as=nobody")
+	if err == nil || !strings.Contains(out, "forbidden") {
+		t.Fatalf("unprivileged user: %v %s, want forbidden", err, out)
+	}
+}

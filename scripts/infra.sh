@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# What runs beside the dev cluster, on the host: the Apache Kafka broker,
+# PostgreSQL and Prometheus. They listen on the pod network's host address
+# (10.88.0.1), which the local overlay's Services point at, so pods reach
+# them as kafka:9092, postgres:5432 and prometheus.monitoring:9090.
+#
+#   scripts/infra.sh up | down | status
+source "$(dirname "$0")/lib.sh"
+cd "$REPO_ROOT"
+
+INFRA="${STATE_DIR}/infra"
+HOST_IP=10.88.0.1
+KUBECONFIG_FILE="${STATE_DIR}/devcluster/kubeconfig"
+
+prometheus_up() {
+  local dir="$INFRA/prometheus"
+  mkdir -p "$dir/data"
+  if [[ -f "$dir/pid" ]] && kill -0 "$(cat "$dir/pid")" 2>/dev/null; then return 0; fi
+  scripts/tools.sh ensure prometheus
+  # The shared scrape configuration, plus how to reach the API server from
+  # outside the cluster.
+  sed "s|^\( *\)# host: kubeconfig_file|\1kubeconfig_file: ${KUBECONFIG_FILE}|" \
+    manifests/monitoring/prometheus.yml >"$dir/prometheus.yml"
+  log "prometheus: starting on ${HOST_IP}:9090"
+  nohup "$(scripts/tools.sh path prometheus)" --config.file="$dir/prometheus.yml" \
+    --storage.tsdb.path="$dir/data" --storage.tsdb.retention.time=1d \
+    --web.listen-address="${HOST_IP}:9090" --web.enable-lifecycle \
+    >"$dir/prometheus.log" 2>&1 </dev/null &
+  echo $! >"$dir/pid"
+  for _ in $(seq 1 100); do
+    curl -fs "http://${HOST_IP}:9090/-/ready" >/dev/null 2>&1 && { log "prometheus: ready"; return 0; }
+    kill -0 "$(cat "$dir/pid")" 2>/dev/null || { tail -5 "$dir/prometheus.log" >&2; die "prometheus exited"; }
+    sleep 0.2
+  done
+  die "prometheus not ready: see $dir/prometheus.log"
+}
+
+prometheus_down() {
+  local dir="$INFRA/prometheus"
+  [[ -f "$dir/pid" ]] || return 0
+  local pid; pid="$(cat "$dir/pid")"
+  kill "$pid" 2>/dev/null || true
+  for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+  kill -9 "$pid" 2>/dev/null || true
+  rm -f "$dir/pid"
+}
+
+case "${1:-}" in
+  up)
+    [[ -f "$KUBECONFIG_FILE" ]] || die "the dev cluster is not up: run make cluster-up first"
+    scripts/postgres.sh start "$INFRA/postgres" 5432 "$HOST_IP"
+    scripts/kafka.sh start "$INFRA/kafka" 9092 "$HOST_IP"
+    prometheus_up
+    ;;
+  down)
+    prometheus_down
+    scripts/kafka.sh stop "$INFRA/kafka"
+    scripts/postgres.sh stop "$INFRA/postgres"
+    rm -rf "$INFRA"
+    ;;
+  status)
+    for f in "$INFRA"/prometheus/pid "$INFRA"/kafka/kafka.pid; do
+      [[ -f "$f" ]] && kill -0 "$(cat "$f")" 2>/dev/null && echo "running: $f" || echo "stopped: $f"
+    done
+    ;;
+  *) die "usage: $0 up|down|status" ;;
+esac
