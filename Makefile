@@ -6,7 +6,7 @@
 
 SHELL := /bin/bash
 BIN   := $(CURDIR)/bin
-PROGRAMS := webserver consumer loadgen devcluster
+PROGRAMS := webserver consumer adapter loadgen devcluster
 
 .PHONY: help build run run-local test bench tools cluster-up cluster-down clean
 
@@ -20,7 +20,8 @@ help:
 
 build:
 	@echo "==> building $(PROGRAMS) into bin/"
-	@go build -o $(BIN)/ ./webserver/cmd/webserver ./consumer/cmd/consumer ./e2e/cmd/loadgen ./e2e/cmd/devcluster
+	@go build -o $(BIN)/ ./webserver/cmd/webserver ./consumer/cmd/consumer ./adapter/cmd/adapter \
+		./e2e/cmd/loadgen ./e2e/cmd/devcluster
 
 tools:
 	@scripts/tools.sh ensure all

@@ -18,7 +18,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
-	"github.com/purchase-system/purchase-system/e2e/internal/testproc"
+	"github.com/purchase-system/purchase-system/testkit/testproc"
 )
 
 var (

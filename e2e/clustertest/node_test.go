@@ -21,7 +21,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
 
-	"github.com/purchase-system/purchase-system/e2e/internal/testproc"
+	"github.com/purchase-system/purchase-system/testkit/testproc"
 )
 
 // namespace creates a namespace for one test and deletes it afterwards.

@@ -20,8 +20,8 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/purchase-system/purchase-system/consumer/storetest"
-	"github.com/purchase-system/purchase-system/e2e/internal/testkafka"
-	"github.com/purchase-system/purchase-system/e2e/internal/testproc"
+	"github.com/purchase-system/purchase-system/testkit/testkafka"
+	"github.com/purchase-system/purchase-system/testkit/testproc"
 )
 
 // purchase mirrors the JSON contract; the test reads it as a client would.

@@ -73,7 +73,7 @@ func (s *Source) Discover(ctx context.Context, cfg *rules.Config) (*Catalog, err
 	start := end.Add(-s.Window)
 	for _, r := range append(append([]*rules.Rule{}, cfg.Rules...), cfg.ExternalRules...) {
 		t0 := time.Now()
-		names, _, err := s.api.LabelValues(ctx, "__name__", []string{r.SeriesQuery}, start, end)
+		names, _, _, err := s.api.LabelValues(ctx, "__name__", []string{r.SeriesQuery}, start, end)
 		s.metrics.Backend("prometheus", "discovery", t0, err)
 		if err != nil {
 			errs = append(errs, s.wrap("discovering rule "+r.Source, err))
@@ -93,13 +93,17 @@ func (s *Source) Discover(ctx context.Context, cfg *rules.Config) (*Catalog, err
 			}
 			match := series + "{" + rules.JoinMatchers(withoutName(sq.Matchers)) + "}"
 			t0 := time.Now()
-			labels, _, err := s.api.LabelNames(ctx, []string{match}, start, end)
+			labels, _, _, err := s.api.LabelNames(ctx, []string{match}, start, end)
 			s.metrics.Backend("prometheus", "discovery", t0, err)
 			if err != nil {
 				errs = append(errs, s.wrap("labels of "+series, err))
 				continue
 			}
-			m.Resources = r.Resources(labels)
+			names := make([]string, len(labels))
+			for i, l := range labels {
+				names[i] = string(l)
+			}
+			m.Resources = r.Resources(names)
 			if len(m.Resources) > 0 {
 				cat.Custom[name] = append(cat.Custom[name], m)
 			}
@@ -121,12 +125,11 @@ func withoutName(ms []rules.Matcher) []rules.Matcher {
 // query runs an instant query.
 func (s *Source) query(ctx context.Context, kind, q string) (model.Vector, time.Time, error) {
 	t0 := time.Now()
-	v, warnings, err := s.api.Query(ctx, q, t0)
+	v, _, _, err := s.api.Query(ctx, q, t0)
 	s.metrics.Backend("prometheus", kind, t0, err)
 	if err != nil {
 		return nil, t0, s.wrap("query "+q, err)
 	}
-	_ = warnings
 	vec, ok := v.(model.Vector)
 	if !ok {
 		return nil, t0, fmt.Errorf("prometheus at %s: query %s returned %s, not an instant vector", s.url, q, v.Type())

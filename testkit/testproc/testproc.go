@@ -48,6 +48,7 @@ var (
 var Programs = map[string]string{
 	"webserver": "./webserver/cmd/webserver",
 	"consumer":  "./consumer/cmd/consumer",
+	"adapter":   "./adapter/cmd/adapter",
 }
 
 // Binary returns the path of a program's binary. With BIN_DIR set (make
