@@ -2,7 +2,7 @@
 #   make run    the whole system, running, with URLs printed
 #   make test   everything CI runs
 # Both install what they need (tools are cached per version under
-# $${XDG_CACHE_HOME:-~/.cache}/purchase-system) and print progress.
+# ${XDG_CACHE_HOME:-~/.cache}/purchase-system) and print progress.
 
 SHELL := /bin/bash
 BIN   := $(CURDIR)/bin
@@ -11,9 +11,10 @@ PROGRAMS := webserver consumer adapter loadgen devcluster
 .PHONY: help build run run-local test bench tools cluster-up cluster-down clean
 
 help:
-	@echo "make run        start the system (Kafka, consumer, web server) and print its URLs"
+	@echo "make run        the whole system on a local Kubernetes (no Docker needed), URLs printed"
 	@echo "make test       run every test CI runs"
-	@echo "make run-local  the services as host processes, without the dev cluster"
+	@echo "make run-local  the two services as host processes beside Kafka, without Kubernetes"
+	@echo "make cluster-up / cluster-down   the local Kubernetes alone (kubeconfig: .cache/devcluster/kubeconfig)"
 	@echo "make build      build the programs into bin/"
 	@echo "make bench      measure /buy and consumer throughput (docs/BENCHMARKS.md)"
 	@echo "make tools      fetch and build every tool into the cache"
@@ -26,7 +27,8 @@ build:
 tools:
 	@scripts/tools.sh ensure all
 
-run: run-local
+run: build
+	@scripts/run.sh
 
 run-local: build
 	@scripts/run-local.sh

@@ -53,15 +53,20 @@ require (
 	github.com/grpc-ecosystem/grpc-gateway/v2 v2.29.0 // indirect
 	github.com/inconshreveable/mousetrap v1.1.0 // indirect
 	github.com/json-iterator/go v1.1.12 // indirect
+	github.com/klauspost/compress v1.20.3 // indirect
 	github.com/kylelemons/godebug v1.1.0 // indirect
 	github.com/modern-go/concurrent v0.0.0-20180306012644-bacd9c7ef1dd // indirect
 	github.com/modern-go/reflect2 v1.0.3-0.20250322232337-35a7c28c31ee // indirect
 	github.com/munnerz/goautoneg v0.0.0-20191010083416-a7dc8b61c822 // indirect
+	github.com/pierrec/lz4/v4 v4.1.33 // indirect
 	github.com/pmezard/go-difflib v1.0.1-0.20181226105442-5d4384ee4fb2 // indirect
 	github.com/prometheus/client_model v0.6.3 // indirect
 	github.com/prometheus/procfs v0.22.0 // indirect
 	github.com/spf13/cobra v1.10.2 // indirect
 	github.com/spf13/pflag v1.0.10 // indirect
+	github.com/twmb/franz-go v1.22.3 // indirect
+	github.com/twmb/franz-go/pkg/kfake v0.0.0-20260918054303-01f206a7e32c // indirect
+	github.com/twmb/franz-go/pkg/kmsg v1.15.1 // indirect
 	github.com/x448/float16 v0.8.4 // indirect
 	go.etcd.io/etcd/api/v3 v3.7.0 // indirect
 	go.etcd.io/etcd/client/pkg/v3 v3.7.0 // indirect
@@ -113,6 +118,7 @@ require (
 require (
 	github.com/fsnotify/fsnotify v1.10.1
 	github.com/purchase-system/purchase-system/servicekit v0.0.0
+	github.com/purchase-system/purchase-system/testkit v0.0.0
 	k8s.io/apiserver v0.37.1
 	k8s.io/client-go v0.37.1
 	k8s.io/component-base v0.37.1
@@ -120,6 +126,9 @@ require (
 	sigs.k8s.io/custom-metrics-apiserver v1.37.0
 )
 
-// Built from this repository; the replace lets the module build on its
+// Built from this repository; the replaces let the module build on its
 // own (GOWORK=off) as well as in the workspace.
-replace github.com/purchase-system/purchase-system/servicekit => ../servicekit
+replace (
+	github.com/purchase-system/purchase-system/servicekit => ../servicekit
+	github.com/purchase-system/purchase-system/testkit => ../testkit
+)

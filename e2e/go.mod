@@ -123,7 +123,7 @@ require (
 	github.com/prometheus/client_model v0.6.3
 	github.com/purchase-system/purchase-system/consumer v0.0.0
 	github.com/purchase-system/purchase-system/servicekit v0.0.0
-	github.com/purchase-system/purchase-system/testkit v0.0.0-00010101000000-000000000000
+	github.com/purchase-system/purchase-system/testkit v0.0.0
 	github.com/virtual-kubelet/virtual-kubelet v1.14.1
 	k8s.io/api v0.37.1
 	k8s.io/apimachinery v0.37.1

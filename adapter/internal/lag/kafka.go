@@ -35,8 +35,17 @@ type Source struct {
 	RateWindow time.Duration
 	DrainCap   float64
 
+	// MarkerCheckMax: partitions whose offset lag is at most this are
+	// read (read_committed) to count their records, so transaction
+	// markers are not taken for messages. 0 disables the check.
+	MarkerCheckMax int64
+
 	mu    sync.Mutex
 	rates map[[2]string]*Rate
+
+	readerMu  sync.Mutex
+	reader    *kafka.Consumer
+	readerCfg kafka.ConfigMap
 }
 
 // NewSource connects an admin client with the given librdkafka settings
@@ -47,12 +56,83 @@ func NewSource(cfg kafka.ConfigMap, m *selfmetrics.Metrics) (*Source, error) {
 		return nil, fmt.Errorf("kafka admin client: %w", err)
 	}
 	bs, _ := cfg.Get("bootstrap.servers", "")
+	readerCfg := kafka.ConfigMap{}
+	for k, v := range cfg {
+		readerCfg[k] = v
+	}
+	// A reader that never joins a group or commits: it is only assigned
+	// partitions to count records.
+	readerCfg["group.id"] = "purchase-metrics-adapter-marker-check"
+	readerCfg["enable.auto.commit"] = false
+	readerCfg["enable.auto.offset.store"] = false
+	readerCfg["isolation.level"] = "read_committed"
+	readerCfg["enable.partition.eof"] = true
+	readerCfg["fetch.wait.max.ms"] = 10
 	return &Source{admin: admin, bootstrap: fmt.Sprint(bs), metrics: m,
-		RateWindow: 2 * time.Minute, DrainCap: 3600, rates: map[[2]string]*Rate{}}, nil
+		RateWindow: 2 * time.Minute, DrainCap: 3600, MarkerCheckMax: 10,
+		rates: map[[2]string]*Rate{}, readerCfg: readerCfg}, nil
 }
 
-// Close closes the admin client.
-func (s *Source) Close() { s.admin.Close() }
+// Close closes the admin client and the marker-check reader.
+func (s *Source) Close() {
+	s.admin.Close()
+	s.readerMu.Lock()
+	defer s.readerMu.Unlock()
+	if s.reader != nil {
+		s.reader.Close()
+	}
+}
+
+// countConsumable reads a partition from offset from up to offset to with
+// read_committed and counts the records a consumer would get.
+func (s *Source) countConsumable(ctx context.Context, topic string, partition int32, from, to int64) (int64, error) {
+	s.readerMu.Lock()
+	defer s.readerMu.Unlock()
+	if s.reader == nil {
+		r, err := kafka.NewConsumer(&s.readerCfg)
+		if err != nil {
+			return 0, err
+		}
+		s.reader = r
+	}
+	t0 := time.Now()
+	if err := s.reader.Assign([]kafka.TopicPartition{{Topic: &topic, Partition: partition, Offset: kafka.Offset(from)}}); err != nil {
+		return 0, err
+	}
+	defer func() { _ = s.reader.Unassign() }()
+	var n int64
+	var err error
+	deadline := time.Now().Add(2 * time.Second)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+loop:
+	for time.Now().Before(deadline) {
+		switch ev := s.reader.Poll(100).(type) {
+		case *kafka.Message:
+			if *ev.TopicPartition.Topic != topic || ev.TopicPartition.Partition != partition {
+				continue
+			}
+			if int64(ev.TopicPartition.Offset) >= to {
+				break loop
+			}
+			n++
+			if int64(ev.TopicPartition.Offset) == to-1 {
+				break loop
+			}
+		case kafka.PartitionEOF:
+			break loop
+		case kafka.Error:
+			err = ev
+			break loop
+		}
+	}
+	if err == nil && !time.Now().Before(deadline) {
+		err = fmt.Errorf("reading %s[%d] from %d: no end within the deadline", topic, partition, from)
+	}
+	s.metrics.Backend("kafka", "marker_check", t0, err)
+	return n, err
+}
 
 func (s *Source) wrap(what string, err error) error {
 	return fmt.Errorf("kafka at %s: %s: %w", s.bootstrap, what, err)
@@ -223,7 +303,15 @@ func (s *Source) GroupPartitions(ctx context.Context, group string, topics []str
 		if !ok {
 			c = NoOffset
 		}
-		out = append(out, Partition{Topic: k.topic, Partition: k.partition, Start: start[k], End: end[k], Committed: c})
+		p := Partition{Topic: k.topic, Partition: k.partition, Start: start[k], End: end[k], Committed: c}
+		if d := p.End - p.Committed; c >= p.Start && d > 0 && d <= s.MarkerCheckMax {
+			n, err := s.countConsumable(ctx, p.Topic, p.Partition, p.Committed, p.End)
+			if err != nil {
+				return nil, s.wrap("counting records after the commit", err)
+			}
+			p.Consumable = &n
+		}
+		out = append(out, p)
 	}
 	return out, nil
 }

@@ -25,6 +25,13 @@ type Partition struct {
 	End int64
 	// Committed is the group's committed offset, or NoOffset.
 	Committed int64
+	// Consumable, when measured, is how many records a read_committed
+	// consumer gets between Committed and End. It differs from
+	// End-Committed by the transaction markers (and aborted records) in
+	// between: a consumer that commits "last record + 1" after a
+	// transaction stops just before the commit marker, and without this
+	// the lag would read 1 forever (KEDA #5675).
+	Consumable *int64
 }
 
 // PartitionLag is one partition's lag and how it was reckoned.
@@ -46,6 +53,8 @@ type PartitionLag struct {
 //	truncated:   committed < start: end - start, for the same reason
 //	clamped:     committed > end (end offsets fetched a moment before the
 //	             commit, or a stale LSO): 0
+//	markers:     the records between committed and end were counted and
+//	             some are transaction markers: only the consumable count
 func Calculate(parts []Partition) []PartitionLag {
 	out := make([]PartitionLag, 0, len(parts))
 	for _, p := range parts {
@@ -57,6 +66,8 @@ func Calculate(parts []Partition) []PartitionLag {
 			pl.Lag, pl.Reason = p.End-p.Start, "truncated"
 		case p.Committed > p.End:
 			pl.Lag, pl.Reason = 0, "clamped"
+		case p.Consumable != nil && *p.Consumable < p.End-p.Committed:
+			pl.Lag, pl.Reason = *p.Consumable, "markers"
 		default:
 			pl.Lag, pl.Reason = p.End-p.Committed, "committed"
 		}

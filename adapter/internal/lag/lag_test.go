@@ -21,9 +21,12 @@ func TestCalculate(t *testing.T) {
 		{"never committed: retained messages only", lag.Partition{Start: 400, End: 500, Committed: lag.NoOffset}, 100, "uncommitted"},
 		{"never committed, empty", lag.Partition{Start: 7, End: 7, Committed: lag.NoOffset}, 0, "uncommitted"},
 		{"retention deleted past the commit", lag.Partition{Start: 300, End: 500, Committed: 100}, 200, "truncated"},
-		// A transactional topic: the end is the last stable offset, so the
-		// commit marker after the last message is not a permanent lag of 1.
-		{"transactional, all committed data consumed", lag.Partition{Start: 0, End: 11, Committed: 11}, 0, "committed"},
+		// A transactional topic: 10 records and the commit marker at offset
+		// 10. The consumer committed "last record + 1" = 10, the end is 11:
+		// counted records, not offsets, so the marker is no lag.
+		{"transactional, marker after the last record", lag.Partition{Start: 0, End: 11, Committed: 10, Consumable: ptr(0)}, 0, "markers"},
+		{"transactional, one record and a marker left", lag.Partition{Start: 0, End: 13, Committed: 10, Consumable: ptr(1)}, 1, "markers"},
+		{"counted and no markers", lag.Partition{Start: 0, End: 13, Committed: 10, Consumable: ptr(3)}, 3, "committed"},
 		{"commit ahead of the end: clamped, never negative", lag.Partition{Start: 0, End: 90, Committed: 95}, 0, "clamped"},
 	}
 	for _, tt := range tests {
@@ -35,6 +38,8 @@ func TestCalculate(t *testing.T) {
 		})
 	}
 }
+
+func ptr(n int64) *int64 { return &n }
 
 func TestPartitionsAddedCountTheirMessages(t *testing.T) {
 	// Partitions 3 and 4 were added after the group last committed: they

@@ -1,0 +1,281 @@
+package lag_test
+
+import (
+	"context"
+	"fmt"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
+	"k8s.io/apimachinery/pkg/labels"
+
+	"github.com/purchase-system/purchase-system/adapter/internal/lag"
+	"github.com/purchase-system/purchase-system/adapter/internal/selfmetrics"
+	"github.com/purchase-system/purchase-system/testkit/testkafka"
+	"github.com/purchase-system/purchase-system/testkit/testproc"
+)
+
+// brokers runs a test against the in-process broker and, when present,
+// the real Apache Kafka broker.
+func brokers(t *testing.T, f func(t *testing.T, bootstrap string, real bool)) {
+	t.Run("kfake", func(t *testing.T) {
+		_, addr := testkafka.Fake(t)
+		f(t, addr, false)
+	})
+	t.Run("apache-kafka", func(t *testing.T) {
+		f(t, testkafka.Real(t), true)
+	})
+}
+
+func unique(prefix string) string { return prefix + "-" + strconv.FormatInt(time.Now().UnixNano(), 36) }
+
+func createTopic(t *testing.T, bootstrap, topic string, partitions int) {
+	t.Helper()
+	a, err := kafka.NewAdminClient(&kafka.ConfigMap{"bootstrap.servers": bootstrap})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	res, err := a.CreateTopics(ctx, []kafka.TopicSpecification{{Topic: topic, NumPartitions: partitions, ReplicationFactor: 1}})
+	if err != nil || res[0].Error.Code() != kafka.ErrNoError {
+		t.Fatalf("create topic: %v %v", err, res)
+	}
+}
+
+// produce writes counts[i] messages to partition i; with txn, each
+// partition's messages go in one committed transaction.
+func produce(t *testing.T, bootstrap, topic string, counts []int, txn bool) {
+	t.Helper()
+	cfg := kafka.ConfigMap{"bootstrap.servers": bootstrap, "enable.idempotence": true, "acks": "all"}
+	if txn {
+		cfg["transactional.id"] = unique("txn")
+	}
+	p, err := kafka.NewProducer(&cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	// Flush counts undrained delivery reports as outstanding.
+	go func() {
+		for ev := range p.Events() {
+			if m, ok := ev.(*kafka.Message); ok && m.TopicPartition.Error != nil {
+				t.Errorf("delivery: %v", m.TopicPartition.Error)
+			}
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if txn {
+		if err := p.InitTransactions(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for part, n := range counts {
+		if txn {
+			if err := p.BeginTransaction(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for i := range n {
+			if err := p.Produce(&kafka.Message{TopicPartition: kafka.TopicPartition{Topic: &topic, Partition: int32(part)}, Value: []byte(fmt.Sprint(i))}, nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if txn {
+			if err := p.CommitTransaction(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if left := p.Flush(30000); left != 0 {
+		t.Fatalf("%d messages not delivered", left)
+	}
+}
+
+// consume reads consumed[i] messages from partition i as group and
+// commits "last record + 1" for each partition it read from, as a
+// consumer committing after its records does. -1 commits nothing.
+func consume(t *testing.T, bootstrap, group, topic string, consumed []int) {
+	t.Helper()
+	c, err := kafka.NewConsumer(&kafka.ConfigMap{"bootstrap.servers": bootstrap, "group.id": group,
+		"enable.auto.commit": false, "isolation.level": "read_committed", "fetch.wait.max.ms": 50})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var tps []kafka.TopicPartition
+	for p, n := range consumed {
+		if n > 0 {
+			tps = append(tps, kafka.TopicPartition{Topic: &topic, Partition: int32(p), Offset: kafka.OffsetBeginning})
+		}
+	}
+	if err := c.Assign(tps); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]int, len(consumed))
+	last := make([]kafka.Offset, len(consumed))
+	deadline := time.Now().Add(30 * time.Second)
+	for done := false; !done; {
+		if time.Now().After(deadline) {
+			t.Fatalf("consumed %v of %v", got, consumed)
+		}
+		if m, ok := c.Poll(100).(*kafka.Message); ok && got[m.TopicPartition.Partition] < consumed[m.TopicPartition.Partition] {
+			got[m.TopicPartition.Partition]++
+			last[m.TopicPartition.Partition] = m.TopicPartition.Offset
+			if got[m.TopicPartition.Partition] == consumed[m.TopicPartition.Partition] {
+				_ = c.IncrementalUnassign([]kafka.TopicPartition{{Topic: &topic, Partition: m.TopicPartition.Partition}})
+			}
+		}
+		done = true
+		for p := range consumed {
+			done = done && (consumed[p] <= 0 || got[p] == consumed[p])
+		}
+	}
+	var commits []kafka.TopicPartition
+	for p, n := range consumed {
+		if n > 0 {
+			commits = append(commits, kafka.TopicPartition{Topic: &topic, Partition: int32(p), Offset: last[p] + 1})
+		}
+	}
+	if _, err := c.CommitOffsets(commits); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func source(t *testing.T, bootstrap string) *lag.Source {
+	t.Helper()
+	s, err := lag.NewSource(kafka.ConfigMap{"bootstrap.servers": bootstrap}, selfmetrics.New())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	return s
+}
+
+func fetchLag(t *testing.T, s *lag.Source, group, topic string) float64 {
+	t.Helper()
+	sel, _ := labels.Parse(fmt.Sprintf("consumergroup=%s,topic=%s", group, topic))
+	f, err := lag.ParseSelector(sel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	samples, err := s.Fetch(ctx, lag.MetricLag, f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(samples) != 1 || samples[0].Labels["consumergroup"] != group || samples[0].Labels["topic"] != topic {
+		t.Fatalf("samples %+v", samples)
+	}
+	return samples[0].Value
+}
+
+func TestLagIsProducedMinusConsumed(t *testing.T) {
+	brokers(t, func(t *testing.T, bootstrap string, real bool) {
+		topic, group := unique("lag"), unique("group")
+		createTopic(t, bootstrap, topic, 4)
+		produced := []int{30, 20, 25, 7} // N = 82
+		consumed := []int{30, 5, 11, -1} // M = 46; partition 3 never committed
+		produce(t, bootstrap, topic, produced, false)
+		consume(t, bootstrap, group, topic, consumed)
+		if got := fetchLag(t, source(t, bootstrap), group, topic); got != 82-46 {
+			t.Fatalf("lag = %v, want N-M = %d", got, 82-46)
+		}
+	})
+}
+
+func TestTransactionMarkersAreNotLag(t *testing.T) {
+	brokers(t, func(t *testing.T, bootstrap string, real bool) {
+		topic, group := unique("txn"), unique("group")
+		createTopic(t, bootstrap, topic, 2)
+		produce(t, bootstrap, topic, []int{10, 6}, true)
+		// All of partition 0, 4 of partition 1's 6: each partition also
+		// holds one commit marker after its records.
+		consume(t, bootstrap, group, topic, []int{10, 4})
+		if got := fetchLag(t, source(t, bootstrap), group, topic); got != 2 {
+			t.Fatalf("lag = %v, want 2 (the 2 unread records; the markers are not lag)", got)
+		}
+	})
+}
+
+// TestLagMatchesKafkaConsumerGroupsTool compares with the numbers Kafka's
+// own kafka-consumer-groups --describe prints, on the real broker.
+func TestLagMatchesKafkaConsumerGroupsTool(t *testing.T) {
+	bootstrap := testkafka.Real(t)
+	topic, group := unique("tool"), unique("group")
+	createTopic(t, bootstrap, topic, 3)
+	produce(t, bootstrap, topic, []int{40, 13, 27}, false)
+	consume(t, bootstrap, group, topic, []int{12, 13, 1})
+	ours := fetchLag(t, source(t, bootstrap), group, topic)
+
+	root, err := testproc.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(filepath.Join(root, "scripts", "kafka.sh"), "run",
+		"org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
+		"--bootstrap-server", bootstrap, "--describe", "--group", group).CombinedOutput()
+	if err != nil {
+		t.Fatalf("kafka-consumer-groups: %v\n%s", err, out)
+	}
+	var theirs, rows int
+	lagCol := -1
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(line)
+		for i, h := range f {
+			if h == "LAG" {
+				lagCol = i
+			}
+		}
+		if lagCol >= 0 && len(f) > lagCol && len(f) > 1 && f[1] == topic {
+			n, err := strconv.Atoi(f[lagCol])
+			if err != nil {
+				t.Fatalf("LAG column %q in %q", f[lagCol], line)
+			}
+			theirs += n
+			rows++
+		}
+	}
+	if rows != 3 {
+		t.Fatalf("kafka-consumer-groups listed %d partitions of %s:\n%s", rows, topic, out)
+	}
+	if ours != float64(theirs) || theirs != 28+0+26 {
+		t.Fatalf("adapter lag %v, kafka-consumer-groups %d, want both 54\n%s", ours, theirs, out)
+	}
+}
+
+func TestUnreachableBrokerIsAnErrorNotZero(t *testing.T) {
+	s, err := lag.NewSource(kafka.ConfigMap{"bootstrap.servers": "127.0.0.1:1", "socket.connection.setup.timeout.ms": 1000}, selfmetrics.New())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	samples, err := s.Fetch(ctx, lag.MetricLag, lag.Filter{Groups: []string{"g"}, Topics: []string{"t"}})
+	if err == nil || !strings.Contains(err.Error(), "kafka at 127.0.0.1:1") || len(samples) != 0 {
+		t.Fatalf("samples %v, err %v: want an error naming the broker, no value", samples, err)
+	}
+}
+
+func TestSelectorParsing(t *testing.T) {
+	for sel, wantErr := range map[string]string{
+		"consumergroup=g,topic=t":     "",
+		"consumergroup in (a,b)":      "",
+		"consumergroup!=g":            "only consumergroup and topic with = or in",
+		"consumergroup=g,partition=1": `unknown label "partition"`,
+	} {
+		s, _ := labels.Parse(sel)
+		_, err := lag.ParseSelector(s)
+		if (wantErr == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), wantErr)) {
+			t.Errorf("%s: err %v, want %q", sel, err, wantErr)
+		}
+	}
+}

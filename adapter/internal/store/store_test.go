@@ -1,0 +1,137 @@
+package store_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/purchase-system/purchase-system/adapter/internal/store"
+)
+
+var key = store.Key{API: "custom", Metric: "m", Resource: "pods", Namespace: "ns"}
+
+// countingFetcher counts fetches and can be held until released.
+type countingFetcher struct {
+	calls   atomic.Int64
+	release chan struct{}
+	err     error
+}
+
+func (f *countingFetcher) fetch(ctx context.Context, k store.Key) ([]store.Sample, error) {
+	n := f.calls.Add(1)
+	if f.release != nil {
+		<-f.release
+	}
+	return []store.Sample{{Object: "p", Value: float64(n), Timestamp: time.Now()}}, f.err
+}
+
+func TestConcurrentReadersShareOneFetch(t *testing.T) {
+	f := &countingFetcher{release: make(chan struct{})}
+	var lookups sync.Map
+	s := store.New(f.fetch, store.Options{Fresh: time.Minute, Observe: func(r string) {
+		v, _ := lookups.LoadOrStore(r, new(atomic.Int64))
+		v.(*atomic.Int64).Add(1)
+	}})
+	var wg sync.WaitGroup
+	results := make(chan float64, 50)
+	for range 50 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			v, err := s.Get(context.Background(), key)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			results <- v.Samples[0].Value
+		}()
+	}
+	time.Sleep(50 * time.Millisecond) // all 50 are waiting on the held fetch
+	close(f.release)
+	wg.Wait()
+	close(results)
+	if n := f.calls.Load(); n != 1 {
+		t.Fatalf("%d backend fetches for 50 concurrent identical reads, want 1", n)
+	}
+	for v := range results {
+		if v != 1 {
+			t.Fatalf("a reader got value %v, want the one fetch's 1", v)
+		}
+	}
+	// Fresh now: further reads are hits.
+	if _, err := s.Get(context.Background(), key); err != nil || f.calls.Load() != 1 {
+		t.Fatalf("read of a fresh value fetched again (calls %d, err %v)", f.calls.Load(), err)
+	}
+	hits, _ := lookups.Load("hit")
+	if hits == nil || hits.(*atomic.Int64).Load() != 1 {
+		t.Fatalf("hit count %v, want 1", hits)
+	}
+}
+
+func TestStaleValueIsFetchedAgain(t *testing.T) {
+	f := &countingFetcher{}
+	s := store.New(f.fetch, store.Options{Fresh: 20 * time.Millisecond})
+	v1, _ := s.Get(context.Background(), key)
+	time.Sleep(30 * time.Millisecond)
+	v2, _ := s.Get(context.Background(), key)
+	if f.calls.Load() != 2 || v2.Samples[0].Value != 2 || !v2.FetchedAt.After(v1.FetchedAt) {
+		t.Fatalf("calls %d, values %v then %v", f.calls.Load(), v1.Samples[0].Value, v2.Samples[0].Value)
+	}
+}
+
+func TestFetchErrorsReachTheReader(t *testing.T) {
+	f := &countingFetcher{err: errors.New("prometheus at http://x: connection refused")}
+	s := store.New(f.fetch, store.Options{Fresh: time.Minute})
+	v, err := s.Get(context.Background(), key)
+	if err != nil || v.Err == nil || v.Err.Error() != "prometheus at http://x: connection refused" {
+		t.Fatalf("value %+v, err %v: the fetch error must be returned, not hidden", v, err)
+	}
+}
+
+func TestWantedKeysAreRefreshedAndUnwantedOnesDropped(t *testing.T) {
+	f := &countingFetcher{}
+	s := store.New(f.fetch, store.Options{Fresh: 40 * time.Millisecond, DemandTTL: 150 * time.Millisecond})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go s.Run(ctx)
+	if _, err := s.Get(ctx, key); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(120 * time.Millisecond)
+	if n := f.calls.Load(); n < 2 {
+		t.Fatalf("a wanted key was fetched %d times in 3 fresh periods, want background refreshes", n)
+	}
+	// A read now is served from memory: the refresh kept it fresh.
+	before := f.calls.Load()
+	v, _ := s.Get(ctx, key)
+	if time.Since(v.FetchedAt) > 40*time.Millisecond || f.calls.Load() != before {
+		t.Fatalf("read after refreshes fetched (calls %d -> %d) or was stale (%s)", before, f.calls.Load(), time.Since(v.FetchedAt))
+	}
+	time.Sleep(400 * time.Millisecond) // longer than DemandTTL without a read
+	if s.Len() != 0 {
+		t.Fatalf("%d keys kept after nobody asked for %s: memory must follow demand", s.Len(), 400*time.Millisecond)
+	}
+	settled := f.calls.Load()
+	time.Sleep(100 * time.Millisecond)
+	if f.calls.Load() != settled {
+		t.Fatal("a dropped key is still being refreshed")
+	}
+}
+
+func TestReaderContextEndsTheWaitNotTheFetch(t *testing.T) {
+	f := &countingFetcher{release: make(chan struct{})}
+	s := store.New(f.fetch, store.Options{Fresh: time.Minute})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	if _, err := s.Get(ctx, key); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("err = %v, want the reader's deadline", err)
+	}
+	close(f.release)
+	v, err := s.Get(context.Background(), key)
+	if err != nil || len(v.Samples) != 1 || f.calls.Load() != 1 {
+		t.Fatalf("the fetch should have finished for the next reader: %+v %v calls=%d", v, err, f.calls.Load())
+	}
+}

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# make run: the whole system on the local Kubernetes. Brings up the
+# cluster (building its tools into the cache the first time, with
+# progress), Kafka, PostgreSQL and Prometheus beside it, deploys
+# manifests/overlays/local, prints where everything is, and on Ctrl-C stops
+# what it started.
+source "$(dirname "$0")/lib.sh"
+cd "$REPO_ROOT"
+
+KUBECONFIG_FILE="${STATE_DIR}/devcluster/kubeconfig"
+started_cluster=false started_infra=false
+
+stop_all() {
+  trap - INT TERM EXIT
+  echo
+  if $started_infra; then scripts/infra.sh down || true; fi
+  if $started_cluster; then scripts/cluster.sh down || true; fi
+}
+trap 'stop_all; exit 0' INT TERM
+trap stop_all EXIT
+
+[[ -f "$KUBECONFIG_FILE" ]] || started_cluster=true
+[[ -d "${STATE_DIR}/infra" ]] || started_infra=true
+scripts/tools.sh ensure all
+scripts/cluster.sh up
+scripts/infra.sh up
+
+kubectl="$(scripts/tools.sh path kubernetes)/kubectl --kubeconfig ${KUBECONFIG_FILE}"
+log "deploying manifests/overlays/local"
+$kubectl apply -k manifests/overlays/local >/dev/null
+for d in purchase-system/customer-management-api purchase-system/customer-web-server monitoring/purchase-metrics-adapter; do
+  $kubectl -n "${d%/*}" rollout status "deployment/${d#*/}" --timeout=180s >/dev/null \
+    || die "deployment ${d} did not become ready: $kubectl -n ${d%/*} describe deployment/${d#*/}"
+  log "${d} ready"
+done
+
+cat <<MSG
+
+  The Purchase Tracking System is running on the local Kubernetes.
+
+  Web server (NodePort 30080)   http://localhost:30080
+  Kubeconfig                    ${KUBECONFIG_FILE}
+  kubectl                       $(scripts/tools.sh path kubernetes)/kubectl
+  Prometheus                    http://10.88.0.1:9090
+  Kafka, PostgreSQL             10.88.0.1:9092, 10.88.0.1:5432 (kafka:9092, postgres:5432 in the cluster)
+
+  Try:
+    export KUBECONFIG=${KUBECONFIG_FILE}
+    curl -X POST -H 'Content-Type: application/json' -d '{"username":"test","userid":"u1","price":10}' http://localhost:30080/buy
+    curl http://localhost:30080/getAllUserBuys/u1
+    kubectl get pods -A
+    bin/loadgen -url http://localhost:30080/buy -c 50 -d 60s
+    kubectl get --raw '/apis/custom.metrics.k8s.io/v1beta2/namespaces/purchase-system/pods/*/flask_http_request_per_second'
+    kubectl get --raw '/apis/external.metrics.k8s.io/v1beta1/namespaces/purchase-system/kafka_consumergroup_lag?labelSelector=consumergroup%3Dpurchase-consumer-group'
+
+  Ctrl-C stops everything this started.
+MSG
+while :; do sleep 3600; done
