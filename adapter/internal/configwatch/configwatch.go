@@ -39,10 +39,11 @@ func Watch(ctx context.Context, path string, m *selfmetrics.Metrics, logger *slo
 		w.Close()
 		return err
 	}
+	// What is in use now, read before watching starts so no edit is missed.
+	last, _ := os.ReadFile(path)
 	go func() {
 		defer w.Close()
 		var debounce <-chan time.Time
-		last, _ := os.ReadFile(path)
 		for {
 			select {
 			case <-ctx.Done():

@@ -59,6 +59,8 @@ type Provider struct {
 	discoveryErr  error
 	customInfos   []cmprovider.CustomMetricInfo
 	externalInfos []cmprovider.ExternalMetricInfo
+
+	callers sync.Map // user|api|metric already logged
 }
 
 // New builds a provider. Call Run to start discovery and the store.
@@ -294,6 +296,12 @@ func (p *Provider) observe(ctx context.Context, api, metric, ns string, start ti
 		p.metrics.RequestErrors.WithLabelValues(api, metric, reason).Inc()
 		p.logger.Warn("metric request failed", "api", api, "metric", metric, "namespace", ns, "user", user, "err", err)
 		return
+	}
+	// Who reads which metric, once per caller and metric: the identity the
+	// API server passed through the aggregation layer, without logging
+	// every HPA poll.
+	if _, seen := p.callers.LoadOrStore(user+"|"+api+"|"+metric, true); !seen {
+		p.logger.Info("serving a metric to a new caller", "api", api, "metric", metric, "namespace", ns, "user", user)
 	}
 	p.logger.Debug("metric request", "api", api, "metric", metric, "namespace", ns, "user", user, "seconds", time.Since(start).Seconds())
 }

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
@@ -93,7 +92,7 @@ func New() *Metrics {
 	}
 	m.Registry.MustRegister(m.RequestSeconds, m.RequestErrors, m.BackendSeconds, m.BackendErrors, m.StoreLookups,
 		m.StoreKeys, m.LagComputeSeconds, m.SampleAge, m.StaleDropped, m.ConfigReloads, m.ConfigLastReloadSuccess,
-		m.DiscoveredMetrics, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		m.DiscoveredMetrics)
 	return m
 }
 
@@ -106,7 +105,8 @@ func (m *Metrics) Backend(backend, kind string, start time.Time, err error) {
 }
 
 // Handler serves the self-metrics and, beside them, what extra gatherers
-// collect (the API server library's own metrics).
+// collect: the API server library's registry, which also holds the Go
+// runtime and process metrics (so they are not registered here again).
 func (m *Metrics) Handler(extra ...prometheus.Gatherer) http.Handler {
 	gs := prometheus.Gatherers{m.Registry}
 	gs = append(gs, extra...)
