@@ -83,55 +83,73 @@ func (s *Source) Close() {
 	}
 }
 
-// countConsumable reads a partition from offset from up to offset to with
-// read_committed and counts the records a consumer would get.
-func (s *Source) countConsumable(ctx context.Context, topic string, partition int32, from, to int64) (int64, error) {
+// span is a stretch of a partition to count records in: [from, to).
+type span struct {
+	topic     string
+	partition int32
+	from, to  int64
+}
+
+// countConsumable reads the spans with read_committed, all partitions at
+// once, and returns how many records a consumer gets in each.
+func (s *Source) countConsumable(ctx context.Context, spans []span) (map[tpKey]int64, error) {
 	s.readerMu.Lock()
 	defer s.readerMu.Unlock()
 	if s.reader == nil {
 		r, err := kafka.NewConsumer(&s.readerCfg)
 		if err != nil {
-			return 0, err
+			return nil, err
 		}
 		s.reader = r
 	}
 	t0 := time.Now()
-	if err := s.reader.Assign([]kafka.TopicPartition{{Topic: &topic, Partition: partition, Offset: kafka.Offset(from)}}); err != nil {
-		return 0, err
+	tps := make([]kafka.TopicPartition, len(spans))
+	left := map[tpKey]int64{} // end offset of each span still being read
+	counts := map[tpKey]int64{}
+	for i, sp := range spans {
+		topic := sp.topic
+		tps[i] = kafka.TopicPartition{Topic: &topic, Partition: sp.partition, Offset: kafka.Offset(sp.from)}
+		left[tpKey{sp.topic, sp.partition}] = sp.to
+		counts[tpKey{sp.topic, sp.partition}] = 0
+	}
+	if err := s.reader.Assign(tps); err != nil {
+		return nil, err
 	}
 	defer func() { _ = s.reader.Unassign() }()
-	var n int64
-	var err error
-	deadline := time.Now().Add(2 * time.Second)
+	deadline := time.Now().Add(5 * time.Second)
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
 		deadline = d
 	}
-loop:
-	for time.Now().Before(deadline) {
+	var err error
+	for len(left) > 0 && err == nil && time.Now().Before(deadline) {
 		switch ev := s.reader.Poll(100).(type) {
 		case *kafka.Message:
-			if *ev.TopicPartition.Topic != topic || ev.TopicPartition.Partition != partition {
+			k := tpKey{*ev.TopicPartition.Topic, ev.TopicPartition.Partition}
+			to, ok := left[k]
+			if !ok {
 				continue
 			}
-			if int64(ev.TopicPartition.Offset) >= to {
-				break loop
-			}
-			n++
-			if int64(ev.TopicPartition.Offset) == to-1 {
-				break loop
+			if off := int64(ev.TopicPartition.Offset); off < to {
+				counts[k]++
+				if off == to-1 {
+					delete(left, k)
+				}
+			} else {
+				delete(left, k)
 			}
 		case kafka.PartitionEOF:
-			break loop
+			// With read_committed the end is the last stable offset: the
+			// markers after the last record are behind it.
+			delete(left, tpKey{*ev.Topic, ev.Partition})
 		case kafka.Error:
 			err = ev
-			break loop
 		}
 	}
-	if err == nil && !time.Now().Before(deadline) {
-		err = fmt.Errorf("reading %s[%d] from %d: no end within the deadline", topic, partition, from)
+	if err == nil && len(left) > 0 {
+		err = fmt.Errorf("%d partitions not read to their end within the deadline", len(left))
 	}
 	s.metrics.Backend("kafka", "marker_check", t0, err)
-	return n, err
+	return counts, err
 }
 
 func (s *Source) wrap(what string, err error) error {
@@ -297,6 +315,7 @@ func (s *Source) GroupPartitions(ctx context.Context, group string, topics []str
 		return nil, err
 	}
 	out := make([]Partition, 0, len(tps))
+	var spans []span
 	for _, tp := range tps {
 		k := tpKey{*tp.Topic, tp.Partition}
 		c, ok := committed[k]
@@ -305,13 +324,20 @@ func (s *Source) GroupPartitions(ctx context.Context, group string, topics []str
 		}
 		p := Partition{Topic: k.topic, Partition: k.partition, Start: start[k], End: end[k], Committed: c}
 		if d := p.End - p.Committed; c >= p.Start && d > 0 && d <= s.MarkerCheckMax {
-			n, err := s.countConsumable(ctx, p.Topic, p.Partition, p.Committed, p.End)
-			if err != nil {
-				return nil, s.wrap("counting records after the commit", err)
-			}
-			p.Consumable = &n
+			spans = append(spans, span{p.Topic, p.Partition, p.Committed, p.End})
 		}
 		out = append(out, p)
+	}
+	if len(spans) > 0 {
+		counts, err := s.countConsumable(ctx, spans)
+		if err != nil {
+			return nil, s.wrap("counting records after the commit", err)
+		}
+		for i := range out {
+			if n, ok := counts[tpKey{out[i].Topic, out[i].Partition}]; ok {
+				out[i].Consumable = &n
+			}
+		}
 	}
 	return out, nil
 }

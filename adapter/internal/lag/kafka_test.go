@@ -33,7 +33,7 @@ func brokers(t *testing.T, f func(t *testing.T, bootstrap string, real bool)) {
 
 func unique(prefix string) string { return prefix + "-" + strconv.FormatInt(time.Now().UnixNano(), 36) }
 
-func createTopic(t *testing.T, bootstrap, topic string, partitions int) {
+func createTopic(t testing.TB, bootstrap, topic string, partitions int) {
 	t.Helper()
 	a, err := kafka.NewAdminClient(&kafka.ConfigMap{"bootstrap.servers": bootstrap})
 	if err != nil {
@@ -50,7 +50,7 @@ func createTopic(t *testing.T, bootstrap, topic string, partitions int) {
 
 // produce writes counts[i] messages to partition i; with txn, each
 // partition's messages go in one committed transaction.
-func produce(t *testing.T, bootstrap, topic string, counts []int, txn bool) {
+func produce(t testing.TB, bootstrap, topic string, counts []int, txn bool) {
 	t.Helper()
 	cfg := kafka.ConfigMap{"bootstrap.servers": bootstrap, "enable.idempotence": true, "acks": "all"}
 	if txn {
@@ -101,7 +101,7 @@ func produce(t *testing.T, bootstrap, topic string, counts []int, txn bool) {
 // consume reads consumed[i] messages from partition i as group and
 // commits "last record + 1" for each partition it read from, as a
 // consumer committing after its records does. -1 commits nothing.
-func consume(t *testing.T, bootstrap, group, topic string, consumed []int) {
+func consume(t testing.TB, bootstrap, group, topic string, consumed []int) {
 	t.Helper()
 	c, err := kafka.NewConsumer(&kafka.ConfigMap{"bootstrap.servers": bootstrap, "group.id": group,
 		"enable.auto.commit": false, "isolation.level": "read_committed", "fetch.wait.max.ms": 50})
@@ -148,7 +148,7 @@ func consume(t *testing.T, bootstrap, group, topic string, consumed []int) {
 	}
 }
 
-func source(t *testing.T, bootstrap string) *lag.Source {
+func source(t testing.TB, bootstrap string) *lag.Source {
 	t.Helper()
 	s, err := lag.NewSource(kafka.ConfigMap{"bootstrap.servers": bootstrap}, selfmetrics.New())
 	if err != nil {

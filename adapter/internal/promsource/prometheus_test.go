@@ -23,7 +23,7 @@ import (
 )
 
 // prometheusBinary is the Prometheus the tools script built.
-func prometheusBinary(t *testing.T) string {
+func prometheusBinary(t testing.TB) string {
 	t.Helper()
 	root, err := testproc.RepoRoot()
 	if err != nil {

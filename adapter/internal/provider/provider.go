@@ -103,9 +103,13 @@ func (p *Provider) SetConfig(ctx context.Context, cfg *rules.Config) {
 	p.mu.Lock()
 	p.cfg = cfg
 	p.mu.Unlock()
-	p.store.Reset()
+	p.Forget()
 	p.Discover(ctx)
 }
+
+// Forget drops every stored value, so the next reads fetch (rule changes
+// do this; benchmarks use it for cold reads).
+func (p *Provider) Forget() { p.store.Reset() }
 
 // Discover asks Prometheus what the rules yield now.
 func (p *Provider) Discover(ctx context.Context) {
