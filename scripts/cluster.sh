@@ -33,7 +33,7 @@ cluster_flags() {
 
 case "${1:-}" in
   up)
-    [[ $(id -u) == 0 ]] || die "the local cluster needs root (it gives each pod a network namespace); with Docker, use the kind scripts in e2e/kind instead"
+    [[ $(id -u) == 0 ]] || die "the local cluster needs root: it gives each pod a network namespace (run it as root, e.g. sudo make run)"
     scripts/tools.sh ensure etcd kubernetes metrics-server
     [[ -x "$BIN/devcluster" ]] || die "bin/devcluster is missing: run make build"
     mapfile -t flags < <(cluster_flags)

@@ -13,8 +13,9 @@ started_cluster=false started_infra=false
 stop_all() {
   trap - INT TERM EXIT
   echo
-  if $started_infra; then scripts/infra.sh down || true; fi
+  # The cluster first: its pods drain while Kafka is still there.
   if $started_cluster; then scripts/cluster.sh down || true; fi
+  if $started_infra; then scripts/infra.sh down || true; fi
 }
 trap 'stop_all; exit 0' INT TERM
 trap stop_all EXIT

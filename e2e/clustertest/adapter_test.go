@@ -74,14 +74,6 @@ func milli(q string) float64 {
 
 func TestCustomMetricsThroughTheAPIServer(t *testing.T) {
 	deploySystem(t)
-	out := kubectl(t, "get", "--raw", "/apis/custom.metrics.k8s.io/v1beta2")
-	if !strings.Contains(out, `"name":"pods/flask_http_request_per_second"`) {
-		t.Fatalf("v1beta2 discovery lacks pods/flask_http_request_per_second:\n%s", out)
-	}
-	if out := kubectl(t, "get", "--raw", "/apis/custom.metrics.k8s.io/v1beta1"); !strings.Contains(out, "pods/flask_http_request_per_second") {
-		t.Fatalf("v1beta1 discovery: %s", out)
-	}
-
 	// Load on each web pod, then the adapter's value per pod must be what
 	// Prometheus computes for the same rule.
 	pods := waitReplicas(t, "purchase-system", "app=customer-web-server", 2)
@@ -105,6 +97,17 @@ func TestCustomMetricsThroughTheAPIServer(t *testing.T) {
 			}
 		}()
 	}
+	// The metric is listed once its series exist (they appear with the
+	// first request a pod serves).
+	testproc.Eventually(t, 60*time.Second, "the metric in v1beta2 and v1beta1 discovery", func() error {
+		for _, v := range []string{"v1beta2", "v1beta1"} {
+			out, err := execKubectl("get", "--raw", "/apis/custom.metrics.k8s.io/"+v)
+			if err != nil || !strings.Contains(out, `"name":"pods/flask_http_request_per_second"`) {
+				return fmt.Errorf("%s: %v %s", v, err, out)
+			}
+		}
+		return nil
+	})
 	path := "/apis/custom.metrics.k8s.io/v1beta2/namespaces/purchase-system/pods/*/flask_http_request_per_second?labelSelector=" + url.QueryEscape("app=customer-web-server")
 	testproc.Eventually(t, 90*time.Second, "one value per web pod, matching Prometheus", func() error {
 		l, raw, err := rawJSON(path)

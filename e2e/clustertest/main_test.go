@@ -83,11 +83,12 @@ func run(m *testing.M) int {
 		fmt.Println("clustertest: the cluster was already up before the tests: leaving it running (down check not run)")
 		return code
 	}
-	if err := script("infra.sh", "down"); err != nil {
+	// The cluster first: its pods drain while Kafka is still there.
+	if err := script("cluster.sh", "down"); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		code = 1
 	}
-	if err := script("cluster.sh", "down"); err != nil {
+	if err := script("infra.sh", "down"); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		code = 1
 	}

@@ -40,6 +40,10 @@ type Options struct {
 	// missing rather than acting on stale data.
 	MaxSampleAge time.Duration
 	Store        store.Options
+	// RediscoverAfter: a request for a metric the catalog lacks triggers a
+	// discovery if the catalog is at least this old (default 5 s), so a
+	// series that appeared since the last relist is served at once.
+	RediscoverAfter time.Duration
 }
 
 // Provider implements the custom and external metrics providers.
@@ -61,13 +65,20 @@ type Provider struct {
 	externalInfos []cmprovider.ExternalMetricInfo
 
 	callers sync.Map // user|api|metric already logged
+
+	discoverMu      sync.Mutex // one discovery at a time
+	lastDiscovery   time.Time
+	rediscoverAfter time.Duration
 }
 
 // New builds a provider. Call Run to start discovery and the store.
 func New(cfg *rules.Config, prom *promsource.Source, kafka *lag.Source, mapper apimeta.RESTMapper,
 	meta metadata.Interface, stop <-chan struct{}, m *selfmetrics.Metrics, logger *slog.Logger, o Options) *Provider {
 	p := &Provider{prom: prom, kafka: kafka, mapper: mapper, metrics: m, logger: logger, maxAge: o.MaxSampleAge,
-		cfg: cfg, catalog: &promsource.Catalog{}}
+		cfg: cfg, catalog: &promsource.Catalog{}, rediscoverAfter: o.RediscoverAfter}
+	if p.rediscoverAfter == 0 {
+		p.rediscoverAfter = 5 * time.Second
+	}
 	if meta != nil {
 		p.objects = newObjectIndex(meta, stop)
 	}
@@ -113,6 +124,27 @@ func (p *Provider) Forget() { p.store.Reset() }
 
 // Discover asks Prometheus what the rules yield now.
 func (p *Provider) Discover(ctx context.Context) {
+	p.discoverMu.Lock()
+	defer p.discoverMu.Unlock()
+	p.discover(ctx)
+}
+
+// discoverOnMiss runs a discovery for a request that named a metric the
+// catalog lacks — a series that appeared since the last relist should not
+// wait for the next one — unless the catalog is younger than
+// RediscoverAfter. It reports whether it ran.
+func (p *Provider) discoverOnMiss(ctx context.Context) bool {
+	p.discoverMu.Lock()
+	defer p.discoverMu.Unlock()
+	if time.Since(p.lastDiscovery) < p.rediscoverAfter {
+		return false
+	}
+	p.discover(ctx)
+	return true
+}
+
+func (p *Provider) discover(ctx context.Context) {
+	defer func() { p.lastDiscovery = time.Now() }()
 	p.mu.RLock()
 	cfg := p.cfg
 	p.mu.RUnlock()
@@ -195,18 +227,39 @@ func (p *Provider) ListAllExternalMetrics() []cmprovider.ExternalMetricInfo {
 	return p.externalInfos
 }
 
-// findCustom returns the metric serving name on gr, or an error naming the
-// metrics that do exist.
-func (p *Provider) findCustom(name string, gr schema.GroupResource) (promsource.Metric, error) {
+// lookupCustom finds the metric serving name on gr in the catalog.
+func (p *Provider) lookupCustom(name string, gr schema.GroupResource) (promsource.Metric, bool) {
 	p.mu.RLock()
 	defer p.mu.RUnlock()
 	for _, m := range p.catalog.Custom[name] {
 		for _, r := range m.Resources {
 			if rules.SameResource(r, gr) {
-				return m, nil
+				return m, true
 			}
 		}
 	}
+	return promsource.Metric{}, false
+}
+
+// requireCustom is lookupCustom for a request: on a miss it rediscovers
+// once (rate-limited), then answers with an error naming what exists.
+func (p *Provider) requireCustom(ctx context.Context, name string, gr schema.GroupResource) (promsource.Metric, error) {
+	if m, ok := p.lookupCustom(name, gr); ok {
+		return m, nil
+	}
+	if p.discoverOnMiss(ctx) {
+		if m, ok := p.lookupCustom(name, gr); ok {
+			return m, nil
+		}
+	}
+	return promsource.Metric{}, p.notServed(name, gr)
+}
+
+// notServed explains a missing metric: which metrics exist for the
+// resource, and whether the name is a series a rule renames.
+func (p *Provider) notServed(name string, gr schema.GroupResource) error {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
 	var avail []string
 	for _, info := range p.customInfos {
 		if rules.SameResource(info.GroupResource, gr) {
@@ -229,7 +282,7 @@ func (p *Provider) findCustom(name string, gr schema.GroupResource) (promsource.
 	if p.discoveryErr != nil {
 		msg += " (last discovery failed: " + p.discoveryErr.Error() + ")"
 	}
-	return promsource.Metric{}, notFound(msg)
+	return notFound(msg)
 }
 
 func notFound(msg string) *apierrors.StatusError {
@@ -269,9 +322,9 @@ func (p *Provider) fetch(ctx context.Context, k store.Key) ([]store.Sample, erro
 		return p.prom.FetchExternal(ctx, promsource.ExternalQuery{Metric: metrics[0], Namespace: k.Namespace, Selector: ms})
 	}
 	gr := schema.ParseGroupResource(k.Resource)
-	m, err := p.findCustom(k.Metric, gr)
-	if err != nil {
-		return nil, err
+	m, ok := p.lookupCustom(k.Metric, gr)
+	if !ok {
+		return nil, p.notServed(k.Metric, gr)
 	}
 	ms, err := rules.SelectorMatchers(sel)
 	if err != nil {
@@ -389,7 +442,7 @@ func (p *Provider) GetMetricBySelector(ctx context.Context, namespace string, se
 }
 
 func (p *Provider) values(ctx context.Context, namespace string, info cmprovider.CustomMetricInfo, metricSelector labels.Selector, names []string) (*custom_metrics.MetricValueList, error) {
-	if _, err := p.findCustom(info.Metric, info.GroupResource); err != nil {
+	if _, err := p.requireCustom(ctx, info.Metric, info.GroupResource); err != nil {
 		return nil, err
 	}
 	key := store.Key{API: "custom", Metric: info.Metric, Resource: info.GroupResource.String(), Namespace: namespace, Selector: selectorString(metricSelector)}
@@ -468,11 +521,15 @@ func metricLabelSelector(s labels.Selector) *metav1.LabelSelector {
 func (p *Provider) GetExternalMetric(ctx context.Context, namespace string, metricSelector labels.Selector, info cmprovider.ExternalMetricInfo) (v *external_metrics.ExternalMetricValueList, err error) {
 	start := time.Now()
 	defer func() { p.observe(ctx, "external", info.Metric, namespace, start, err) }()
-	known := false
-	for _, e := range p.ListAllExternalMetrics() {
-		known = known || e.Metric == info.Metric
+	known := func() bool {
+		for _, e := range p.ListAllExternalMetrics() {
+			if e.Metric == info.Metric {
+				return true
+			}
+		}
+		return false
 	}
-	if !known {
+	if !known() && !(p.discoverOnMiss(ctx) && known()) {
 		var names []string
 		for _, e := range p.ListAllExternalMetrics() {
 			names = append(names, e.Metric)

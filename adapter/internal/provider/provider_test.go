@@ -80,7 +80,7 @@ func newFixture(t testing.TB, maxAge time.Duration, series []promtest.Series, ob
 	stop := make(chan struct{})
 	t.Cleanup(func() { close(stop) })
 	p := provider.New(cfg, src, nil, mapper(), meta, stop, m, slog.New(slog.NewTextHandler(io.Discard, nil)),
-		provider.Options{MaxSampleAge: maxAge, Store: store.Options{Fresh: time.Minute}})
+		provider.Options{MaxSampleAge: maxAge, Store: store.Options{Fresh: time.Minute}, RediscoverAfter: 100 * time.Millisecond})
 	p.Discover(context.Background())
 	return &fixture{prom: prom, p: p, m: m}
 }
@@ -200,5 +200,18 @@ func TestNamespaceMetric(t *testing.T) {
 	v, err := f.p.GetMetricByName(context.Background(), types.NamespacedName{Name: "shop"}, info, labels.Everything())
 	if err != nil || v.Value.String() != "15" || v.DescribedObject.Kind != "Namespace" {
 		t.Fatalf("= %+v %v, want 15 for the namespace", v, err)
+	}
+}
+
+func TestAMetricThatAppearsLaterIsServedWithoutWaitingForTheRelist(t *testing.T) {
+	f := newFixture(t, time.Minute, nil, pod("shop", "web-1", nil))
+	if len(f.p.ListAllMetrics()) != 0 {
+		t.Fatal("metrics listed before any series exists")
+	}
+	f.prom.Set(promtest.PodSeries("shop", "web-1", time.Now(), 4)...)
+	time.Sleep(150 * time.Millisecond) // the catalog is older than RediscoverAfter
+	v, err := f.p.GetMetricByName(context.Background(), types.NamespacedName{Namespace: "shop", Name: "web-1"}, podsInfo, labels.Everything())
+	if err != nil || v.Value.String() != "4" {
+		t.Fatalf("= %v %v, want the new series' value after an on-demand discovery", v, err)
 	}
 }

@@ -107,6 +107,9 @@ func (d Dir) Stop(name string, grace time.Duration) error {
 	deadline := time.Now().Add(grace)
 	for time.Now().Before(deadline) {
 		if _, ok := d.Running(name); !ok {
+			// The leader is gone; whatever of its group is left (a
+			// child still draining) goes with it.
+			_ = syscall.Kill(-pid, syscall.SIGKILL)
 			return nil
 		}
 		time.Sleep(50 * time.Millisecond)

@@ -67,7 +67,7 @@ func CheckPrivileges() error {
 		return errors.New("the process node needs iproute2's ip command (apt-get install iproute2)")
 	}
 	if os.Geteuid() != 0 {
-		return errors.New("the process node needs root: it creates a network namespace per pod (on a machine with Docker, use the kind scripts instead)")
+		return errors.New("the process node needs root: it creates a network namespace per pod")
 	}
 	return nil
 }
