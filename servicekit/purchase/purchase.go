@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"net/url"
 	"reflect"
 	"strings"
 	"time"
@@ -53,6 +54,16 @@ func (e *FieldError) Error() string { return e.Field + ": " + e.Reason }
 
 // ValidateUserID checks a user id as it appears in a request body or a URL.
 func ValidateUserID(s string) error { return validateName("userid", s) }
+
+// UserIDFromPath decodes and validates a user id taken from a URL path
+// segment (as a router hands it over, still escaped).
+func UserIDFromPath(segment string) (string, error) {
+	id, err := url.PathUnescape(segment)
+	if err != nil {
+		return "", &FieldError{"userid", "is not a valid URL path segment"}
+	}
+	return id, ValidateUserID(id)
+}
 
 func validateName(field, s string) error {
 	if s == "" {

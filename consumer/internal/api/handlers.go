@@ -39,10 +39,7 @@ func parseLimit(q url.Values) (int, error) {
 // first, at most limit of them.
 func handleUserPurchases(s Store, logger *slog.Logger) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		userID, err := url.PathUnescape(chi.URLParam(r, "userid"))
-		if err == nil {
-			err = purchase.ValidateUserID(userID)
-		}
+		userID, err := purchase.UserIDFromPath(chi.URLParam(r, "userid"))
 		if err != nil {
 			httpjson.Error(w, http.StatusBadRequest, err.Error())
 			return

@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"mime"
 	"net/http"
-	"net/url"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -59,10 +58,7 @@ func checkJSONContentType(r *http.Request) (int, string) {
 
 func handleGetAllUserBuys(c Customers, logger *slog.Logger) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		userID, err := url.PathUnescape(chi.URLParam(r, "userid"))
-		if err == nil {
-			err = purchase.ValidateUserID(userID)
-		}
+		userID, err := purchase.UserIDFromPath(chi.URLParam(r, "userid"))
 		if err != nil {
 			httpjson.Error(w, http.StatusBadRequest, err.Error())
 			return
