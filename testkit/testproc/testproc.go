@@ -46,9 +46,10 @@ var (
 
 // Programs are the commands tests run, by name, as packages of the workspace.
 var Programs = map[string]string{
-	"webserver": "./webserver/cmd/webserver",
-	"consumer":  "./consumer/cmd/consumer",
-	"adapter":   "./adapter/cmd/adapter",
+	"webserver":  "./webserver/cmd/webserver",
+	"consumer":   "./consumer/cmd/consumer",
+	"adapter":    "./adapter/cmd/adapter",
+	"devcluster": "./e2e/cmd/devcluster",
 }
 
 // Binary returns the path of a program's binary. With BIN_DIR set (make

@@ -13,6 +13,8 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // Mount is one bind mount: "source:target" or "source:target:ro".
@@ -44,8 +46,19 @@ func Exec(mounts []Mount, argv []string) error {
 	if len(argv) == 0 {
 		return errors.New("pod-exec: no program given")
 	}
-	for _, m := range mounts {
-		if err := bind(m); err != nil {
+	// Open every source before mounting anything: a mount can hide the
+	// source of a later one (an emptyDir on /tmp hides a pod directory
+	// under /tmp), and a descriptor still reaches what it opened.
+	fds := make([]int, len(mounts))
+	for i, m := range mounts {
+		fd, err := unix.Open(m.Source, unix.O_PATH|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return fmt.Errorf("mount source %s: %w", m.Source, err)
+		}
+		fds[i] = fd
+	}
+	for i, m := range mounts {
+		if err := bind(m, fds[i]); err != nil {
 			return err
 		}
 	}
@@ -56,10 +69,11 @@ func Exec(mounts []Mount, argv []string) error {
 	return syscall.Exec(path, argv, os.Environ())
 }
 
-func bind(m Mount) error {
-	st, err := os.Stat(m.Source)
+func bind(m Mount, fd int) error {
+	src := fmt.Sprintf("/proc/self/fd/%d", fd)
+	st, err := os.Stat(src)
 	if err != nil {
-		return fmt.Errorf("mount source: %w", err)
+		return fmt.Errorf("mount source %s: %w", m.Source, err)
 	}
 	// The target must exist to be mounted over. It is created on the host's
 	// filesystem (an empty directory or file), visible outside the pod but
@@ -78,7 +92,7 @@ func bind(m Mount) error {
 		}
 		f.Close()
 	}
-	if err := syscall.Mount(m.Source, m.Target, "", syscall.MS_BIND|syscall.MS_REC, ""); err != nil {
+	if err := syscall.Mount(src, m.Target, "", syscall.MS_BIND|syscall.MS_REC, ""); err != nil {
 		return fmt.Errorf("bind-mounting %s on %s: %w", m.Source, m.Target, err)
 	}
 	if m.ReadOnly {

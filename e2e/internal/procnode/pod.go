@@ -235,12 +235,13 @@ func (r *podRuntime) status() corev1.PodStatus {
 		st.PodIP = r.ip.String()
 		st.PodIPs = []corev1.PodIP{{IP: st.PodIP}}
 	}
-	allReady, anyRunning, allDone, anyFailed := true, false, true, false
+	allReady, anyRunning, allDone, anyFailed, ranBefore := true, false, true, false, false
 	for _, c := range r.containers {
 		cs := c.status()
 		st.ContainerStatuses = append(st.ContainerStatuses, cs)
 		allReady = allReady && cs.Ready
 		anyRunning = anyRunning || cs.State.Running != nil
+		ranBefore = ranBefore || cs.RestartCount > 0 || cs.LastTerminationState.Terminated != nil || cs.State.Terminated != nil
 		if cs.State.Terminated == nil {
 			allDone = false
 		} else if cs.State.Terminated.ExitCode != 0 {
@@ -267,7 +268,8 @@ func (r *podRuntime) status() corev1.PodStatus {
 		if anyFailed {
 			st.Phase = corev1.PodFailed
 		}
-	case anyRunning:
+	case anyRunning || ranBefore:
+		// Restarting containers keep the pod Running, as with the kubelet.
 		st.Phase = corev1.PodRunning
 	default:
 		st.Phase = corev1.PodPending
