@@ -56,4 +56,6 @@ cat <<MSG
 
   Ctrl-C stops everything this started.
 MSG
-while :; do sleep 3600; done
+# wait (unlike a foreground sleep) returns as soon as a signal arrives, so
+# the trap runs at once.
+while :; do sleep 3600 & wait $!; done
