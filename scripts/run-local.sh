@@ -15,6 +15,9 @@ pids=()
 
 stop_all() {
   trap - INT TERM EXIT
+  # Ctrl-C may have closed what our output is piped into (make run | tee):
+  # stopping must go on even if it cannot print.
+  trap '' PIPE
   log "stopping"
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done

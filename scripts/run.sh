@@ -12,6 +12,9 @@ started_cluster=false started_infra=false
 
 stop_all() {
   trap - INT TERM EXIT
+  # Ctrl-C may have closed what our output is piped into (make run | tee):
+  # stopping must go on even if it cannot print.
+  trap '' PIPE
   echo
   # The cluster first: its pods drain while Kafka is still there.
   if $started_cluster; then scripts/cluster.sh down || true; fi
