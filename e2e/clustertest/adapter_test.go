@@ -117,16 +117,31 @@ func TestCustomMetricsThroughTheAPIServer(t *testing.T) {
 		if len(l.Items) != len(pods) {
 			return fmt.Errorf("%d values for %d pods: %s", len(l.Items), len(pods), raw)
 		}
-		prom := map[string]float64{}
-		for _, r := range promQuery(t, `sum by (pod) (rate(flask_http_request_total{namespace="purchase-system",app="customer-web-server"}[2m]))`) {
-			v, _ := strconv.ParseFloat(r.Value[1].(string), 64)
-			prom[r.Metric["pod"]] = v
-		}
+		// The adapter evaluated the rule at its fetch, between the newest
+		// scrape (the timestamp it serves) and a scrape interval plus its
+		// refresh interval later; with the load just started the [2m] rate
+		// is still rising, so its value must lie between Prometheus' own
+		// at both ends.
+		q := `sum by (pod) (rate(flask_http_request_total{namespace="purchase-system",app="customer-web-server"}[2m]))`
 		for _, it := range l.Items {
-			want, ok := prom[it.DescribedObject.Name]
+			// Both ends must be in the past for Prometheus to have them.
+			time.Sleep(time.Until(it.Timestamp.Add(13 * time.Second)))
+			var bounds []float64
+			for _, at := range []time.Time{it.Timestamp.Add(-time.Second), it.Timestamp.Add(12 * time.Second)} {
+				for _, r := range promQuery(t, q, at) {
+					if r.Metric["pod"] == it.DescribedObject.Name {
+						v, _ := strconv.ParseFloat(r.Value[1].(string), 64)
+						bounds = append(bounds, v)
+					}
+				}
+			}
 			got := milli(it.Value)
-			if !ok || want < 1 || got < want*0.9 || got > want*1.1 {
-				return fmt.Errorf("pod %s: adapter %v, Prometheus %v", it.DescribedObject.Name, got, want)
+			if len(bounds) != 2 || bounds[1] < 1 {
+				return fmt.Errorf("pod %s: Prometheus has no rate yet (%v)", it.DescribedObject.Name, bounds)
+			}
+			lo, hi := min(bounds[0], bounds[1]), max(bounds[0], bounds[1])
+			if got < lo*0.97 || got > hi*1.03 {
+				return fmt.Errorf("pod %s: adapter %v, Prometheus %v..%v around its timestamp", it.DescribedObject.Name, got, lo, hi)
 			}
 			if time.Since(it.Timestamp) > 30*time.Second {
 				return fmt.Errorf("pod %s: timestamp %v is old", it.DescribedObject.Name, it.Timestamp)

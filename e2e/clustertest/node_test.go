@@ -237,13 +237,18 @@ func TestUnknownImageSaysWhy(t *testing.T) {
 	})
 }
 
-// promQuery runs an instant query against the host Prometheus.
-func promQuery(t *testing.T, q string) []struct {
+// promQuery runs an instant query against the host Prometheus, at the
+// given time if one is given.
+func promQuery(t *testing.T, q string, at ...time.Time) []struct {
 	Metric map[string]string `json:"metric"`
 	Value  [2]any            `json:"value"`
 } {
 	t.Helper()
-	resp, err := http.Get(prometheusURL + "/api/v1/query?query=" + url.QueryEscape(q))
+	u := prometheusURL + "/api/v1/query?query=" + url.QueryEscape(q)
+	if len(at) > 0 {
+		u += fmt.Sprintf("&time=%.3f", float64(at[0].UnixMilli())/1000)
+	}
+	resp, err := http.Get(u)
 	if err != nil {
 		t.Fatalf("prometheus: %v", err)
 	}
