@@ -371,3 +371,47 @@ func TestAggregatedAPIReachesItsPodThroughTheAPIServer(t *testing.T) {
 		t.Fatalf("unprivileged user: %v %s, want forbidden", err, out)
 	}
 }
+
+// A container whose process exits is restarted with the kubelet's back-off
+// and its pod stays the one pod of its ReplicaSet: reporting it Failed would
+// make the ReplicaSet replace it over and over.
+func TestCrashingContainerIsRestartedWithBackOff(t *testing.T) {
+	ns := namespace(t)
+	ctx := context.Background()
+	d := webDeployment(ns, 1)
+	// An unusable setting: the web server exits 1 at start, saying why.
+	d.Spec.Template.Spec.Containers[0].Env = append(d.Spec.Template.Spec.Containers[0].Env, corev1.EnvVar{Name: "PUBLISH_TIMEOUT", Value: "soon"})
+	if _, err := client.AppsV1().Deployments(ns).Create(ctx, d, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	testproc.Eventually(t, 60*time.Second, "a restart after the first exit", func() error {
+		pods, err := client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return err
+		}
+		if len(pods.Items) != 1 {
+			return fmt.Errorf("%d pods: the crashing pod was replaced instead of restarted", len(pods.Items))
+		}
+		p := pods.Items[0]
+		if p.Status.Phase == corev1.PodFailed || p.Status.Phase == corev1.PodSucceeded {
+			return fmt.Errorf("pod phase %s under restartPolicy Always", p.Status.Phase)
+		}
+		if len(p.Status.ContainerStatuses) != 1 {
+			return fmt.Errorf("no container status yet")
+		}
+		cs := p.Status.ContainerStatuses[0]
+		last := cs.LastTerminationState.Terminated
+		if cs.RestartCount < 1 || last == nil || last.ExitCode != 1 {
+			return fmt.Errorf("restarts %d, last termination %+v", cs.RestartCount, last)
+		}
+		return nil
+	})
+	pods, _ := client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+	if w := pods.Items[0].Status.ContainerStatuses[0].State.Waiting; w != nil && w.Reason != "CrashLoopBackOff" {
+		t.Fatalf("waiting reason %q, want CrashLoopBackOff", w.Reason)
+	}
+	logs, err := execKubectl("-n", ns, "logs", pods.Items[0].Name)
+	if err != nil || !strings.Contains(logs, "PUBLISH_TIMEOUT") {
+		t.Fatalf("kubectl logs should say why it exits: %v %s", err, logs)
+	}
+}
