@@ -2,7 +2,6 @@ package procnode
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -196,16 +195,6 @@ func terminated(ps *os.ProcessState, waitErr error, started time.Time, killedByL
 	return t
 }
 
-// signal sends sig to the container's process.
-func (c *container) signal(sig syscall.Signal) {
-	c.mu.Lock()
-	p := c.proc
-	c.mu.Unlock()
-	if p != nil {
-		_ = p.Signal(sig)
-	}
-}
-
 // stop sends SIGTERM and, after grace, SIGKILL; it returns once the
 // process is gone.
 func (c *container) stop(grace time.Duration) {
@@ -275,8 +264,6 @@ func (c *container) pid() int {
 	}
 	return c.proc.Pid
 }
-
-var errNoProcess = errors.New("container is not running")
 
 // ReapOrphans kills the processes a previous node left behind (it was
 // killed before it could stop its pods) and removes their pod directories:
