@@ -27,8 +27,11 @@ PKGS=("${MODULES[@]/%//...}"); PKGS=("${PKGS[@]/#/./}")
 log "tools: Kafka, etcd, Kubernetes, metrics-server, Prometheus (built once into ${TOOLS_DIR})"
 scripts/tools.sh ensure all
 
-log "go vet and gofmt"
+log "go vet, staticcheck and gofmt"
 go vet "${PKGS[@]}"
+for m in "${MODULES[@]}"; do
+  (cd "$m" && go run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...) || die "staticcheck found problems in $m"
+done
 if [[ -n "$(gofmt -l "${MODULES[@]}")" ]]; then
   gofmt -l "${MODULES[@]}"; die "gofmt: the files above need formatting"
 fi
