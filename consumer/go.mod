@@ -10,6 +10,7 @@ require (
 	github.com/jackc/pgx/v5 v5.12.0
 	github.com/prometheus/client_golang v1.25.0
 	github.com/purchase-system/purchase-system/servicekit v0.0.0
+	github.com/purchase-system/purchase-system/testkit v0.0.0
 	modernc.org/sqlite v1.62.0
 )
 
@@ -36,6 +37,9 @@ require (
 	modernc.org/memory v1.12.1 // indirect
 )
 
-// Built from this repository; the replace lets the module build on its
+// Built from this repository; the replaces let the module build on its
 // own (GOWORK=off) as well as in the workspace.
-replace github.com/purchase-system/purchase-system/servicekit => ../servicekit
+replace (
+	github.com/purchase-system/purchase-system/servicekit => ../servicekit
+	github.com/purchase-system/purchase-system/testkit => ../testkit
+)

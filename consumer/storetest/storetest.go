@@ -14,6 +14,8 @@ import (
 	"time"
 
 	_ "github.com/jackc/pgx/v5/stdlib"
+
+	"github.com/purchase-system/purchase-system/testkit/realdeps"
 )
 
 // PostgresEnv names the server tests create their databases on, for example
@@ -45,15 +47,14 @@ func SQLite(t testing.TB) Backend {
 
 // PostgresURL creates a fresh database on the server named by
 // TEST_POSTGRES_URL and returns its URL. Without that server it returns ""
-// and logs why, unless REQUIRE_REAL_DEPS is set: then a missing PostgreSQL is a failure,
-// not a skip, so the PostgreSQL half of the suite cannot vanish unseen.
-// (make test sets REQUIRE_REAL_DEPS.)
+// and logs why — or fails when real dependencies are required (make test),
+// so the PostgreSQL half of the suite cannot vanish unseen.
 func PostgresURL(t testing.TB) string {
 	t.Helper()
 	base := os.Getenv(PostgresEnv)
 	if base == "" {
-		if os.Getenv("REQUIRE_REAL_DEPS") != "" {
-			t.Fatalf("%s is not set: REQUIRE_REAL_DEPS is set, so the PostgreSQL tests must run", PostgresEnv)
+		if realdeps.Required() {
+			t.Fatalf("%s is not set: %s is set, so the PostgreSQL tests must run", PostgresEnv, realdeps.Env)
 		}
 		t.Logf("PostgreSQL backend not tested: %s is not set (make test starts a server and sets it)", PostgresEnv)
 		return ""

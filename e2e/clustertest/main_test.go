@@ -18,6 +18,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/purchase-system/purchase-system/testkit/realdeps"
 	"github.com/purchase-system/purchase-system/testkit/testproc"
 )
 
@@ -45,7 +46,7 @@ func run(m *testing.M) int {
 		return 1
 	}
 	if os.Geteuid() != 0 {
-		if os.Getenv("REQUIRE_REAL_DEPS") != "" {
+		if realdeps.Required() {
 			fmt.Fprintln(os.Stderr, "clustertest: the dev cluster needs root (a network namespace per pod)")
 			return 1
 		}

@@ -20,6 +20,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/purchase-system/purchase-system/consumer/storetest"
+	"github.com/purchase-system/purchase-system/testkit/realdeps"
 	"github.com/purchase-system/purchase-system/testkit/testkafka"
 	"github.com/purchase-system/purchase-system/testkit/testproc"
 )
@@ -387,7 +388,7 @@ func TestRealKafkaAndPostgres(t *testing.T) {
 	kafka := testkafka.Real(t)
 	db := storetest.PostgresURL(t)
 	if db == "" {
-		t.Skip("needs PostgreSQL: set " + storetest.PostgresEnv + " (make test starts a server and sets it)")
+		realdeps.Missing(t, "needs PostgreSQL: set %s (make test starts a server and sets it)", storetest.PostgresEnv)
 	}
 	// A topic and group of its own, so runs never see each other's data.
 	suffix := strconv.FormatInt(time.Now().UnixNano(), 36)

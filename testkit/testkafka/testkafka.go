@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kfake"
+
+	"github.com/purchase-system/purchase-system/testkit/realdeps"
 )
 
 // RealEnv names the bootstrap address of a real Apache Kafka broker.
@@ -30,16 +32,13 @@ func Fake(t testing.TB, topics ...string) (*kfake.Cluster, string) {
 	return c, strings.Join(c.ListenAddrs(), ",")
 }
 
-// Real returns the real broker's bootstrap address. Without one it returns
-// "" and logs why, unless REQUIRE_REAL_DEPS is set (make test sets it): then it fails.
+// Real returns the real broker's bootstrap address; without one the test
+// stops (see realdeps).
 func Real(t testing.TB) string {
 	t.Helper()
 	addr := os.Getenv(RealEnv)
 	if addr == "" {
-		if os.Getenv("REQUIRE_REAL_DEPS") != "" {
-			t.Fatalf("%s is not set: REQUIRE_REAL_DEPS is set, so the real-broker tests must run", RealEnv)
-		}
-		t.Skipf("needs the real Apache Kafka broker: set %s (make test starts one and sets it)", RealEnv)
+		realdeps.Missing(t, "needs the real Apache Kafka broker: set %s (make test starts one and sets it)", RealEnv)
 	}
 	return addr
 }

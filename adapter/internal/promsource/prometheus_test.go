@@ -19,6 +19,7 @@ import (
 	"github.com/purchase-system/purchase-system/adapter/internal/promsource"
 	"github.com/purchase-system/purchase-system/adapter/internal/rules"
 	"github.com/purchase-system/purchase-system/adapter/internal/selfmetrics"
+	"github.com/purchase-system/purchase-system/testkit/realdeps"
 	"github.com/purchase-system/purchase-system/testkit/testproc"
 )
 
@@ -32,10 +33,7 @@ func prometheusBinary(t testing.TB) string {
 	out, err := exec.Command(filepath.Join(root, "scripts", "tools.sh"), "path", "prometheus").Output()
 	path := strings.TrimSpace(string(out))
 	if _, serr := os.Stat(path); err != nil || serr != nil {
-		if os.Getenv("REQUIRE_REAL_DEPS") != "" {
-			t.Fatalf("Prometheus not built at %q: scripts/tools.sh ensure prometheus", path)
-		}
-		t.Skip("needs Prometheus: run scripts/tools.sh ensure prometheus (make test does)")
+		realdeps.Missing(t, "needs Prometheus at %q: run scripts/tools.sh ensure prometheus (make test does)", path)
 	}
 	return path
 }

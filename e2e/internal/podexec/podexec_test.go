@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/purchase-system/purchase-system/e2e/internal/podexec"
+	"github.com/purchase-system/purchase-system/testkit/realdeps"
 	"github.com/purchase-system/purchase-system/testkit/testproc"
 )
 
@@ -33,10 +34,7 @@ func TestParseMount(t *testing.T) {
 // first mount, so the later mount still finds its source.
 func TestAMountDoesNotHideALaterMountsSource(t *testing.T) {
 	if os.Geteuid() != 0 {
-		if os.Getenv("REQUIRE_REAL_DEPS") != "" {
-			t.Fatal("needs root for a mount namespace")
-		}
-		t.Skip("needs root for a mount namespace (make test runs as root)")
+		realdeps.Missing(t, "needs root for a mount namespace (make test runs as root)")
 	}
 	base := t.TempDir()
 	empty, secrets, target := filepath.Join(base, "empty"), filepath.Join(base, "pod", "secrets"), filepath.Join(t.TempDir(), "secrets")
