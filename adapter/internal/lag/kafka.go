@@ -46,6 +46,13 @@ type Source struct {
 	readerMu  sync.Mutex
 	reader    *kafka.Consumer
 	readerCfg kafka.ConfigMap
+
+	// GroupIdle: a group's consumer handle is closed after this long
+	// without a question about the group.
+	GroupIdle time.Duration
+	clientCfg kafka.ConfigMap
+	groupsMu  sync.Mutex
+	groups    map[string]*groupHandle
 }
 
 // NewSource connects an admin client with the given librdkafka settings
@@ -69,13 +76,20 @@ func NewSource(cfg kafka.ConfigMap, m *selfmetrics.Metrics) (*Source, error) {
 	readerCfg["enable.partition.eof"] = true
 	readerCfg["fetch.wait.max.ms"] = 10
 	return &Source{admin: admin, bootstrap: fmt.Sprint(bs), metrics: m,
-		RateWindow: 2 * time.Minute, DrainCap: 3600, MarkerCheckMax: 10,
-		rates: map[[2]string]*Rate{}, readerCfg: readerCfg}, nil
+		RateWindow: 2 * time.Minute, DrainCap: 3600, MarkerCheckMax: 10, GroupIdle: 10 * time.Minute,
+		rates: map[[2]string]*Rate{}, readerCfg: readerCfg, clientCfg: cfg, groups: map[string]*groupHandle{}}, nil
 }
 
-// Close closes the admin client and the marker-check reader.
+// Close closes the admin client, the group handles and the marker-check
+// reader.
 func (s *Source) Close() {
 	s.admin.Close()
+	s.groupsMu.Lock()
+	for g, r := range s.groups {
+		r.c.Close()
+		delete(s.groups, g)
+	}
+	s.groupsMu.Unlock()
 	s.readerMu.Lock()
 	defer s.readerMu.Unlock()
 	if s.reader != nil {
@@ -267,22 +281,23 @@ type tpKey struct {
 // the group's committed offset. Any error — an unreachable broker, a
 // coordinator that moved — is returned: lag that cannot be known is not 0.
 func (s *Source) GroupPartitions(ctx context.Context, group string, topics []string) ([]Partition, error) {
-	if len(topics) == 0 {
-		committed, err := s.committed(ctx, group, nil)
+	explicit := len(topics) > 0
+	if !explicit {
+		// Which topics the group consumes is not asked of the group
+		// coordinator (see committed): every topic's partitions are read,
+		// and those the group never committed on are dropped below.
+		t0 := time.Now()
+		md, err := s.admin.GetMetadata(nil, true, timeoutMs(ctx))
+		s.metrics.Backend("kafka", "metadata", t0, err)
 		if err != nil {
-			return nil, err
+			return nil, s.wrap("metadata", err)
 		}
-		seen := map[string]bool{}
-		for k := range committed {
-			if !seen[k.topic] {
-				seen[k.topic] = true
-				topics = append(topics, k.topic)
+		for name := range md.Topics {
+			if !strings.HasPrefix(name, "__") {
+				topics = append(topics, name)
 			}
 		}
 		sort.Strings(topics)
-		if len(topics) == 0 {
-			return nil, fmt.Errorf("the group has committed no offsets: name its topic in the selector (%s=...)", LabelTopic)
-		}
 	}
 	// Every partition from metadata: a partition the group never committed
 	// is absent from its offsets but has lag all the same.
@@ -305,6 +320,22 @@ func (s *Source) GroupPartitions(ctx context.Context, group string, topics []str
 	committed, err := s.committed(ctx, group, tps)
 	if err != nil {
 		return nil, err
+	}
+	if !explicit {
+		consumed := map[string]bool{}
+		for k := range committed {
+			consumed[k.topic] = true
+		}
+		kept := tps[:0]
+		for _, tp := range tps {
+			if consumed[*tp.Topic] {
+				kept = append(kept, tp)
+			}
+		}
+		tps = kept
+		if len(tps) == 0 {
+			return nil, fmt.Errorf("the group has committed no offsets: name its topic in the selector (%s=...)", LabelTopic)
+		}
 	}
 	end, err := s.offsets(ctx, tps, kafka.LatestOffsetSpec)
 	if err != nil {
@@ -342,34 +373,76 @@ func (s *Source) GroupPartitions(ctx context.Context, group string, topics []str
 	return out, nil
 }
 
-// committed lists the group's committed offsets (nil tps: all of them),
-// requiring stable offsets so a pending transactional commit is waited for.
+// committed reads the group's committed offsets for tps through a
+// consumer handle of the group (created on first use, kept while the group
+// is asked about). The admin API's ListConsumerGroupOffsets is not used:
+// when the coordinator moves and a broker answers NOT_COORDINATOR,
+// librdkafka's admin path dereferences a missing group handle and crashes
+// the process (librdkafka #5040); a consumer handle re-finds the
+// coordinator and retries, and past the deadline it is an error.
 func (s *Source) committed(ctx context.Context, group string, tps []kafka.TopicPartition) (map[tpKey]int64, error) {
+	r, err := s.groupReader(group)
+	if err != nil {
+		return nil, s.wrap("committed offsets", err)
+	}
 	t0 := time.Now()
-	res, err := s.admin.ListConsumerGroupOffsets(ctx,
-		[]kafka.ConsumerGroupTopicPartitions{{Group: group, Partitions: tps}},
-		kafka.SetAdminRequireStableOffsets(true))
+	res, err := r.Committed(tps, timeoutMs(ctx))
 	s.metrics.Backend("kafka", "committed_offsets", t0, err)
 	if err != nil {
 		return nil, s.wrap("committed offsets", err)
 	}
 	out := map[tpKey]int64{}
 	var errs []string
-	for _, g := range res.ConsumerGroupsTopicPartitions {
-		for _, tp := range g.Partitions {
-			if tp.Error != nil {
-				errs = append(errs, fmt.Sprintf("%s[%d]: %v", *tp.Topic, tp.Partition, tp.Error))
-				continue
-			}
-			if tp.Offset >= 0 {
-				out[tpKey{*tp.Topic, tp.Partition}] = int64(tp.Offset)
-			}
+	for _, tp := range res {
+		if tp.Error != nil {
+			errs = append(errs, fmt.Sprintf("%s[%d]: %v", *tp.Topic, tp.Partition, tp.Error))
+			continue
+		}
+		if tp.Offset >= 0 {
+			out[tpKey{*tp.Topic, tp.Partition}] = int64(tp.Offset)
 		}
 	}
 	if len(errs) > 0 {
 		return nil, s.wrap("committed offsets", errors.New(strings.Join(errs, "; ")))
 	}
 	return out, nil
+}
+
+// groupReader returns the consumer handle of group, creating it on first
+// use, and closes handles of groups not asked about for GroupIdle. It
+// never subscribes, so it never joins the group; it only reads offsets.
+func (s *Source) groupReader(group string) (*kafka.Consumer, error) {
+	s.groupsMu.Lock()
+	defer s.groupsMu.Unlock()
+	now := time.Now()
+	for g, r := range s.groups {
+		if g != group && now.Sub(r.lastUsed) > s.GroupIdle {
+			r.c.Close()
+			delete(s.groups, g)
+		}
+	}
+	if r, ok := s.groups[group]; ok {
+		r.lastUsed = now
+		return r.c, nil
+	}
+	cfg := kafka.ConfigMap{}
+	for k, v := range s.clientCfg {
+		cfg[k] = v
+	}
+	cfg["group.id"] = group
+	cfg["enable.auto.commit"] = false
+	cfg["enable.auto.offset.store"] = false
+	c, err := kafka.NewConsumer(&cfg)
+	if err != nil {
+		return nil, err
+	}
+	s.groups[group] = &groupHandle{c: c, lastUsed: now}
+	return c, nil
+}
+
+type groupHandle struct {
+	c        *kafka.Consumer
+	lastUsed time.Time
 }
 
 // offsets lists the earliest or latest (read_committed: last stable)

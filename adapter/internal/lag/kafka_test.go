@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kmsg"
 	"k8s.io/apimachinery/pkg/labels"
 
 	"github.com/purchase-system/purchase-system/adapter/internal/lag"
@@ -278,4 +280,54 @@ func TestSelectorParsing(t *testing.T) {
 			t.Errorf("%s: err %v, want %q", sel, err, wantErr)
 		}
 	}
+}
+
+// While the group's coordinator moves, brokers answer NOT_COORDINATOR: the
+// lag is unknown, and the HPA must get an error (and hold), not a 0.
+func TestCoordinatorMovingIsAnErrorNotZero(t *testing.T) {
+	topic, group := unique("moving"), unique("group")
+	cluster, bootstrap := testkafka.Fake(t, topic)
+	produce(t, bootstrap, topic, []int{5, 5, 5, 5, 5}, false)
+	consume(t, bootstrap, group, topic, []int{5, 5, 1, 0, 0})
+	s := source(t, bootstrap)
+	if got := fetchLag(t, s, group, topic); got != 14 {
+		t.Fatalf("lag before the move = %v, want 14", got)
+	}
+
+	cluster.ControlKey(int16(kmsg.OffsetFetch), func(req kmsg.Request) (kmsg.Response, error, bool) {
+		cluster.KeepControl()
+		r := req.(*kmsg.OffsetFetchRequest)
+		resp := r.ResponseKind().(*kmsg.OffsetFetchResponse)
+		resp.Version = r.Version
+		code := kerr.NotCoordinator.Code
+		// A complete answer (every requested partition present), as a
+		// broker that lost the coordinatorship gives it.
+		resp.ErrorCode = code
+		for _, rt := range r.Topics {
+			t := kmsg.OffsetFetchResponseTopic{Topic: rt.Topic}
+			for _, p := range rt.Partitions {
+				t.Partitions = append(t.Partitions, kmsg.OffsetFetchResponseTopicPartition{Partition: p, Offset: -1, ErrorCode: code})
+			}
+			resp.Topics = append(resp.Topics, t)
+		}
+		for _, g := range r.Groups {
+			rg := kmsg.OffsetFetchResponseGroup{Group: g.Group, ErrorCode: code}
+			for _, gt := range g.Topics {
+				t := kmsg.OffsetFetchResponseGroupTopic{Topic: gt.Topic}
+				for _, p := range gt.Partitions {
+					t.Partitions = append(t.Partitions, kmsg.OffsetFetchResponseGroupTopicPartition{Partition: p, Offset: -1, ErrorCode: code})
+				}
+				rg.Topics = append(rg.Topics, t)
+			}
+			resp.Groups = append(resp.Groups, rg)
+		}
+		return resp, nil, true
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	samples, err := s.Fetch(ctx, lag.MetricLag, lag.Filter{Groups: []string{group}, Topics: []string{topic}})
+	if err == nil || len(samples) != 0 {
+		t.Fatalf("samples %v, err %v: want an error and no value while the coordinator moves", samples, err)
+	}
+	t.Logf("error served: %v", err)
 }
