@@ -423,6 +423,10 @@ func (s *Source) groupReader(group string) (*kafka.Consumer, error) {
 	}
 	if r, ok := s.groups[group]; ok {
 		r.lastUsed = now
+		// Nothing is consumed, but client errors (a broker down) queue
+		// up as events until polled: drain them.
+		for ev := r.c.Poll(0); ev != nil; ev = r.c.Poll(0) {
+		}
 		return r.c, nil
 	}
 	cfg := kafka.ConfigMap{}
