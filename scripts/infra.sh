@@ -35,15 +35,7 @@ prometheus_up() {
   die "prometheus not ready: see $dir/prometheus.log"
 }
 
-prometheus_down() {
-  local dir="$INFRA/prometheus"
-  [[ -f "$dir/pid" ]] || return 0
-  local pid; pid="$(cat "$dir/pid")"
-  kill "$pid" 2>/dev/null || true
-  for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-  kill -9 "$pid" 2>/dev/null || true
-  rm -f "$dir/pid"
-}
+prometheus_down() { stop_pidfile "$INFRA/prometheus/pid" 100; }
 
 case "${1:-}" in
   up)

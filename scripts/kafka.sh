@@ -75,17 +75,7 @@ PROPS
   die "kafka did not open port ${port} within 60 s: see $dir/server.log"
 }
 
-stop() {
-  local dir="$1"
-  [[ -f "$dir/kafka.pid" ]] || return 0
-  local pid; pid="$(cat "$dir/kafka.pid")"
-  if kill -0 "$pid" 2>/dev/null; then
-    kill "$pid"
-    for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
-    kill -9 "$pid" 2>/dev/null || true
-  fi
-  rm -f "$dir/kafka.pid"
-}
+stop() { stop_pidfile "$1/kafka.pid"; }
 
 case "${1:-}" in
   start) start "${2:?DIR}" "${3:-9092}" "${4:-127.0.0.1}" ;;

@@ -32,3 +32,17 @@ with_lock() {
   flock -u 9
   return $rc
 }
+
+# stop_pidfile FILE [WAIT_TENTHS]: SIGTERM the process FILE names, wait for it
+# (default 30 s), SIGKILL it if still there, and remove FILE.
+stop_pidfile() {
+  local file="$1" tenths="${2:-300}"
+  [[ -f "$file" ]] || return 0
+  local pid; pid="$(cat "$file")"
+  if kill -0 "$pid" 2>/dev/null; then
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 "$tenths"); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+  fi
+  rm -f "$file"
+}

@@ -254,12 +254,7 @@ func (p *Provider) GetPodStatus(ctx context.Context, ns, name string) (*corev1.P
 
 // GetPods returns every pod on the node.
 func (p *Provider) GetPods(context.Context) ([]*corev1.Pod, error) {
-	p.mu.Lock()
-	rs := make([]*podRuntime, 0, len(p.pods))
-	for _, r := range p.pods {
-		rs = append(rs, r)
-	}
-	p.mu.Unlock()
+	rs := p.runtimes()
 	out := make([]*corev1.Pod, 0, len(rs))
 	for _, r := range rs {
 		out = append(out, r.withStatus())
@@ -348,14 +343,20 @@ func (p *Provider) GetMetricsResource(context.Context) ([]*dto.MetricFamily, err
 	return p.resourceMetrics(), nil
 }
 
-// Shutdown stops every pod (on node exit), waiting up to grace.
-func (p *Provider) Shutdown(grace time.Duration) {
+// runtimes is a snapshot of the node's pods, to work on without the lock.
+func (p *Provider) runtimes() []*podRuntime {
 	p.mu.Lock()
+	defer p.mu.Unlock()
 	rs := make([]*podRuntime, 0, len(p.pods))
 	for _, r := range p.pods {
 		rs = append(rs, r)
 	}
-	p.mu.Unlock()
+	return rs
+}
+
+// Shutdown stops every pod (on node exit), waiting up to grace.
+func (p *Provider) Shutdown(grace time.Duration) {
+	rs := p.runtimes()
 	for _, r := range rs {
 		r.terminate(grace)
 	}

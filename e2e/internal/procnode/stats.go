@@ -85,12 +85,7 @@ type containerUsage struct {
 
 // usage reads every running container's CPU and memory.
 func (p *Provider) usage() []containerUsage {
-	p.mu.Lock()
-	rs := make([]*podRuntime, 0, len(p.pods))
-	for _, r := range p.pods {
-		rs = append(rs, r)
-	}
-	p.mu.Unlock()
+	rs := p.runtimes()
 	now := time.Now()
 	var out []containerUsage
 	for _, r := range rs {
