@@ -21,10 +21,12 @@ prometheus_up() {
   # outside the cluster.
   sed "s|^\( *\)# host: kubeconfig_file|\1kubeconfig_file: ${KUBECONFIG_FILE}|" \
     manifests/monitoring/prometheus.yml >"$dir/prometheus.yml"
+  cp manifests/monitoring/rules.yaml "$dir/rules.yaml"
   log "prometheus: starting on ${HOST_IP}:9090"
   nohup "$(scripts/tools.sh path prometheus)" --config.file="$dir/prometheus.yml" \
     --storage.tsdb.path="$dir/data" --storage.tsdb.retention.time=1d \
     --web.listen-address="${HOST_IP}:9090" --web.enable-lifecycle \
+    --enable-feature=created-timestamp-zero-ingestion \
     >"$dir/prometheus.log" 2>&1 </dev/null &
   echo $! >"$dir/pid"
   for _ in $(seq 1 100); do

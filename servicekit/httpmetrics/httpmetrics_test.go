@@ -95,3 +95,20 @@ func TestOpenMetricsHasCreatedSamples(t *testing.T) {
 		t.Fatalf("text scrape lacks the counter:\n%s", plain)
 	}
 }
+
+func TestExpectedSeriesExistAtZeroBeforeAnyRequest(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m := httpmetrics.New(reg)
+	m.Expect(http.MethodPost, "/buy", http.StatusCreated)
+	want := `
+# HELP flask_http_request_total Total number of HTTP requests by method, status and route.
+# TYPE flask_http_request_total counter
+flask_http_request_total{method="POST",path="/buy",status="201"} 0
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "flask_http_request_total"); err != nil {
+		t.Fatal(err)
+	}
+	if n := testutil.CollectAndCount(reg, "flask_http_request_duration_seconds"); n != 1 {
+		t.Fatalf("duration histogram has %d series, want 1", n)
+	}
+}

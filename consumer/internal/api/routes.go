@@ -39,10 +39,13 @@ type Deps struct {
 // API.
 func NewServer(d Deps) http.Handler {
 	r := chi.NewRouter()
-	r.Use(httpmetrics.New(d.Registry).Middleware)
+	m := httpmetrics.New(d.Registry)
+	r.Use(m.Middleware)
 
 	r.Get("/purchases/{userid}", handleUserPurchases(d.Store, d.Logger))
 	r.Get("/purchases", handlePage(d.Store, d.Logger))
+	m.Expect(http.MethodGet, "/purchases/{userid}", http.StatusOK)
+	m.Expect(http.MethodGet, "/purchases", http.StatusOK)
 
 	r.Get("/healthz", handleHealthz())
 	r.Get("/readyz", handleReadyz(d.Readiness))

@@ -181,3 +181,24 @@ func TestGetAllUserBuys(t *testing.T) {
 		t.Fatalf("API down: %d %s, want 502 naming the API", status, body)
 	}
 }
+
+// An idle web server already exports its request counters at 0: the
+// adapter can list flask_http_request_per_second and serve 0 before the
+// first purchase, and the first burst is an increase Prometheus can see.
+func TestRequestCountersExistBeforeTheFirstRequest(t *testing.T) {
+	srv := newServer(t, &recordingPublisher{}, "http://127.0.0.1:1")
+	resp, err := http.Get(srv.URL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	for _, want := range []string{
+		`flask_http_request_total{method="POST",path="/buy",status="201"} 0`,
+		`flask_http_request_total{method="GET",path="/getAllUserBuys/{userid}",status="200"} 0`,
+	} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("/metrics lacks %s:\n%s", want, b)
+		}
+	}
+}

@@ -43,10 +43,15 @@ func NewServer(d Deps) http.Handler {
 		d.Now = time.Now
 	}
 	r := chi.NewRouter()
-	r.Use(httpmetrics.New(d.Registry).Middleware)
+	m := httpmetrics.New(d.Registry)
+	r.Use(m.Middleware)
 
 	r.Post("/buy", handleBuy(d.Publisher, d.Logger, d.Now))
 	r.Get("/getAllUserBuys/{userid}", handleGetAllUserBuys(d.Customers, d.Logger))
+	// The answers every pod will give: their series exist from the start,
+	// so the HPA reads 0 on an idle pod, not <unknown>.
+	m.Expect(http.MethodPost, "/buy", http.StatusCreated)
+	m.Expect(http.MethodGet, "/getAllUserBuys/{userid}", http.StatusOK)
 
 	r.Get("/healthz", handleHealthz())
 	r.Get("/readyz", handleReadyz(d.Publisher))
