@@ -28,13 +28,15 @@ cluster_flags() {
   echo "--image=purchase-system/consumer=${BIN}/consumer"
   echo "--image=purchase-system/adapter=${BIN}/adapter"
   echo "--image=registry.k8s.io/metrics-server/metrics-server=$(scripts/tools.sh path metrics-server)"
+  echo "--image=registry.k8s.io/kube-state-metrics/kube-state-metrics=$(scripts/tools.sh path kube-state-metrics)"
   echo "--addon=${REPO_ROOT}/manifests/addons/metrics-server"
+  echo "--addon=${REPO_ROOT}/manifests/addons/kube-state-metrics"
 }
 
 case "${1:-}" in
   up)
     [[ $(id -u) == 0 ]] || die "the local cluster needs root: it gives each pod a network namespace (run it as root, e.g. sudo make run)"
-    scripts/tools.sh ensure etcd kubernetes metrics-server
+    scripts/tools.sh ensure etcd kubernetes metrics-server kube-state-metrics
     [[ -x "$BIN/devcluster" ]] || die "bin/devcluster is missing: run make build"
     mapfile -t flags < <(cluster_flags)
     "$BIN/devcluster" up "${flags[@]}"

@@ -2,8 +2,8 @@
 # Installs the tools the project runs, once per version, into TOOLS_DIR
 # (outside the checkout), and prints where they are.
 #
-#   scripts/tools.sh ensure kubernetes|etcd|metrics-server|kafka|prometheus|all
-#   scripts/tools.sh path   kubernetes|etcd|metrics-server|kafka|prometheus
+#   scripts/tools.sh ensure kubernetes|etcd|metrics-server|kube-state-metrics|kafka|prometheus|all
+#   scripts/tools.sh path   kubernetes|etcd|metrics-server|kube-state-metrics|kafka|prometheus|promtool
 #
 # A built tool is moved into place only when complete, so an interrupted
 # build leaves nothing that looks finished.
@@ -12,6 +12,7 @@ source "$(dirname "$0")/lib.sh"
 kubernetes_dir()     { echo "${TOOLS_DIR}/kubernetes-${KUBERNETES_VERSION}"; }
 etcd_dir()           { echo "${TOOLS_DIR}/etcd-${ETCD_VERSION}"; }
 metrics_server_dir() { echo "${TOOLS_DIR}/metrics-server-${METRICS_SERVER_VERSION}"; }
+ksm_dir()            { echo "${TOOLS_DIR}/kube-state-metrics-${KUBE_STATE_METRICS_VERSION}"; }
 kafka_dir()          { echo "${TOOLS_DIR}/kafka-${KAFKA_VERSION}"; }
 prometheus_dir()     { echo "${TOOLS_DIR}/prometheus-${PROMETHEUS_VERSION}"; }
 
@@ -80,6 +81,16 @@ ensure_metrics_server() {
   go_build_tools metrics-server "$out" "-s -w" sigs.k8s.io/metrics-server/cmd/metrics-server
 }
 
+ensure_kube_state_metrics() {
+  local out; out="$(ksm_dir)"
+  [[ -x "$out/kube-state-metrics" ]] && return 0
+  log "kube-state-metrics ${KUBE_STATE_METRICS_VERSION}: building (a few minutes the first time)"
+  go_build_tools kube-state-metrics "$out" "-s -w -X github.com/prometheus/common/version.Version=${KUBE_STATE_METRICS_VERSION#v}" \
+    k8s.io/kube-state-metrics/v2
+  # go build names a /v2 module's program after its last path element.
+  [[ -x "$out/kube-state-metrics" ]] || mv "$out/v2" "$out/kube-state-metrics"
+}
+
 ensure_kafka() {
   local out; out="$(kafka_dir)"
   [[ -f "$out/.complete" ]] && return 0
@@ -114,10 +125,10 @@ POM
 # service discovery, which the pod-scraping configuration needs.
 ensure_prometheus() {
   local out; out="$(prometheus_dir)"
-  [[ -x "$out/prometheus" ]] && return 0
-  log "prometheus ${PROMETHEUS_VERSION}: building (about 10 min the first time on 2 cores; cached afterwards in ${out})"
+  [[ -x "$out/prometheus" && -x "$out/promtool" ]] && return 0
+  log "prometheus ${PROMETHEUS_VERSION}: building prometheus and promtool (about 10 min the first time on 2 cores; cached afterwards in ${out})"
   go_build_tools prometheus "$out" "-s -w -X github.com/prometheus/common/version.Version=${PROMETHEUS_VERSION#v}" \
-    github.com/prometheus/prometheus/cmd/prometheus
+    github.com/prometheus/prometheus/cmd/prometheus github.com/prometheus/prometheus/cmd/promtool
 }
 
 tool_path() {
@@ -125,8 +136,10 @@ tool_path() {
     kubernetes) kubernetes_dir ;;
     etcd) echo "$(etcd_dir)/etcd" ;;
     metrics-server) echo "$(metrics_server_dir)/metrics-server" ;;
+    kube-state-metrics) echo "$(ksm_dir)/kube-state-metrics" ;;
     kafka) kafka_dir ;;
     prometheus) echo "$(prometheus_dir)/prometheus" ;;
+    promtool) echo "$(prometheus_dir)/promtool" ;;
     *) die "unknown tool: $1" ;;
   esac
 }
@@ -134,8 +147,8 @@ tool_path() {
 ensure() {
   local t="$1"
   case "$t" in
-    all) for x in etcd kafka prometheus metrics-server kubernetes; do ensure "$x"; done ;;
-    kubernetes|etcd|metrics-server|kafka|prometheus)
+    all) for x in etcd kafka prometheus metrics-server kube-state-metrics kubernetes; do ensure "$x"; done ;;
+    kubernetes|etcd|metrics-server|kube-state-metrics|kafka|prometheus)
       with_lock "${TOOLS_DIR}/${t}" "ensure_${t//-/_}" ;;
     *) die "unknown tool: $t" ;;
   esac

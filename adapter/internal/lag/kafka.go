@@ -62,6 +62,7 @@ func NewSource(cfg kafka.ConfigMap, m *selfmetrics.Metrics) (*Source, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kafka admin client: %w", err)
 	}
+	m.InitBackend("kafka", "metadata", "committed_offsets", "end_offsets", "start_offsets", "list_groups", "marker_check")
 	bs, _ := cfg.Get("bootstrap.servers", "")
 	readerCfg := kafka.ConfigMap{}
 	for k, v := range cfg {
@@ -224,9 +225,13 @@ func (s *Source) Fetch(ctx context.Context, metric string, f Filter) ([]store.Sa
 		for _, t := range ByTopic(g, Calculate(parts)) {
 			v := float64(t.Lag)
 			rate := s.observeRate(g, t.Topic, now, t.Committed)
+			s.metrics.KafkaLag.WithLabelValues(g, t.Topic).Set(v)
+			perSec, known := rate.PerSecond()
+			if known || t.Lag == 0 {
+				s.metrics.KafkaLagSeconds.WithLabelValues(g, t.Topic).Set(DrainSeconds(t.Lag, perSec, s.DrainCap))
+			}
 			if metric == MetricLagSeconds {
-				perSec, ok := rate.PerSecond()
-				if !ok && t.Lag > 0 {
+				if !known && t.Lag > 0 {
 					// Not enough history for a rate yet: missing, not a guess.
 					continue
 				}
@@ -419,6 +424,10 @@ func (s *Source) groupReader(group string) (*kafka.Consumer, error) {
 		if g != group && now.Sub(r.lastUsed) > s.GroupIdle {
 			r.c.Close()
 			delete(s.groups, g)
+			// Nobody asks about the group any more: its last values would
+			// read as current on a dashboard.
+			s.metrics.KafkaLag.DeletePartialMatch(map[string]string{LabelGroup: g})
+			s.metrics.KafkaLagSeconds.DeletePartialMatch(map[string]string{LabelGroup: g})
 		}
 	}
 	if r, ok := s.groups[group]; ok {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kmsg"
 	"k8s.io/apimachinery/pkg/labels"
@@ -187,8 +188,19 @@ func TestLagIsProducedMinusConsumed(t *testing.T) {
 		consumed := []int{30, 5, 11, -1} // M = 46; partition 3 never committed
 		produce(t, bootstrap, topic, produced, false)
 		consume(t, bootstrap, group, topic, consumed)
-		if got := fetchLag(t, source(t, bootstrap), group, topic); got != 82-46 {
+		m := selfmetrics.New()
+		s, err := lag.NewSource(kafka.ConfigMap{"bootstrap.servers": bootstrap}, m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		if got := fetchLag(t, s, group, topic); got != 82-46 {
 			t.Fatalf("lag = %v, want N-M = %d", got, 82-46)
+		}
+		// What the HPA was served is also on the self-metrics, for
+		// dashboards and alerts.
+		if got := testutil.ToFloat64(m.KafkaLag.WithLabelValues(group, topic)); got != 82-46 {
+			t.Fatalf("adapter_kafka_consumergroup_lag = %v, want %d", got, 82-46)
 		}
 	})
 }

@@ -41,6 +41,7 @@ func New(url string, timeout time.Duration, m *selfmetrics.Metrics) (*Source, er
 	if err != nil {
 		return nil, fmt.Errorf("--prometheus-url %q: %w", url, err)
 	}
+	m.InitBackend("prometheus", "discovery", "custom", "freshness", "external")
 	return &Source{api: promv1.NewAPI(c), url: url, metrics: m, Window: 10 * time.Minute}, nil
 }
 

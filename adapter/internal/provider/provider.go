@@ -427,6 +427,11 @@ func (p *Provider) GetMetricBySelector(ctx context.Context, namespace string, se
 	if p.objects == nil {
 		return nil, unavailable("the adapter has no Kubernetes client to resolve label selectors")
 	}
+	// The metric first: an HPA asking for a name no rule serves must be
+	// told which name to use, whatever its selector matches.
+	if _, err := p.requireCustom(ctx, info.Metric, info.GroupResource); err != nil {
+		return nil, err
+	}
 	gvr, err := p.mapper.ResourceFor(info.GroupResource.WithVersion(""))
 	if err != nil {
 		return nil, badRequest(fmt.Sprintf("unknown resource %s: %v", info.GroupResource, err))

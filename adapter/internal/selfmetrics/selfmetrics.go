@@ -45,6 +45,11 @@ type Metrics struct {
 	ConfigLastReloadSuccess prometheus.Gauge
 	// DiscoveredMetrics: metrics the rules currently yield, by API.
 	DiscoveredMetrics *prometheus.GaugeVec
+	// KafkaLag and KafkaLagSeconds: the last lag computed for an HPA, by
+	// consumer group and topic, so dashboards and alerts see what the HPA
+	// saw.
+	KafkaLag        *prometheus.GaugeVec
+	KafkaLagSeconds *prometheus.GaugeVec
 }
 
 // New creates and registers the self-metrics.
@@ -89,11 +94,26 @@ func New() *Metrics {
 		DiscoveredMetrics: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "adapter_discovered_metrics", Help: "Metrics the rules currently yield, by API.",
 		}, []string{"api"}),
+		KafkaLag: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "adapter_kafka_consumergroup_lag", Help: "Consumer group lag in messages, as last served (newest offset minus committed, summed over the topic's partitions).",
+		}, []string{"consumergroup", "topic"}),
+		KafkaLagSeconds: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "adapter_kafka_consumergroup_lag_seconds", Help: "Estimated seconds for the group to consume its lag, as last served.",
+		}, []string{"consumergroup", "topic"}),
 	}
 	m.Registry.MustRegister(m.RequestSeconds, m.RequestErrors, m.BackendSeconds, m.BackendErrors, m.StoreLookups,
 		m.StoreKeys, m.LagComputeSeconds, m.SampleAge, m.StaleDropped, m.ConfigReloads, m.ConfigLastReloadSuccess,
-		m.DiscoveredMetrics)
+		m.DiscoveredMetrics, m.KafkaLag, m.KafkaLagSeconds)
 	return m
+}
+
+// InitBackend creates a backend's error counters at 0 for each kind of
+// query, so an alert on their rate sees the first error as an increase and
+// a dashboard shows 0, not "no data".
+func (m *Metrics) InitBackend(backend string, kinds ...string) {
+	for _, k := range kinds {
+		m.BackendErrors.WithLabelValues(backend, k)
+	}
 }
 
 // Backend times one backend call and counts its failure.
