@@ -8,11 +8,13 @@ SHELL := /bin/bash
 BIN   := $(CURDIR)/bin
 PROGRAMS := webserver consumer adapter loadgen devcluster
 
-.PHONY: help build run run-local test bench tools cluster-up cluster-down clean
+.PHONY: help build run run-local test e2e load bench tools cluster-up cluster-down clean
 
 help:
 	@echo "make run        the whole system on a local Kubernetes (no Docker needed), URLs printed"
 	@echo "make test       run every test CI runs"
+	@echo "make load       with make run going: load that makes the system scale, HPAs printed live (RATE=, DURATION=)"
+	@echo "make e2e        the end-to-end autoscaling scenario on the local Kubernetes (timeline in _output/e2e/)"
 	@echo "make run-local  the two services as host processes beside Kafka, without Kubernetes"
 	@echo "make cluster-up / cluster-down   the local Kubernetes alone (kubeconfig: .cache/devcluster/kubeconfig)"
 	@echo "make build      build the programs into bin/"
@@ -29,6 +31,15 @@ tools:
 
 run: build
 	@scripts/run.sh
+
+# The seed's load test, open loop at a rate that makes the web server scale.
+RATE ?= 350
+DURATION ?= 5m
+load: build
+	@bin/loadgen -url http://localhost:30080/buy -arrival-rate $(RATE) -d $(DURATION) -watch .cache/devcluster/kubeconfig
+
+e2e: build
+	@scripts/e2e.sh
 
 run-local: build
 	@scripts/run-local.sh

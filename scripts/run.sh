@@ -30,8 +30,12 @@ scripts/cluster.sh up
 scripts/infra.sh up
 
 kubectl="$(scripts/tools.sh path kubernetes)/kubectl --kubeconfig ${KUBECONFIG_FILE}"
-log "deploying manifests/overlays/local"
-$kubectl apply -k manifests/overlays/local >/dev/null
+# OVERLAY=e2e: the scenario's settings (a consumer that writes one purchase
+# per transaction, 30 s scale-down windows), to watch the consumer scale.
+OVERLAY="${OVERLAY:-local}"
+[[ -d "manifests/overlays/${OVERLAY}" ]] || die "OVERLAY=${OVERLAY}: no manifests/overlays/${OVERLAY}"
+log "deploying manifests/overlays/${OVERLAY}"
+$kubectl apply -k "manifests/overlays/${OVERLAY}" >/dev/null
 for d in purchase-system/customer-management-api purchase-system/customer-web-server monitoring/purchase-metrics-adapter; do
   $kubectl -n "${d%/*}" rollout status "deployment/${d#*/}" --timeout=180s >/dev/null \
     || die "deployment ${d} did not become ready: $kubectl -n ${d%/*} describe deployment/${d#*/}"
@@ -53,9 +57,13 @@ cat <<MSG
     curl -X POST -H 'Content-Type: application/json' -d '{"username":"test","userid":"u1","price":10}' http://localhost:30080/buy
     curl http://localhost:30080/getAllUserBuys/u1
     kubectl get pods -A
-    bin/loadgen -url http://localhost:30080/buy -c 50 -d 60s
     kubectl get --raw '/apis/custom.metrics.k8s.io/v1beta2/namespaces/purchase-system/pods/*/flask_http_request_per_second'
-    kubectl get --raw '/apis/external.metrics.k8s.io/v1beta1/namespaces/purchase-system/kafka_consumergroup_lag?labelSelector=consumergroup%3Dpurchase-consumer-group'
+    kubectl get --raw '/apis/external.metrics.k8s.io/v1beta1/namespaces/purchase-system/kafka_consumergroup_lag?labelSelector=consumergroup%3Dpurchase-consumer-group,topic%3Dpurchases'
+
+  Watch it scale (in another terminal):
+    make load                                  350 purchases/s for 5 min, the HPAs printed every 5 s
+    kubectl get hpa -n purchase-system -w      replicas as they change
+    kubectl describe hpa -n purchase-system    each metric against its target, and why it scaled
 
   Ctrl-C stops everything this started.
 MSG

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# make e2e: the end-to-end autoscaling scenario (e2e/scenario) on the local
+# Kubernetes. Brings up the cluster and what runs beside it (unless already
+# up), deploys manifests/overlays/e2e, runs the scenario against it and
+# takes down what it started. The timeline lands in _output/e2e/.
+source "$(dirname "$0")/lib.sh"
+cd "$REPO_ROOT"
+
+KUBECONFIG_FILE="${STATE_DIR}/devcluster/kubeconfig"
+started_cluster=false started_infra=false
+[[ -f "$KUBECONFIG_FILE" ]] || started_cluster=true
+[[ -d "${STATE_DIR}/infra" ]] || started_infra=true
+cleanup() {
+  # The cluster first: its pods drain while Kafka is still there.
+  if $started_cluster; then scripts/cluster.sh down || true; fi
+  if $started_infra; then scripts/infra.sh down || true; fi
+}
+trap cleanup EXIT
+
+scripts/cluster.sh up
+scripts/infra.sh up
+kubectl="$(scripts/tools.sh path kubernetes)/kubectl --kubeconfig ${KUBECONFIG_FILE}"
+if ! $started_cluster; then
+  # A cluster that was already up may hold an earlier run's replicas and
+  # HPA history: start from a fresh deployment.
+  $kubectl delete namespace purchase-system --ignore-not-found --wait=true >/dev/null
+fi
+log "deploying manifests/overlays/e2e"
+$kubectl apply -k manifests/overlays/e2e >/dev/null
+for d in monitoring/purchase-metrics-adapter purchase-system/customer-management-api purchase-system/customer-web-server; do
+  $kubectl -n "${d%/*}" rollout status "deployment/${d#*/}" --timeout=180s >/dev/null \
+    || die "deployment ${d} did not become ready: $kubectl -n ${d%/*} describe deployment/${d#*/}"
+done
+log "running the scenario (about 10 min): load, scale out, settle, scale back, every purchase checked"
+start=$SECONDS
+go test -count=1 -v -timeout 30m ./e2e/scenario -args \
+  -kubeconfig "$KUBECONFIG_FILE" -web-url http://localhost:30080 -prometheus-url http://10.88.0.1:9090 \
+  -out "${REPO_ROOT}/_output/e2e"
+log "scenario passed in $((SECONDS - start)) s; timeline in _output/e2e/"
