@@ -3,6 +3,9 @@
 # Kubernetes. Brings up the cluster and what runs beside it (unless already
 # up), deploys manifests/overlays/e2e, runs the scenario against it and
 # takes down what it started. The timeline lands in _output/e2e/.
+#
+# E2E_OVERLAY=<kustomize dir> deploys another variant (docs/BENCHMARKS.md
+# measures the fast-rate component this way).
 source "$(dirname "$0")/lib.sh"
 cd "$REPO_ROOT"
 
@@ -25,8 +28,9 @@ if ! $started_cluster; then
   # HPA history: start from a fresh deployment.
   $kubectl delete namespace purchase-system --ignore-not-found --wait=true >/dev/null
 fi
-log "deploying manifests/overlays/e2e"
-$kubectl apply -k manifests/overlays/e2e >/dev/null
+OVERLAY="${E2E_OVERLAY:-manifests/overlays/e2e}"
+log "deploying ${OVERLAY}"
+$kubectl apply -k "$OVERLAY" >/dev/null
 for d in monitoring/purchase-metrics-adapter purchase-system/customer-management-api purchase-system/customer-web-server; do
   $kubectl -n "${d%/*}" rollout status "deployment/${d#*/}" --timeout=180s >/dev/null \
     || die "deployment ${d} did not become ready: $kubectl -n ${d%/*} describe deployment/${d#*/}"

@@ -4,7 +4,8 @@
 # broker, real PostgreSQL and real Prometheus; the local Kubernetes tests
 # (control plane, process node, metrics-server, the adapter through the
 # API server), which bring the cluster up and check that taking it down
-# leaves nothing behind; and a short fuzz run. It installs and starts what
+# leaves nothing behind; the end-to-end autoscaling scenario on a fresh
+# local Kubernetes (scripts/e2e.sh); and a short fuzz run. It installs and starts what
 # the tests need (tools are built once into the cache, with progress) and
 # stops it on exit.
 source "$(dirname "$0")/lib.sh"
@@ -24,7 +25,7 @@ trap cleanup EXIT
 MODULES=(servicekit webserver consumer adapter testkit e2e)
 PKGS=("${MODULES[@]/%//...}"); PKGS=("${PKGS[@]/#/./}")
 
-log "tools: Kafka, etcd, Kubernetes, metrics-server, Prometheus (built once into ${TOOLS_DIR})"
+log "tools: Kafka, etcd, Kubernetes, metrics-server, kube-state-metrics, Prometheus (built once into ${TOOLS_DIR})"
 scripts/tools.sh ensure all
 
 log "go vet, staticcheck and gofmt"
@@ -35,6 +36,9 @@ done
 if [[ -n "$(gofmt -l "${MODULES[@]}")" ]]; then
   gofmt -l "${MODULES[@]}"; die "gofmt: the files above need formatting"
 fi
+
+log "promtool: the alerting and recording rules"
+"$(scripts/tools.sh path promtool)" check rules manifests/monitoring/rules.yaml
 
 log "starting PostgreSQL and Apache Kafka for the tests"
 scripts/postgres.sh start "$TEST_STATE/postgres" "$PG_PORT"
@@ -51,7 +55,12 @@ export REQUIRE_REAL_DEPS=1
 log "unit, integration and cluster tests"
 # One package at a time: the integration tests measure rates and start
 # clusters, and two of them at once on two cores would skew each other.
-go test -count=1 -p 1 -timeout 40m "${PKGS[@]}"
+# The scenario runs on a deployed system: scripts/e2e.sh below.
+mapfile -t TEST_PKGS < <(go list "${PKGS[@]}" | grep -v '/e2e/scenario$')
+go test -count=1 -p 1 -timeout 40m "${TEST_PKGS[@]}"
+
+log "the end-to-end autoscaling scenario"
+scripts/e2e.sh
 
 log "fuzzing the /buy decoder for ${FUZZTIME:-20s}"
 go test -run '^$' -fuzz FuzzDecodeRequest -fuzztime "${FUZZTIME:-20s}" -fuzzminimizetime 2s ./servicekit/purchase/
