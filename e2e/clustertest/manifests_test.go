@@ -1,0 +1,53 @@
+package clustertest
+
+import (
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestManifestsAreAcceptedByTheAPIServer renders every kustomization a
+// user applies and has the real API server validate it (server-side dry
+// run: schemas, defaults, admission), without changing anything. The
+// namespaces the rendering names are created first: a dry run cannot
+// create the namespace its other objects go into.
+func TestManifestsAreAcceptedByTheAPIServer(t *testing.T) {
+	deploySystem(t)
+	for _, dir := range []string{
+		"manifests/overlays/local",
+		"manifests/overlays/e2e",
+		"manifests/monitoring",
+		"manifests/addons/metrics-server",
+		"manifests/addons/kube-state-metrics",
+	} {
+		t.Run(strings.ReplaceAll(dir, "/", "_"), func(t *testing.T) {
+			path := filepath.Join(repoRoot, dir)
+			rendered := kubectl(t, "kustomize", path)
+			for _, doc := range strings.Split(rendered, "\n---\n") {
+				if strings.Contains(doc, "\nkind: Namespace\n") || strings.HasPrefix(doc, "apiVersion: v1\nkind: Namespace\n") {
+					name := between(doc, "\n  name: ", "\n")
+					if _, err := execKubectl("create", "namespace", name); err != nil {
+						t.Logf("namespace %s: exists", name)
+					}
+				}
+			}
+			cmd := exec.Command(kubectlBin, "--kubeconfig", kubeconfig, "apply", "--dry-run=server", "-f", "-")
+			cmd.Stdin = strings.NewReader(rendered)
+			out, err := cmd.CombinedOutput()
+			if err != nil {
+				t.Fatalf("kubectl apply --dry-run=server -k %s: %v\n%s", dir, err, out)
+			}
+			t.Logf("%s: %d objects accepted", dir, strings.Count(string(out), "(server dry run)"))
+		})
+	}
+}
+
+func between(s, from, to string) string {
+	_, rest, ok := strings.Cut(s, from)
+	if !ok {
+		return ""
+	}
+	v, _, _ := strings.Cut(rest, to)
+	return strings.TrimSpace(v)
+}
