@@ -55,11 +55,11 @@ const (
 	perPodTarget = 100
 	// perReplicaLag is the consumer HPA's target: messages behind per replica.
 	perReplicaLag = 100
-	webMin       = 2
-	webMax       = 10
-	consumerMin  = 1
-	consumerMax  = 5
-	sampleEvery  = 3 * time.Second
+	webMin        = 2
+	webMax        = 10
+	consumerMin   = 1
+	consumerMax   = 5
+	sampleEvery   = 3 * time.Second
 )
 
 func TestAutoscalingScenario(t *testing.T) {
