@@ -1,6 +1,9 @@
 // Command adapter serves custom.metrics.k8s.io (per-pod rates from
 // Prometheus, by prometheus-adapter-style rules) and external.metrics.k8s.io
 // (Kafka consumer group lag, computed from the brokers) to the HPA.
+//
+//	adapter [flags]            serve (the API server library's flags too)
+//	adapter explain [flags]    explain the rules and one request, offline
 package main
 
 import (
@@ -8,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"os/signal"
@@ -16,6 +20,10 @@ import (
 	"time"
 
 	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spf13/pflag"
+	apimeta "k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apiserver/pkg/server/healthz"
 	"k8s.io/client-go/metadata"
 	"k8s.io/component-base/logs"
 	"k8s.io/component-base/metrics/legacyregistry"
@@ -23,12 +31,16 @@ import (
 	basecmd "sigs.k8s.io/custom-metrics-apiserver/pkg/cmd"
 	"sigs.k8s.io/custom-metrics-apiserver/pkg/dynamicmapper"
 
+	"github.com/purchase-system/purchase-system/adapter/internal/backend"
+	"github.com/purchase-system/purchase-system/adapter/internal/catalog"
 	"github.com/purchase-system/purchase-system/adapter/internal/configwatch"
+	"github.com/purchase-system/purchase-system/adapter/internal/explain"
 	"github.com/purchase-system/purchase-system/adapter/internal/lag"
+	"github.com/purchase-system/purchase-system/adapter/internal/metricsapi"
 	"github.com/purchase-system/purchase-system/adapter/internal/promsource"
-	"github.com/purchase-system/purchase-system/adapter/internal/provider"
 	"github.com/purchase-system/purchase-system/adapter/internal/rules"
 	"github.com/purchase-system/purchase-system/adapter/internal/selfmetrics"
+	"github.com/purchase-system/purchase-system/adapter/internal/sources"
 	"github.com/purchase-system/purchase-system/adapter/internal/store"
 	"github.com/purchase-system/purchase-system/servicekit/logging"
 )
@@ -37,40 +49,71 @@ import (
 // library's (secure serving, delegated auth, --lister-kubeconfig, ...).
 type Adapter struct {
 	basecmd.AdapterBase
+	Settings
+	RefreshInterval time.Duration
+	DemandTTL       time.Duration
+	MaxQueries      int
+	MaxInFlight     int
+	SelfMetricsAddr string
+	DebugAddr       string
+	LogLevel        string
+}
 
-	ConfigFile        string
-	PrometheusURL     string
-	PrometheusTimeout time.Duration
-	RelistInterval    time.Duration
-	KafkaBootstrap    string
-	KafkaExtraConfig  string
-	MaxSampleAge      time.Duration
-	RefreshInterval   time.Duration
-	DemandTTL         time.Duration
-	LagRateWindow     time.Duration
-	LagSecondsCap     float64
-	SelfMetricsAddr   string
-	LogLevel          string
+// Settings are the flags serving and explaining share: the rules, how to
+// reach Prometheus and Kafka, what is served.
+type Settings struct {
+	ConfigFile       string
+	Prometheus       promsource.ClientOptions
+	RelistInterval   time.Duration
+	KafkaBootstrap   string
+	KafkaExtraConfig string
+	KafkaMaxGroups   int
+	MaxSampleAge     time.Duration
+	LagRateWindow    time.Duration
+	LagSecondsCap    float64
+}
+
+func (s *Settings) addFlags(f *pflag.FlagSet) {
+	f.StringVar(&s.ConfigFile, "config", "/etc/adapter/config.yaml", "rules file (prometheus-adapter format); reloaded when it changes")
+	p := &s.Prometheus
+	f.StringVar(&p.URL, "prometheus-url", "http://prometheus.monitoring.svc:9090", "Prometheus (or Thanos, Cortex, Mimir) to query")
+	f.DurationVar(&p.Timeout, "prometheus-timeout", 10*time.Second, "timeout of one Prometheus query")
+	f.BoolVar(&p.AuthInCluster, "prometheus-auth-incluster", false, "authenticate to Prometheus with the pod's service account token and cluster CA")
+	f.StringVar(&p.AuthConfig, "prometheus-auth-config", "", "kubeconfig file whose credentials authenticate to Prometheus")
+	f.StringVar(&p.CAFile, "prometheus-ca-file", "", "CA certificate to verify Prometheus' serving certificate")
+	f.StringVar(&p.ClientCertFile, "prometheus-client-tls-cert-file", "", "client certificate for Prometheus (re-read when renewed)")
+	f.StringVar(&p.ClientKeyFile, "prometheus-client-tls-key-file", "", "client certificate's key")
+	f.StringVar(&p.TokenFile, "prometheus-token-file", "", "bearer token for Prometheus (re-read when the file changes)")
+	f.StringArrayVar(&p.Headers, "prometheus-header", nil, "header sent to Prometheus, Name=value (repeatable), e.g. X-Scope-OrgID=tenant")
+	f.StringVar(&p.Verb, "prometheus-verb", "POST", "HTTP verb of queries: GET or POST")
+	f.BoolVar(&p.DisableHTTP2, "disable-http2", false, "talk HTTP/1.1 to Prometheus")
+	f.DurationVar(&s.RelistInterval, "metrics-relist-interval", time.Minute, "how often to rediscover which metrics the rules yield")
+	f.StringVar(&s.KafkaBootstrap, "kafka-bootstrap-servers", "", "Kafka brokers for consumer group lag; empty disables the lag metrics")
+	f.StringVar(&s.KafkaExtraConfig, "kafka-extra-config", "", "librdkafka properties k=v,k=v (security settings)")
+	f.IntVar(&s.KafkaMaxGroups, "kafka-max-groups", 50, "consumer groups whose offsets are read at once (each is a Kafka client); more are refused")
+	f.DurationVar(&s.MaxSampleAge, "max-sample-age", 2*time.Minute, "samples older than this are not served")
+	// prometheus-adapter's name: its users' Deployments keep working.
+	f.DurationVar(&s.MaxSampleAge, "metrics-max-age", 2*time.Minute, "another name for --max-sample-age (prometheus-adapter's flag)")
+	f.DurationVar(&s.LagRateWindow, "lag-rate-window", 2*time.Minute, "window of the consumption rate behind kafka_consumergroup_lag_seconds")
+	f.Float64Var(&s.LagSecondsCap, "lag-seconds-cap", 3600, "kafka_consumergroup_lag_seconds of a stalled group with lag")
 }
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "explain" {
+		os.Exit(explainMain(os.Args[2:], os.Stdout, os.Stderr))
+	}
 	logs.InitLogs()
 	defer logs.FlushLogs()
 	a := &Adapter{}
 	a.Name = "purchase-metrics-adapter"
 	f := a.Flags()
-	f.StringVar(&a.ConfigFile, "config", "/etc/adapter/config.yaml", "rules file (prometheus-adapter format); reloaded when it changes")
-	f.StringVar(&a.PrometheusURL, "prometheus-url", "http://prometheus.monitoring.svc:9090", "Prometheus to query")
-	f.DurationVar(&a.PrometheusTimeout, "prometheus-timeout", 10*time.Second, "timeout of one Prometheus query")
-	f.DurationVar(&a.RelistInterval, "metrics-relist-interval", time.Minute, "how often to rediscover which metrics the rules yield")
-	f.StringVar(&a.KafkaBootstrap, "kafka-bootstrap-servers", "", "Kafka brokers for consumer group lag; empty disables the lag metrics")
-	f.StringVar(&a.KafkaExtraConfig, "kafka-extra-config", "", "librdkafka properties k=v,k=v (security settings)")
-	f.DurationVar(&a.MaxSampleAge, "max-sample-age", 2*time.Minute, "samples older than this are not served")
+	a.addFlags(f)
 	f.DurationVar(&a.RefreshInterval, "refresh-interval", 5*time.Second, "how long a fetched value is served; wanted values are refreshed this often")
 	f.DurationVar(&a.DemandTTL, "demand-ttl", 10*time.Minute, "values nobody asked for this long are dropped")
-	f.DurationVar(&a.LagRateWindow, "lag-rate-window", 2*time.Minute, "window of the consumption rate behind kafka_consumergroup_lag_seconds")
-	f.Float64Var(&a.LagSecondsCap, "lag-seconds-cap", 3600, "kafka_consumergroup_lag_seconds of a stalled group with lag")
+	f.IntVar(&a.MaxQueries, "max-store-queries", 1000, "distinct metric queries kept and refreshed; more are refused (429)")
+	f.IntVar(&a.MaxInFlight, "max-fetches-in-flight", 16, "backend fetches running at once")
 	f.StringVar(&a.SelfMetricsAddr, "self-metrics-addr", ":9102", "plain-HTTP address of the adapter's own /metrics (no credentials needed)")
+	f.StringVar(&a.DebugAddr, "debug-addr", "", "loopback address of the explain endpoint (e.g. 127.0.0.1:6060; reach it with kubectl port-forward); off when empty")
 	f.StringVar(&a.LogLevel, "log-level", "info", "debug, info, warn or error")
 	logs.AddFlags(f)
 	if err := f.Parse(os.Args); err != nil {
@@ -87,30 +130,18 @@ func main() {
 
 func (a *Adapter) run(ctx context.Context) error {
 	logger := logging.New(os.Stdout, "adapter", a.LogLevel)
-	cfg, err := configwatch.Load(a.ConfigFile)
+	if a.DebugAddr != "" {
+		if err := loopbackOnly(a.DebugAddr); err != nil {
+			return err
+		}
+	}
+	reg := prometheus.NewRegistry()
+	cfg, inUse, err := configwatch.Load(a.ConfigFile)
 	if err != nil {
 		return fmt.Errorf("--config: %w", err)
 	}
 	for _, w := range cfg.Warnings {
 		logger.Warn(w)
-	}
-	m := selfmetrics.New()
-	m.ConfigLastReloadSuccess.Set(1)
-	prom, err := promsource.New(a.PrometheusURL, a.PrometheusTimeout, m)
-	if err != nil {
-		return err
-	}
-	var kafkaSource *lag.Source
-	if a.KafkaBootstrap != "" {
-		kcfg, err := kafkaConfig(a.KafkaBootstrap, a.KafkaExtraConfig)
-		if err != nil {
-			return err
-		}
-		if kafkaSource, err = lag.NewSource(kcfg, m); err != nil {
-			return err
-		}
-		defer kafkaSource.Close()
-		kafkaSource.RateWindow, kafkaSource.DrainCap = a.LagRateWindow, a.LagSecondsCap
 	}
 	mapper, err := a.RESTMapper()
 	if err != nil {
@@ -128,22 +159,90 @@ func (a *Adapter) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	p := provider.New(cfg, prom, kafkaSource, mapper, meta, ctx.Done(), m, logger, provider.Options{
-		MaxSampleAge: a.MaxSampleAge,
-		Store:        store.Options{Fresh: a.RefreshInterval, DemandTTL: a.DemandTTL, FetchTimeout: a.PrometheusTimeout},
+
+	// Sources → store → API.
+	parts, err := a.build(cfg, mapper, reg, logger)
+	if err != nil {
+		return err
+	}
+	defer parts.close()
+	st := store.New(parts.router, store.Options{Fresh: a.RefreshInterval, DemandTTL: a.DemandTTL, FetchTimeout: a.Prometheus.Timeout,
+		MaxQueries: a.MaxQueries, MaxInFlight: a.MaxInFlight, Metrics: store.NewMetrics(reg)})
+	api := metricsapi.New(parts.catalog, st, mapper, meta, ctx.Done(), metricsapi.Options{
+		MaxSampleAge: a.MaxSampleAge, LagEnabled: parts.kafka != nil, Metrics: metricsapi.NewMetrics(reg), Logger: logger})
+	go st.Run(ctx)
+	go parts.catalog.Run(ctx, a.RelistInterval)
+	err = configwatch.Watch(ctx, a.ConfigFile, inUse, configwatch.NewMetrics(reg), logger, func(c *rules.Config) {
+		parts.catalog.SetConfig(ctx, c)
+		st.Reset() // values fetched under the old rules may mean something else
 	})
-	go p.Run(ctx, a.RelistInterval, nil)
-	if err := configwatch.Watch(ctx, a.ConfigFile, m, logger, func(c *rules.Config) { p.SetConfig(ctx, c) }); err != nil {
+	if err != nil {
 		return fmt.Errorf("watching %s: %w", a.ConfigFile, err)
 	}
-	a.WithCustomMetrics(p)
-	a.WithExternalMetrics(p)
+
+	a.WithCustomMetrics(api)
+	a.WithExternalMetrics(api)
+	server, err := a.Server()
+	if err != nil {
+		return err
+	}
+	// Ready means the catalog is loaded and the backends answered once,
+	// not merely that the server listens.
+	checks := []healthz.HealthChecker{healthz.NamedCheck("metric-catalog", func(*http.Request) error { return parts.catalog.Ready() })}
+	if parts.kafka != nil {
+		checks = append(checks, healthz.NamedCheck("kafka", func(*http.Request) error { return parts.kafka.Ready() }))
+	}
+	if err := server.GenericAPIServer.AddReadyzChecks(checks...); err != nil {
+		return err
+	}
 	if err := metrics.RegisterMetrics(legacyregistry.Register); err != nil {
 		return err
 	}
-	go serveSelfMetrics(ctx, a.SelfMetricsAddr, m, logger)
-	logger.Info("starting", "prometheus", a.PrometheusURL, "kafka", a.KafkaBootstrap, "rules", len(cfg.Rules), "external_rules", len(cfg.ExternalRules))
+	go serve(ctx, "self-metrics", a.SelfMetricsAddr, selfmetrics.Handler(reg, legacyregistry.DefaultGatherer), logger)
+	if a.DebugAddr != "" {
+		ex := &explain.Explainer{Catalog: parts.catalog, Prom: parts.prom, Kafka: parts.kafka, API: api, Store: st, Cluster: true}
+		go serve(ctx, "explain endpoint", a.DebugAddr, explain.Handler(ex), logger)
+	}
+	logger.Info("starting", "prometheus", a.Prometheus.URL, "kafka", a.KafkaBootstrap, "rules", len(cfg.Rules), "external_rules", len(cfg.ExternalRules))
 	return a.Run(ctx)
+}
+
+// parts are the sources and the catalog, shared by serving and explaining.
+type parts struct {
+	prom    *promsource.Source
+	kafka   *lag.Source // nil without --kafka-bootstrap-servers
+	router  *sources.Router
+	catalog *catalog.Catalog
+}
+
+func (p *parts) close() {
+	if p.kafka != nil {
+		p.kafka.Close()
+	}
+}
+
+func (s *Settings) build(cfg *rules.Config, mapper apimeta.RESTMapper, reg prometheus.Registerer, logger *slog.Logger) (*parts, error) {
+	bm := backend.NewMetrics(reg)
+	prom, err := promsource.New(s.Prometheus, bm)
+	if err != nil {
+		return nil, err
+	}
+	p := &parts{prom: prom}
+	var extra []string
+	if s.KafkaBootstrap != "" {
+		kcfg, err := kafkaConfig(s.KafkaBootstrap, s.KafkaExtraConfig)
+		if err != nil {
+			return nil, err
+		}
+		if p.kafka, err = lag.NewSource(kcfg, bm, lag.NewMetrics(reg)); err != nil {
+			return nil, err
+		}
+		p.kafka.RateWindow, p.kafka.DrainCap, p.kafka.MaxGroups = s.LagRateWindow, s.LagSecondsCap, s.KafkaMaxGroups
+		extra = []string{lag.MetricLag, lag.MetricLagSeconds}
+	}
+	p.router = &sources.Router{Prometheus: prom, Kafka: p.kafka}
+	p.catalog = catalog.New(cfg, prom, mapper, catalog.Options{Extra: extra, Metrics: catalog.NewMetrics(reg), Logger: logger})
+	return p, nil
 }
 
 func kafkaConfig(bootstrap, extra string) (kafka.ConfigMap, error) {
@@ -161,10 +260,26 @@ func kafkaConfig(bootstrap, extra string) (kafka.ConfigMap, error) {
 	return cfg, nil
 }
 
-func serveSelfMetrics(ctx context.Context, addr string, m *selfmetrics.Metrics, logger *slog.Logger) {
-	srv := &http.Server{Addr: addr, Handler: m.Handler(legacyregistry.DefaultGatherer), ReadHeaderTimeout: 10 * time.Second}
+// loopbackOnly refuses a debug address other processes could reach: the
+// explain endpoint shows label values, which are data.
+func loopbackOnly(addr string) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("--debug-addr %q: %w", addr, err)
+	}
+	if host == "localhost" {
+		return nil
+	}
+	if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
+		return fmt.Errorf("--debug-addr %q: the explain endpoint listens on a loopback address only (e.g. 127.0.0.1:6060); reach it with kubectl port-forward", addr)
+	}
+	return nil
+}
+
+func serve(ctx context.Context, what, addr string, h http.Handler, logger *slog.Logger) {
+	srv := &http.Server{Addr: addr, Handler: h, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 60 * time.Second}
 	go func() { <-ctx.Done(); _ = srv.Close() }()
 	if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		logger.Error("self-metrics server", "addr", addr, "err", err)
+		logger.Error(what+" server", "addr", addr, "err", err)
 	}
 }

@@ -5,6 +5,7 @@
 package configwatch
 
 import (
+	"bytes"
 	"context"
 	"log/slog"
 	"os"
@@ -12,24 +13,54 @@ import (
 	"time"
 
 	"github.com/fsnotify/fsnotify"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/purchase-system/purchase-system/adapter/internal/rules"
-	"github.com/purchase-system/purchase-system/adapter/internal/selfmetrics"
 )
 
-// Load reads and parses the rules file.
-func Load(path string) (*rules.Config, error) {
+// Metrics are the reload metrics.
+type Metrics struct {
+	reloads     *prometheus.CounterVec
+	lastSuccess prometheus.Gauge
+}
+
+// NewMetrics creates the reload metrics, the file in use counted as a
+// success, and registers them on reg (nil: not registered).
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "adapter_config_reloads_total", Help: "Rule file reloads, by result.",
+		}, []string{"result"}),
+		lastSuccess: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "adapter_config_last_reload_successful", Help: "1 if the rules file on disk is the one in use; 0 if its last change did not parse or could not be read.",
+		}),
+	}
+	m.reloads.WithLabelValues("success")
+	m.reloads.WithLabelValues("error")
+	m.lastSuccess.Set(1)
+	if reg != nil {
+		reg.MustRegister(m.reloads, m.lastSuccess)
+	}
+	return m
+}
+
+// Load reads and parses the rules file, and returns the bytes it parsed:
+// what Watch must compare later changes with.
+func Load(path string) (*rules.Config, []byte, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return rules.Parse(filepath.Base(path), b)
+	cfg, err := rules.Parse(filepath.Base(path), b)
+	return cfg, b, err
 }
 
 // Watch calls apply with the new rules each time the file changes and
-// parses. A file that does not parse is logged (with its line and reason)
-// and counted, and the rules in use stay.
-func Watch(ctx context.Context, path string, m *selfmetrics.Metrics, logger *slog.Logger, apply func(*rules.Config)) error {
+// parses. inUse is the content the rules in use were parsed from (Load's):
+// a change made between Load and Watch is applied, not missed. A file that
+// does not parse is logged (with its line and reason) and counted, and the
+// rules in use stay.
+func Watch(ctx context.Context, path string, inUse []byte, m *Metrics, logger *slog.Logger, apply func(*rules.Config)) error {
 	w, err := fsnotify.NewWatcher()
 	if err != nil {
 		return err
@@ -39,11 +70,12 @@ func Watch(ctx context.Context, path string, m *selfmetrics.Metrics, logger *slo
 		w.Close()
 		return err
 	}
-	// What is in use now, read before watching starts so no edit is missed.
-	last, _ := os.ReadFile(path)
+	last, seen := inUse, inUse // in use; last looked at
+	// Anything written between Load and the watch starting is checked at
+	// once.
+	debounce := time.After(0)
 	go func() {
 		defer w.Close()
-		var debounce <-chan time.Time
 		for {
 			select {
 			case <-ctx.Done():
@@ -67,18 +99,34 @@ func Watch(ctx context.Context, path string, m *selfmetrics.Metrics, logger *slo
 				b, err := os.ReadFile(path)
 				if err != nil {
 					logger.Error("reading the rules file", "path", path, "err", err)
-					m.ConfigReloads.WithLabelValues("error").Inc()
-					m.ConfigLastReloadSuccess.Set(0)
+					m.reloads.WithLabelValues("error").Inc()
+					m.lastSuccess.Set(0)
 					continue
 				}
+				if string(b) == string(seen) {
+					continue // looked at already (several events for one write)
+				}
+				seen = b
 				if string(b) == string(last) {
+					// Back to the rules in use (a broken edit reverted):
+					// the file on disk is what runs again.
+					m.lastSuccess.Set(1)
+					continue
+				}
+				if len(bytes.TrimSpace(b)) == 0 {
+					// A writer between truncating and writing, most
+					// likely; an empty file would drop every rule. To
+					// serve no rules, write "rules: []".
+					logger.Warn("rules file is empty; keeping the rules in use", "path", path)
+					m.lastSuccess.Set(0)
+					seen = nil
 					continue
 				}
 				cfg, err := rules.Parse(filepath.Base(path), b)
 				if err != nil {
 					logger.Error("rules file changed but does not parse; keeping the rules in use", "err", err)
-					m.ConfigReloads.WithLabelValues("error").Inc()
-					m.ConfigLastReloadSuccess.Set(0)
+					m.reloads.WithLabelValues("error").Inc()
+					m.lastSuccess.Set(0)
 					continue
 				}
 				last = b
@@ -86,8 +134,8 @@ func Watch(ctx context.Context, path string, m *selfmetrics.Metrics, logger *slo
 					logger.Warn(w)
 				}
 				logger.Info("rules reloaded", "rules", len(cfg.Rules), "external_rules", len(cfg.ExternalRules))
-				m.ConfigReloads.WithLabelValues("success").Inc()
-				m.ConfigLastReloadSuccess.Set(1)
+				m.reloads.WithLabelValues("success").Inc()
+				m.lastSuccess.Set(1)
 				apply(cfg)
 			}
 		}

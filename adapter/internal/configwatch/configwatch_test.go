@@ -9,11 +9,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/purchase-system/purchase-system/adapter/internal/configwatch"
 	"github.com/purchase-system/purchase-system/adapter/internal/rules"
-	"github.com/purchase-system/purchase-system/adapter/internal/selfmetrics"
 )
 
 const ruleA = `
@@ -30,16 +29,52 @@ rules:
     metricsQuery: 'rate(<<.Series>>[1m])'
 `
 
-func watch(t *testing.T, path string) (chan *rules.Config, *selfmetrics.Metrics) {
+// metric reads one sample of the registry: name with label=value, or the
+// unlabelled one.
+func metric(t *testing.T, reg *prometheus.Registry, name string, labelValue ...string) float64 {
 	t.Helper()
-	got := make(chan *rules.Config, 10)
-	m := selfmetrics.New()
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	if err := configwatch.Watch(ctx, path, m, slog.New(slog.NewTextHandler(io.Discard, nil)), func(c *rules.Config) { got <- c }); err != nil {
+	mfs, err := reg.Gather()
+	if err != nil {
 		t.Fatal(err)
 	}
-	return got, m
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			if len(labelValue) == 0 || (len(m.GetLabel()) > 0 && m.GetLabel()[0].GetValue() == labelValue[0]) {
+				if m.GetCounter() != nil {
+					return m.GetCounter().GetValue()
+				}
+				return m.GetGauge().GetValue()
+			}
+		}
+	}
+	t.Fatalf("no %s%v", name, labelValue)
+	return 0
+}
+
+// watch loads path as the adapter does at start, then watches it.
+func watch(t *testing.T, path string) (chan *rules.Config, *prometheus.Registry) {
+	t.Helper()
+	_, inUse, err := configwatch.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return watchFrom(t, path, inUse)
+}
+
+func watchFrom(t *testing.T, path string, inUse []byte) (chan *rules.Config, *prometheus.Registry) {
+	t.Helper()
+	got := make(chan *rules.Config, 10)
+	reg := prometheus.NewRegistry()
+	m := configwatch.NewMetrics(reg)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	if err := configwatch.Watch(ctx, path, inUse, m, slog.New(slog.NewTextHandler(io.Discard, nil)), func(c *rules.Config) { got <- c }); err != nil {
+		t.Fatal(err)
+	}
+	return got, reg
 }
 
 func wait(t *testing.T, got chan *rules.Config) *rules.Config {
@@ -66,7 +101,7 @@ func TestReloadsAnEditedFile(t *testing.T) {
 	if len(c.Rules) != 1 || c.Rules[0].SeriesQuery != `b_total{pod!=""}` {
 		t.Fatalf("reloaded %+v", c.Rules)
 	}
-	if v := testutil.ToFloat64(m.ConfigReloads.WithLabelValues("success")); v != 1 {
+	if v := metric(t, m, "adapter_config_reloads_total", "success"); v != 1 {
 		t.Fatalf("success reloads = %v", v)
 	}
 }
@@ -118,10 +153,10 @@ func TestABrokenEditKeepsTheRulesInUse(t *testing.T) {
 		t.Fatalf("a file that does not parse was applied: %+v", c)
 	default:
 	}
-	if v := testutil.ToFloat64(m.ConfigReloads.WithLabelValues("error")); v != 1 {
+	if v := metric(t, m, "adapter_config_reloads_total", "error"); v != 1 {
 		t.Fatalf("error reloads = %v, want 1", v)
 	}
-	if v := testutil.ToFloat64(m.ConfigLastReloadSuccess); v != 0 {
+	if v := metric(t, m, "adapter_config_last_reload_successful"); v != 0 {
 		t.Fatalf("last reload successful = %v, want 0", v)
 	}
 	// Fixing the file reloads it.
@@ -129,4 +164,53 @@ func TestABrokenEditKeepsTheRulesInUse(t *testing.T) {
 		t.Fatal(err)
 	}
 	wait(t, got)
+}
+
+// The file changes between the adapter reading it at start and the watch
+// starting: the change is applied, not missed.
+func TestAChangeBeforeTheWatchStartsIsApplied(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(path, []byte(ruleA), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, inUse, err := configwatch.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte(ruleB), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := watchFrom(t, path, inUse)
+	if c := wait(t, got); c.Rules[0].SeriesQuery != `b_total{pod!=""}` {
+		t.Fatalf("applied %+v, want rule b", c.Rules[0])
+	}
+}
+
+// A broken edit reverted to the rules in use: the file on disk is what
+// runs again, and the gauge says so.
+func TestRevertingABrokenEditIsSuccessAgain(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(path, []byte(ruleA), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	got, m := watch(t, path)
+	if err := os.WriteFile(path, []byte("rules: [\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second)
+	if v := metric(t, m, "adapter_config_last_reload_successful"); v != 0 {
+		t.Fatalf("after a broken edit: %v, want 0", v)
+	}
+	if err := os.WriteFile(path, []byte(ruleA), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second)
+	if v := metric(t, m, "adapter_config_last_reload_successful"); v != 1 {
+		t.Fatalf("after reverting to the rules in use: %v, want 1", v)
+	}
+	select {
+	case c := <-got:
+		t.Fatalf("the rules in use were applied again: %+v", c)
+	default:
+	}
 }

@@ -10,10 +10,11 @@ import (
 	"time"
 
 	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
+	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/selection"
 
-	"github.com/purchase-system/purchase-system/adapter/internal/selfmetrics"
+	"github.com/purchase-system/purchase-system/adapter/internal/backend"
 	"github.com/purchase-system/purchase-system/adapter/internal/store"
 )
 
@@ -29,7 +30,8 @@ const (
 type Source struct {
 	admin     *kafka.AdminClient
 	bootstrap string
-	metrics   *selfmetrics.Metrics
+	obs       *backend.Observer
+	metrics   *Metrics
 	// RateWindow is how far back the consumption rate looks;
 	// DrainCap bounds kafka_consumergroup_lag_seconds.
 	RateWindow time.Duration
@@ -50,19 +52,62 @@ type Source struct {
 	// GroupIdle: a group's consumer handle is closed after this long
 	// without a question about the group.
 	GroupIdle time.Duration
+	// MaxGroups bounds the consumer groups with an open handle (each is a
+	// librdkafka client: threads and connections); a question about one
+	// more is refused with an error saying so.
+	MaxGroups int
 	clientCfg kafka.ConfigMap
 	groupsMu  sync.Mutex
 	groups    map[string]*groupHandle
+
+	readyOnce sync.Once
+	ready     chan struct{}
+}
+
+// Metrics are the lag source's own metrics.
+type Metrics struct {
+	computeSeconds prometheus.Histogram
+	// lag and lagSeconds: the last values computed for an HPA, by
+	// consumer group and topic, so dashboards and alerts see what the HPA
+	// saw.
+	lag, lagSeconds *prometheus.GaugeVec
+}
+
+// NewMetrics creates the lag metrics and registers them on reg (nil: not
+// registered).
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		computeSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "adapter_kafka_lag_compute_seconds", Help: "Time to compute one consumer group's lag from the brokers.",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}),
+		lag: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "adapter_kafka_consumergroup_lag", Help: "Consumer group lag in messages, as last served (newest offset minus committed, summed over the topic's partitions).",
+		}, []string{LabelGroup, LabelTopic}),
+		lagSeconds: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "adapter_kafka_consumergroup_lag_seconds", Help: "Estimated seconds for the group to consume its lag, as last served.",
+		}, []string{LabelGroup, LabelTopic}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.computeSeconds, m.lag, m.lagSeconds)
+	}
+	return m
 }
 
 // NewSource connects an admin client with the given librdkafka settings
-// (bootstrap.servers at least).
-func NewSource(cfg kafka.ConfigMap, m *selfmetrics.Metrics) (*Source, error) {
+// (bootstrap.servers at least). bm and m may be nil.
+func NewSource(cfg kafka.ConfigMap, bm *backend.Metrics, m *Metrics) (*Source, error) {
 	admin, err := kafka.NewAdminClient(&cfg)
 	if err != nil {
 		return nil, fmt.Errorf("kafka admin client: %w", err)
 	}
-	m.InitBackend("kafka", "metadata", "committed_offsets", "end_offsets", "start_offsets", "list_groups", "marker_check")
+	if bm == nil {
+		bm = backend.NewMetrics(nil)
+	}
+	if m == nil {
+		m = NewMetrics(nil)
+	}
+	obs := bm.For("kafka", "metadata", "committed_offsets", "end_offsets", "start_offsets", "list_groups", "marker_check")
 	bs, _ := cfg.Get("bootstrap.servers", "")
 	readerCfg := kafka.ConfigMap{}
 	for k, v := range cfg {
@@ -76,9 +121,27 @@ func NewSource(cfg kafka.ConfigMap, m *selfmetrics.Metrics) (*Source, error) {
 	readerCfg["isolation.level"] = "read_committed"
 	readerCfg["enable.partition.eof"] = true
 	readerCfg["fetch.wait.max.ms"] = 10
-	return &Source{admin: admin, bootstrap: fmt.Sprint(bs), metrics: m,
-		RateWindow: 2 * time.Minute, DrainCap: 3600, MarkerCheckMax: 10, GroupIdle: 10 * time.Minute,
-		rates: map[[2]string]*Rate{}, readerCfg: readerCfg, clientCfg: cfg, groups: map[string]*groupHandle{}}, nil
+	return &Source{admin: admin, bootstrap: fmt.Sprint(bs), obs: obs, metrics: m,
+		RateWindow: 2 * time.Minute, DrainCap: 3600, MarkerCheckMax: 10, GroupIdle: 10 * time.Minute, MaxGroups: 50,
+		rates: map[[2]string]*Rate{}, readerCfg: readerCfg, clientCfg: cfg, groups: map[string]*groupHandle{},
+		ready: make(chan struct{})}, nil
+}
+
+// Ready reports whether the brokers have answered at least once.
+func (s *Source) Ready() error {
+	select {
+	case <-s.ready:
+		return nil
+	default:
+	}
+	t0 := time.Now()
+	_, err := s.admin.GetMetadata(nil, false, 2000)
+	s.obs.Observe("metadata", t0, err)
+	if err != nil {
+		return s.wrap("metadata", err)
+	}
+	s.readyOnce.Do(func() { close(s.ready) })
+	return nil
 }
 
 // Close closes the admin client, the group handles and the marker-check
@@ -163,7 +226,7 @@ func (s *Source) countConsumable(ctx context.Context, spans []span) (map[tpKey]i
 	if err == nil && len(left) > 0 {
 		err = fmt.Errorf("%d partitions not read to their end within the deadline", len(left))
 	}
-	s.metrics.Backend("kafka", "marker_check", t0, err)
+	s.obs.Observe("marker_check", t0, err)
 	return counts, err
 }
 
@@ -171,16 +234,26 @@ func (s *Source) wrap(what string, err error) error {
 	return fmt.Errorf("kafka at %s: %s: %w", s.bootstrap, what, err)
 }
 
-// Filter is what an external metric selector asks for.
-type Filter struct {
+// Query is what an external metric selector asks for: a store query. One
+// computation gives both kafka_consumergroup_lag and
+// kafka_consumergroup_lag_seconds.
+type Query struct {
 	Groups []string // empty: every group
 	Topics []string // empty: every topic the group committed on
 }
 
+// Key identifies the query in the store.
+func (q Query) Key() string {
+	return "kafka-lag|" + strings.Join(q.Groups, ",") + "|" + strings.Join(q.Topics, ",")
+}
+
+// Filter is the old name of Query.
+type Filter = Query
+
 // ParseSelector reads consumergroup and topic (=, ==, in) from a metric
 // selector; anything else is an error that says what is supported.
-func ParseSelector(sel labels.Selector) (Filter, error) {
-	var f Filter
+func ParseSelector(sel labels.Selector) (Query, error) {
+	var f Query
 	if sel == nil {
 		return f, nil
 	}
@@ -203,10 +276,13 @@ func ParseSelector(sel labels.Selector) (Filter, error) {
 	return f, nil
 }
 
-// Fetch computes metric (lag or lag seconds) for every group and topic the
-// filter selects: one sample per (group, topic), summed over partitions.
-func (s *Source) Fetch(ctx context.Context, metric string, f Filter) ([]store.Sample, error) {
-	groups := f.Groups
+// Fetch computes, for every group and topic the query selects, the lag
+// (one sample per group and topic, summed over partitions, Metric
+// kafka_consumergroup_lag) and the time to drain it (Metric
+// kafka_consumergroup_lag_seconds; missing until two samples of the
+// group's consumption exist).
+func (s *Source) Fetch(ctx context.Context, q Query) ([]store.Sample, error) {
+	groups := q.Groups
 	if len(groups) == 0 {
 		var err error
 		if groups, err = s.listGroups(ctx); err != nil {
@@ -216,28 +292,24 @@ func (s *Source) Fetch(ctx context.Context, metric string, f Filter) ([]store.Sa
 	var out []store.Sample
 	for _, g := range groups {
 		start := time.Now()
-		parts, err := s.GroupPartitions(ctx, g, f.Topics)
-		s.metrics.LagComputeSeconds.Observe(time.Since(start).Seconds())
+		parts, err := s.GroupPartitions(ctx, g, q.Topics)
+		s.metrics.computeSeconds.Observe(time.Since(start).Seconds())
 		if err != nil {
 			return nil, &Error{Group: g, Cause: err}
 		}
 		now := time.Now()
 		for _, t := range ByTopic(g, Calculate(parts)) {
-			v := float64(t.Lag)
-			rate := s.observeRate(g, t.Topic, now, t.Committed)
-			s.metrics.KafkaLag.WithLabelValues(g, t.Topic).Set(v)
-			perSec, known := rate.PerSecond()
-			if known || t.Lag == 0 {
-				s.metrics.KafkaLagSeconds.WithLabelValues(g, t.Topic).Set(DrainSeconds(t.Lag, perSec, s.DrainCap))
+			labels := map[string]string{LabelGroup: g, LabelTopic: t.Topic}
+			out = append(out, store.Sample{Metric: MetricLag, Labels: labels, Value: float64(t.Lag), Timestamp: now})
+			s.metrics.lag.WithLabelValues(g, t.Topic).Set(float64(t.Lag))
+			perSec, known := s.observeRate(g, t.Topic, now, t.Committed).PerSecond()
+			if !known && t.Lag > 0 {
+				// Not enough history for a rate yet: missing, not a guess.
+				continue
 			}
-			if metric == MetricLagSeconds {
-				if !known && t.Lag > 0 {
-					// Not enough history for a rate yet: missing, not a guess.
-					continue
-				}
-				v = DrainSeconds(t.Lag, perSec, s.DrainCap)
-			}
-			out = append(out, store.Sample{Labels: map[string]string{LabelGroup: g, LabelTopic: t.Topic}, Value: v, Timestamp: now})
+			secs := DrainSeconds(t.Lag, perSec, s.DrainCap)
+			out = append(out, store.Sample{Metric: MetricLagSeconds, Labels: labels, Value: secs, Timestamp: now})
+			s.metrics.lagSeconds.WithLabelValues(g, t.Topic).Set(secs)
 		}
 	}
 	return out, nil
@@ -264,7 +336,7 @@ func (s *Source) listGroups(ctx context.Context) ([]string, error) {
 	if err == nil && len(res.Errors) > 0 {
 		err = errors.Join(res.Errors...)
 	}
-	s.metrics.Backend("kafka", "list_groups", t0, err)
+	s.obs.Observe("list_groups", t0, err)
 	if err != nil {
 		return nil, s.wrap("listing consumer groups", err)
 	}
@@ -293,7 +365,7 @@ func (s *Source) GroupPartitions(ctx context.Context, group string, topics []str
 		// and those the group never committed on are dropped below.
 		t0 := time.Now()
 		md, err := s.admin.GetMetadata(nil, true, timeoutMs(ctx))
-		s.metrics.Backend("kafka", "metadata", t0, err)
+		s.obs.Observe("metadata", t0, err)
 		if err != nil {
 			return nil, s.wrap("metadata", err)
 		}
@@ -310,7 +382,7 @@ func (s *Source) GroupPartitions(ctx context.Context, group string, topics []str
 	for _, topic := range topics {
 		t0 := time.Now()
 		md, err := s.admin.GetMetadata(&topic, false, timeoutMs(ctx))
-		s.metrics.Backend("kafka", "metadata", t0, err)
+		s.obs.Observe("metadata", t0, err)
 		if err != nil {
 			return nil, s.wrap("metadata of topic "+topic, err)
 		}
@@ -392,7 +464,7 @@ func (s *Source) committed(ctx context.Context, group string, tps []kafka.TopicP
 	}
 	t0 := time.Now()
 	res, err := r.Committed(tps, timeoutMs(ctx))
-	s.metrics.Backend("kafka", "committed_offsets", t0, err)
+	s.obs.Observe("committed_offsets", t0, err)
 	if err != nil {
 		return nil, s.wrap("committed offsets", err)
 	}
@@ -424,10 +496,7 @@ func (s *Source) groupReader(group string) (*kafka.Consumer, error) {
 		if g != group && now.Sub(r.lastUsed) > s.GroupIdle {
 			r.c.Close()
 			delete(s.groups, g)
-			// Nobody asks about the group any more: its last values would
-			// read as current on a dashboard.
-			s.metrics.KafkaLag.DeletePartialMatch(map[string]string{LabelGroup: g})
-			s.metrics.KafkaLagSeconds.DeletePartialMatch(map[string]string{LabelGroup: g})
+			s.forget(g)
 		}
 	}
 	if r, ok := s.groups[group]; ok {
@@ -437,6 +506,9 @@ func (s *Source) groupReader(group string) (*kafka.Consumer, error) {
 		for ev := r.c.Poll(0); ev != nil; ev = r.c.Poll(0) {
 		}
 		return r.c, nil
+	}
+	if s.MaxGroups > 0 && len(s.groups) >= s.MaxGroups {
+		return nil, fmt.Errorf("the adapter already reads the offsets of %d consumer groups (--kafka-max-groups), each asked about in the last %s; not opening one more for %q", len(s.groups), s.GroupIdle, group)
 	}
 	cfg := kafka.ConfigMap{}
 	for k, v := range s.clientCfg {
@@ -451,6 +523,29 @@ func (s *Source) groupReader(group string) (*kafka.Consumer, error) {
 	}
 	s.groups[group] = &groupHandle{c: c, lastUsed: now}
 	return c, nil
+}
+
+// forget drops what is kept about a group nobody asks about any more: its
+// consumption history and its last values, which would read as current on
+// a dashboard.
+func (s *Source) forget(group string) {
+	s.mu.Lock()
+	for k := range s.rates {
+		if k[0] == group {
+			delete(s.rates, k)
+		}
+	}
+	s.mu.Unlock()
+	s.metrics.lag.DeletePartialMatch(map[string]string{LabelGroup: group})
+	s.metrics.lagSeconds.DeletePartialMatch(map[string]string{LabelGroup: group})
+}
+
+// OpenGroups is the number of consumer groups with an open offsets
+// handle.
+func (s *Source) OpenGroups() int {
+	s.groupsMu.Lock()
+	defer s.groupsMu.Unlock()
+	return len(s.groups)
 }
 
 type groupHandle struct {
@@ -471,7 +566,7 @@ func (s *Source) offsets(ctx context.Context, tps []kafka.TopicPartition, spec k
 	}
 	t0 := time.Now()
 	res, err := s.admin.ListOffsets(ctx, req, kafka.SetAdminIsolationLevel(kafka.IsolationLevelReadCommitted))
-	s.metrics.Backend("kafka", kind, t0, err)
+	s.obs.Observe(kind, t0, err)
 	if err != nil {
 		return nil, s.wrap(kind, err)
 	}

@@ -15,7 +15,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 
 	"github.com/purchase-system/purchase-system/adapter/internal/promsource"
-	"github.com/purchase-system/purchase-system/adapter/internal/selfmetrics"
+	"github.com/purchase-system/purchase-system/adapter/internal/promsource/promtest"
 	"github.com/purchase-system/purchase-system/adapter/internal/store"
 	"github.com/purchase-system/purchase-system/testkit/testkafka"
 	"github.com/purchase-system/purchase-system/testkit/testproc"
@@ -84,24 +84,23 @@ func rawValues(t *testing.T, promURL, selector string) []string {
 // what the adapter would serve for each pod in namespace itest.
 func fetchSeedRate(t *testing.T, promURL, window string) (map[string]store.Sample, error) {
 	t.Helper()
-	src, err := promsource.New(promURL, 10*time.Second, selfmetrics.New())
+	src, err := promsource.New(promsource.ClientOptions{URL: promURL, Timeout: 10 * time.Second}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cat, err := src.Discover(context.Background(), seedRule(t, window))
-	if err != nil {
-		return nil, err
+	d := src.DiscoverRule(context.Background(), seedRule(t, window).Rules[0])
+	if d.Err != nil {
+		return nil, d.Err
 	}
-	ms := cat.Custom["flask_http_request_per_second"]
-	if len(ms) != 1 {
-		return nil, fmt.Errorf("discovered %v, want flask_http_request_per_second", cat.Custom)
+	if len(d.Metrics) != 1 || d.Metrics[0].Name != "flask_http_request_per_second" {
+		return nil, fmt.Errorf("discovered %+v, want flask_http_request_per_second", d)
 	}
-	samples, err := src.FetchCustom(context.Background(), promsource.CustomQuery{Metric: ms[0], Resource: schema.GroupResource{Resource: "pods"}, Namespace: "itest"})
+	res, err := src.QueryCustom(context.Background(), promsource.CustomQuery{Metric: d.Metrics[0], Resource: schema.GroupResource{Resource: "pods"}, Namespace: "itest"})
 	if err != nil {
 		return nil, err
 	}
 	out := map[string]store.Sample{}
-	for _, s := range samples {
+	for _, s := range res.Samples {
 		out[s.Object] = s
 	}
 	return out, nil
@@ -111,8 +110,8 @@ func fetchSeedRate(t *testing.T, promURL, window string) (map[string]store.Sampl
 // yet is already listed and read as 0 req/s — an idle system gives the HPA
 // a value, not <unknown>.
 func TestIdlePodsAreDiscoveredAndRead0(t *testing.T) {
-	addrs := startWebServers(t, []string{"web-idle"}, "KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:1")
-	promURL := startPrometheus(t, addrs, "1s", prometheusFlags...)
+	addrs := promtest.StartWebServers(t, []string{"web-idle"}, "KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:1")
+	promURL := promtest.StartPrometheus(t, addrs, "1s", promtest.Flags...)
 	testproc.Eventually(t, 30*time.Second, "an idle pod read as 0", func() error {
 		got, err := fetchSeedRate(t, promURL, "15s")
 		if err != nil {
@@ -136,11 +135,11 @@ func TestIdlePodsAreDiscoveredAndRead0(t *testing.T) {
 // answered a hundred requests.
 func TestFirstBurstBetweenTwoScrapesIsCounted(t *testing.T) {
 	_, kafkaAddr := testkafka.Fake(t, "purchases")
-	addrs := startWebServers(t, []string{"web-ok", "web-bad"}, "KAFKA_BOOTSTRAP_SERVERS="+kafkaAddr, "KAFKA_EXTRA_CONFIG="+testkafka.FastClientConfig)
+	addrs := promtest.StartWebServers(t, []string{"web-ok", "web-bad"}, "KAFKA_BOOTSTRAP_SERVERS="+kafkaAddr, "KAFKA_EXTRA_CONFIG="+testkafka.FastClientConfig)
 	for _, a := range addrs {
 		testproc.WaitHTTP(t, "http://"+a+"/readyz", 200, 30*time.Second)
 	}
-	promURL := startPrometheus(t, addrs, "2s", prometheusFlags...)
+	promURL := promtest.StartPrometheus(t, addrs, "2s", promtest.Flags...)
 
 	// Let the window fill with scrapes of the idle pods, then wait for a
 	// scrape of both and send the bursts at once, well before the next one.

@@ -16,8 +16,8 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 
 	"github.com/purchase-system/purchase-system/adapter/internal/promsource"
+	"github.com/purchase-system/purchase-system/adapter/internal/promsource/promtest"
 	"github.com/purchase-system/purchase-system/adapter/internal/rules"
-	"github.com/purchase-system/purchase-system/adapter/internal/selfmetrics"
 	"github.com/purchase-system/purchase-system/testkit/testproc"
 )
 
@@ -45,7 +45,7 @@ func exporter(unrelated int) *httptest.Server {
 func BenchmarkMemoryWithUnrelatedSeries(b *testing.B) {
 	for _, unrelated := range []int{0, 100_000} {
 		b.Run(fmt.Sprintf("unrelated=%d", unrelated), func(b *testing.B) {
-			prom := prometheusBinary(b)
+			prom := promtest.Binary(b)
 			exp := exporter(unrelated)
 			defer exp.Close()
 			dir := b.TempDir()
@@ -58,25 +58,24 @@ func BenchmarkMemoryWithUnrelatedSeries(b *testing.B) {
 			}
 			defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
 			testproc.WaitHTTP(b, "http://"+addr+"/-/ready", 200, 60*time.Second)
-			src, _ := promsource.New("http://"+addr, 30*time.Second, selfmetrics.New())
+			src, _ := promsource.New(promsource.ClientOptions{URL: "http://" + addr, Timeout: 30 * time.Second}, nil)
 			seed, _ := os.ReadFile("../rules/testdata/seed.yaml")
 			rcfg, _ := rules.Parse("seed.yaml", seed)
-			var cat *promsource.Catalog
+			var d promsource.RuleDiscovery
 			testproc.Eventually(b, 60*time.Second, "series scraped", func() error {
-				var err error
-				cat, err = src.Discover(context.Background(), rcfg)
-				if err == nil && len(cat.Custom) == 0 {
-					err = fmt.Errorf("nothing discovered yet")
+				d = src.DiscoverRule(context.Background(), rcfg.Rules[0])
+				if d.Err == nil && len(d.Metrics) == 0 {
+					return fmt.Errorf("nothing discovered yet")
 				}
-				return err
+				return d.Err
 			})
 			var before runtime.MemStats
 			runtime.GC()
 			runtime.ReadMemStats(&before)
 			b.ResetTimer()
 			for range max(b.N, 20) {
-				cat, _ = src.Discover(context.Background(), rcfg)
-				if _, err := src.FetchCustom(context.Background(), promsource.CustomQuery{Metric: cat.Custom["flask_http_request_per_second"][0],
+				d = src.DiscoverRule(context.Background(), rcfg.Rules[0])
+				if _, err := src.QueryCustom(context.Background(), promsource.CustomQuery{Metric: d.Metrics[0],
 					Resource: schema.GroupResource{Resource: "pods"}, Namespace: "bench"}); err != nil {
 					b.Fatal(err)
 				}

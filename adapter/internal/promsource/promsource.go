@@ -2,15 +2,15 @@
 // discovery asks only for metric names and label names (never every
 // series), and each fetch is one small query per metric and namespace —
 // pods are filtered in the adapter, so the query does not grow with the
-// number of pods (no 25 KB pod-name regexes).
+// number of pods (no 25 KB pod-name regexes). Everything a fetch or a
+// discovery saw is kept in its result, so the adapter can explain a value
+// or a missing metric from the same code that produced it.
 package promsource
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math"
-	"net/http"
 	"sort"
 	"strings"
 	"time"
@@ -20,97 +20,163 @@ import (
 	"github.com/prometheus/common/model"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 
+	"github.com/purchase-system/purchase-system/adapter/internal/backend"
 	"github.com/purchase-system/purchase-system/adapter/internal/rules"
-	"github.com/purchase-system/purchase-system/adapter/internal/selfmetrics"
 	"github.com/purchase-system/purchase-system/adapter/internal/store"
+)
+
+// Query kinds, as the backend metrics label them.
+const (
+	kindDiscovery = "discovery"
+	kindCustom    = "custom"
+	kindExternal  = "external"
+	kindFreshness = "freshness"
 )
 
 // Source talks to one Prometheus.
 type Source struct {
-	api     promv1.API
-	url     string
-	metrics *selfmetrics.Metrics
+	api promv1.API
+	url string
+	obs *backend.Observer
 	// Window is how far back discovery looks for series: a metric whose
 	// series all stopped longer ago is no longer offered.
 	Window time.Duration
 }
 
-// New returns a source for the Prometheus at url.
-func New(url string, timeout time.Duration, m *selfmetrics.Metrics) (*Source, error) {
-	c, err := api.NewClient(api.Config{Address: url, Client: &http.Client{Timeout: timeout}})
+// New returns a source for the Prometheus the options name.
+func New(o ClientOptions, m *backend.Metrics) (*Source, error) {
+	hc, err := o.HTTPClient()
 	if err != nil {
-		return nil, fmt.Errorf("--prometheus-url %q: %w", url, err)
+		return nil, err
 	}
-	m.InitBackend("prometheus", "discovery", "custom", "freshness", "external")
-	return &Source{api: promv1.NewAPI(c), url: url, metrics: m, Window: 10 * time.Minute}, nil
+	c, err := api.NewClient(api.Config{Address: o.URL, Client: hc})
+	if err != nil {
+		return nil, fmt.Errorf("--prometheus-url %q: %w", o.URL, err)
+	}
+	if m == nil {
+		m = backend.NewMetrics(nil)
+	}
+	return &Source{api: promv1.NewAPI(c), url: o.URL, obs: m.For("prometheus", kindDiscovery, kindCustom, kindFreshness, kindExternal),
+		Window: 10 * time.Minute}, nil
 }
 
-// wrap names Prometheus and the query in a backend error.
+// URL is the Prometheus this source asks.
+func (s *Source) URL() string { return s.url }
+
+// wrap names Prometheus and the query in a backend error, and says which
+// flag to look at when the cause is the connection's security.
 func (s *Source) wrap(what string, err error) error {
-	return fmt.Errorf("prometheus at %s: %s: %w", s.url, what, err)
+	return fmt.Errorf("prometheus at %s: %s: %w%s", s.url, what, err, hint(s.url, err.Error()))
+}
+
+// hint names the flag behind a failure to connect or authenticate.
+func hint(url, msg string) string {
+	tlsURL := strings.HasPrefix(url, "https://")
+	switch {
+	case strings.Contains(msg, "x509:") || strings.Contains(msg, "failed to verify certificate"):
+		return " (check --prometheus-ca-file: it must hold the CA that signed Prometheus' serving certificate)"
+	case strings.Contains(msg, "certificate required") || strings.Contains(msg, "bad certificate") || strings.Contains(msg, "unknown certificate authority"):
+		return " (Prometheus refused the client certificate: check --prometheus-client-tls-cert-file/--prometheus-client-tls-key-file)"
+	case tlsURL && (strings.Contains(msg, "broken pipe") || strings.Contains(msg, "connection reset by peer")):
+		// With TLS 1.3 a refused client certificate surfaces as the
+		// server closing the connection.
+		return " (Prometheus closed the TLS connection: it may require a client certificate that is missing or not signed by a CA it trusts; check --prometheus-client-tls-cert-file/--prometheus-client-tls-key-file)"
+	case strings.Contains(msg, "server gave HTTP response to HTTPS client"):
+		return " (Prometheus speaks plain HTTP: use an http:// --prometheus-url)"
+	case strings.Contains(msg, "401") || strings.Contains(msg, "Unauthorized"):
+		return " (credentials refused: check --prometheus-token-file, --prometheus-auth-config or --prometheus-header)"
+	case strings.Contains(msg, "403") || strings.Contains(msg, "Forbidden"):
+		return " (the credentials may not query: check what the token or certificate is allowed to read)"
+	}
+	return ""
+}
+
+// Check runs a trivial query: Prometheus answers, with these credentials.
+func (s *Source) Check(ctx context.Context) error {
+	_, _, err := s.query(ctx, kindDiscovery, "vector(1)")
+	return err
 }
 
 // Metric is one Kubernetes metric a rule yields from one series name.
 type Metric struct {
-	Name      string
-	Series    string
-	Rule      *rules.Rule
-	Resources []schema.GroupResource // custom metrics: what it can be asked for on
+	Name   string
+	Series string
+	Rule   *rules.Rule
+	// Labels are the series' label names; Resources the Kubernetes
+	// resources those labels name (custom metrics: what the metric can be
+	// asked for on).
+	Labels    []string
+	Resources []schema.GroupResource
 }
 
-// Catalog is what the rules currently yield.
-type Catalog struct {
-	Custom   map[string][]Metric // by metric name
-	External map[string][]Metric
+// RuleDiscovery is what one rule found in Prometheus, kept whole so that
+// a rule that yields nothing can say why.
+type RuleDiscovery struct {
+	Rule *rules.Rule
+	// Err: Prometheus did not answer for this rule; the rest is empty.
+	Err error
+	// Series are the series names the rule's seriesQuery matched.
+	Series []string
+	// Filtered are the names its seriesFilters removed; Unnamed those
+	// name.matches does not match.
+	Filtered, Unnamed []string
+	// Metrics are what the rule yields.
+	Metrics []Metric
+	// Unmapped are series of a custom rule none of whose labels names a
+	// Kubernetes resource under the rule's overrides or template.
+	Unmapped []Metric
 }
 
-// Discover asks Prometheus which series names each rule matches and which
-// labels they carry. It returns what it found even when some rules
-// failed, with the errors joined.
-func (s *Source) Discover(ctx context.Context, cfg *rules.Config) (*Catalog, error) {
-	cat := &Catalog{Custom: map[string][]Metric{}, External: map[string][]Metric{}}
-	var errs []error
+// DiscoverRule asks Prometheus which series names the rule matches and
+// which labels they carry.
+func (s *Source) DiscoverRule(ctx context.Context, r *rules.Rule) RuleDiscovery {
+	d := RuleDiscovery{Rule: r}
 	end := time.Now()
 	start := end.Add(-s.Window)
-	for _, r := range append(append([]*rules.Rule{}, cfg.Rules...), cfg.ExternalRules...) {
-		t0 := time.Now()
-		names, _, _, err := s.api.LabelValues(ctx, "__name__", []string{r.SeriesQuery}, start, end)
-		s.metrics.Backend("prometheus", "discovery", t0, err)
-		if err != nil {
-			errs = append(errs, s.wrap("discovering rule "+r.Source, err))
+	t0 := time.Now()
+	names, _, _, err := s.api.LabelValues(ctx, "__name__", []string{r.SeriesQuery}, start, end)
+	s.obs.Observe(kindDiscovery, t0, err)
+	if err != nil {
+		d.Err = s.wrap("discovering rule "+r.Source+" (seriesQuery "+r.SeriesQuery+")", err)
+		return d
+	}
+	sq, _ := rules.ParseSeriesQuery(r.SeriesQuery)
+	for _, n := range names {
+		series := string(n)
+		d.Series = append(d.Series, series)
+		if !r.Keeps(series) {
+			d.Filtered = append(d.Filtered, series)
 			continue
 		}
-		sq, _ := rules.ParseSeriesQuery(r.SeriesQuery)
-		for _, n := range names {
-			series := string(n)
-			name, ok := r.MetricName(series)
-			if !ok {
-				continue
-			}
-			m := Metric{Name: name, Series: series, Rule: r}
-			if r.External {
-				cat.External[name] = append(cat.External[name], m)
-				continue
-			}
-			match := series + "{" + rules.JoinMatchers(withoutName(sq.Matchers)) + "}"
-			t0 := time.Now()
-			labels, _, _, err := s.api.LabelNames(ctx, []string{match}, start, end)
-			s.metrics.Backend("prometheus", "discovery", t0, err)
-			if err != nil {
-				errs = append(errs, s.wrap("labels of "+series, err))
-				continue
-			}
-			names := make([]string, len(labels))
-			for i, l := range labels {
-				names[i] = string(l)
-			}
-			m.Resources = r.Resources(names)
-			if len(m.Resources) > 0 {
-				cat.Custom[name] = append(cat.Custom[name], m)
-			}
+		name, ok := r.Rename(series)
+		if !ok {
+			d.Unnamed = append(d.Unnamed, series)
+			continue
 		}
+		m := Metric{Name: name, Series: series, Rule: r}
+		match := rules.Selector(series, withoutName(sq.Matchers))
+		t0 := time.Now()
+		labels, _, _, err := s.api.LabelNames(ctx, []string{match}, start, end)
+		s.obs.Observe(kindDiscovery, t0, err)
+		if err != nil {
+			d.Err = s.wrap("labels of "+series, err)
+			return d
+		}
+		for _, l := range labels {
+			m.Labels = append(m.Labels, string(l))
+		}
+		if r.External {
+			d.Metrics = append(d.Metrics, m)
+			continue
+		}
+		m.Resources = r.Resources(m.Labels)
+		if len(m.Resources) == 0 {
+			d.Unmapped = append(d.Unmapped, m)
+			continue
+		}
+		d.Metrics = append(d.Metrics, m)
 	}
-	return cat, errors.Join(errs...)
+	return d
 }
 
 func withoutName(ms []rules.Matcher) []rules.Matcher {
@@ -127,7 +193,7 @@ func withoutName(ms []rules.Matcher) []rules.Matcher {
 func (s *Source) query(ctx context.Context, kind, q string) (model.Vector, time.Time, error) {
 	t0 := time.Now()
 	v, _, _, err := s.api.Query(ctx, q, t0)
-	s.metrics.Backend("prometheus", kind, t0, err)
+	s.obs.Observe(kind, t0, err)
 	if err != nil {
 		return nil, t0, s.wrap("query "+q, err)
 	}
@@ -138,7 +204,7 @@ func (s *Source) query(ctx context.Context, kind, q string) (model.Vector, time.
 	return vec, t0, nil
 }
 
-// CustomQuery is what to fetch for a custom metric key.
+// CustomQuery is what to fetch for a custom metric: a store query.
 type CustomQuery struct {
 	Metric    Metric
 	Resource  schema.GroupResource // e.g. pods
@@ -149,8 +215,13 @@ type CustomQuery struct {
 	Selector []rules.Matcher // the request's metric selector
 }
 
-// PromQL renders the rule's query for q; exported for tests and for the
-// log line of a failing query.
+// Key identifies the query in the store.
+func (q CustomQuery) Key() string {
+	return strings.Join([]string{"custom", q.Metric.Name, q.Metric.Series, q.Resource.String(), q.Namespace, q.Object, rules.JoinMatchers(q.Selector)}, "|")
+}
+
+// PromQL renders the rule's query for q, and the query of the newest raw
+// sample behind each object (its timestamp is the value's).
 func (q CustomQuery) PromQL() (query, freshness, groupBy string, err error) {
 	r := q.Metric.Rule
 	groupBy, ok := r.LabelFor(q.Resource)
@@ -172,71 +243,110 @@ func (q CustomQuery) PromQL() (query, freshness, groupBy string, err error) {
 	ms = append(ms, q.Selector...)
 	matchers := rules.JoinMatchers(ms)
 	query, err = r.Render(rules.QueryParts{
-		Series: q.Metric.Series, LabelMatchers: matchers, GroupBy: groupBy,
+		Series: q.Metric.Series, LabelMatchers: matchers, GroupBy: rules.QuoteLabel(groupBy),
 		GroupBySlice: []string{groupBy}, LabelValuesByName: values,
 	})
 	if err != nil {
 		return "", "", "", err
 	}
-	// The newest raw sample behind each object: what "the sample's own
-	// timestamp" is for a rate over a window.
-	freshness = fmt.Sprintf("max by (%s) (timestamp(%s{%s}))", groupBy, q.Metric.Series, matchers)
+	freshness = fmt.Sprintf("max by (%s) (timestamp(%s))", rules.QuoteLabel(groupBy), rules.Selector(q.Metric.Series, ms))
 	return query, freshness, groupBy, nil
 }
 
-// FetchCustom returns one sample per object: the sum of the object's
+// Series is one series a query returned.
+type Series struct {
+	Labels map[string]string
+	Value  float64
+	// Dropped says why the series did not count (NaN, no object label).
+	Dropped string
+}
+
+// CustomResult is a custom metric fetch with everything behind it.
+type CustomResult struct {
+	Query, Freshness string
+	GroupBy          string
+	EvaluatedAt      time.Time
+	Series           []Series
+	// Samples: one per object, the sum of its series, stamped with its
+	// newest raw sample.
+	Samples []store.Sample
+}
+
+// QueryCustom runs q: one sample per object, the sum of the object's
 // series (a rule without "sum by" yields one series per label set; the
 // object's value is their total), stamped with its newest raw sample's
-// time. NaN and infinite results are left out, never turned into 0.
-func (s *Source) FetchCustom(ctx context.Context, q CustomQuery) ([]store.Sample, error) {
-	query, freshness, groupBy, err := q.PromQL()
+// time. NaN and infinite results are left out, never turned into 0; an
+// object whose samples have no timestamp is left out too (it cannot be
+// shown to be fresh).
+func (s *Source) QueryCustom(ctx context.Context, q CustomQuery) (CustomResult, error) {
+	var r CustomResult
+	var err error
+	r.Query, r.Freshness, r.GroupBy, err = q.PromQL()
 	if err != nil {
-		return nil, err
+		return r, err
 	}
-	vec, evalTime, err := s.query(ctx, "custom", query)
+	vec, evalTime, err := s.query(ctx, kindCustom, r.Query)
 	if err != nil {
-		return nil, err
+		return r, err
+	}
+	r.EvaluatedAt = evalTime
+	tv, _, err := s.query(ctx, kindFreshness, r.Freshness)
+	if err != nil {
+		return r, err
 	}
 	stamps := map[string]time.Time{}
-	if tv, _, err := s.query(ctx, "freshness", freshness); err == nil {
-		for _, smp := range tv {
-			sec, frac := math.Modf(float64(smp.Value))
-			stamps[string(smp.Metric[model.LabelName(groupBy)])] = time.Unix(int64(sec), int64(frac*1e9))
-		}
-	} else {
-		return nil, err
+	for _, smp := range tv {
+		stamps[string(smp.Metric[model.LabelName(r.GroupBy)])] = unixTime(float64(smp.Value))
 	}
 	sums := map[string]float64{}
 	for _, smp := range vec {
-		obj := string(smp.Metric[model.LabelName(groupBy)])
-		v := float64(smp.Value)
-		if obj == "" || math.IsNaN(v) || math.IsInf(v, 0) {
-			continue
+		sr := Series{Labels: labelMap(smp.Metric), Value: float64(smp.Value)}
+		obj := string(smp.Metric[model.LabelName(r.GroupBy)])
+		switch {
+		case obj == "":
+			sr.Dropped = "no " + r.GroupBy + " label: the query's result does not name an object"
+		case math.IsNaN(sr.Value) || math.IsInf(sr.Value, 0):
+			sr.Dropped = "not a number"
+		default:
+			sums[obj] += sr.Value
 		}
-		sums[obj] += v
+		r.Series = append(r.Series, sr)
 	}
-	out := make([]store.Sample, 0, len(sums))
 	for obj, v := range sums {
 		ts, ok := stamps[obj]
 		if !ok {
-			ts = evalTime
+			continue
 		}
-		out = append(out, store.Sample{Object: obj, Value: v, Timestamp: ts})
+		r.Samples = append(r.Samples, store.Sample{Object: obj, Value: v, Timestamp: ts})
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Object < out[j].Object })
-	return out, nil
+	sort.Slice(r.Samples, func(i, j int) bool { return r.Samples[i].Object < r.Samples[j].Object })
+	return r, nil
 }
 
-// ExternalQuery is what to fetch for an external metric key.
+// ExternalQuery is what to fetch for an external metric: a store query.
 type ExternalQuery struct {
 	Metric    Metric
 	Namespace string
 	Selector  []rules.Matcher
 }
 
-// FetchExternal returns one sample per result series, labelled as in
+// Key identifies the query in the store.
+func (q ExternalQuery) Key() string {
+	return strings.Join([]string{"external", q.Metric.Name, q.Metric.Series, q.Namespace, rules.JoinMatchers(q.Selector)}, "|")
+}
+
+// ExternalResult is an external metric fetch with everything behind it.
+type ExternalResult struct {
+	Query, Freshness string
+	EvaluatedAt      time.Time
+	Series           []Series
+	Samples          []store.Sample
+}
+
+// QueryExternal returns one sample per result series, labelled as in
 // Prometheus, stamped with the newest raw sample of the metric's series.
-func (s *Source) FetchExternal(ctx context.Context, q ExternalQuery) ([]store.Sample, error) {
+func (s *Source) QueryExternal(ctx context.Context, q ExternalQuery) (ExternalResult, error) {
+	var res ExternalResult
 	r := q.Metric.Rule
 	ms := append([]rules.Matcher{}, q.Selector...)
 	if r.Namespaced() && q.Namespace != "" {
@@ -247,34 +357,64 @@ func (s *Source) FetchExternal(ctx context.Context, q ExternalQuery) ([]store.Sa
 		groupBy = append(groupBy, m.Label)
 	}
 	sort.Strings(groupBy)
-	matchers := rules.JoinMatchers(ms)
-	query, err := r.Render(rules.QueryParts{Series: q.Metric.Series, LabelMatchers: matchers,
-		GroupBy: strings.Join(groupBy, ","), GroupBySlice: groupBy})
+	quoted := make([]string, len(groupBy))
+	for i, g := range groupBy {
+		quoted[i] = rules.QuoteLabel(g)
+	}
+	var err error
+	res.Query, err = r.Render(rules.QueryParts{Series: q.Metric.Series, LabelMatchers: rules.JoinMatchers(ms),
+		GroupBy: strings.Join(quoted, ","), GroupBySlice: groupBy})
 	if err != nil {
-		return nil, err
+		return res, err
 	}
-	vec, evalTime, err := s.query(ctx, "external", query)
+	vec, evalTime, err := s.query(ctx, kindExternal, res.Query)
 	if err != nil {
-		return nil, err
+		return res, err
 	}
-	ts := evalTime
-	if tv, _, err := s.query(ctx, "freshness", fmt.Sprintf("max(timestamp(%s{%s}))", q.Metric.Series, matchers)); err == nil && len(tv) == 1 {
-		sec, frac := math.Modf(float64(tv[0].Value))
-		ts = time.Unix(int64(sec), int64(frac*1e9))
+	res.EvaluatedAt = evalTime
+	res.Freshness = fmt.Sprintf("max(timestamp(%s))", rules.Selector(q.Metric.Series, ms))
+	tv, _, err := s.query(ctx, kindFreshness, res.Freshness)
+	if err != nil {
+		return res, err
 	}
-	out := make([]store.Sample, 0, len(vec))
+	if len(tv) != 1 {
+		// No raw sample behind the result: nothing that can be shown to
+		// be fresh.
+		for _, smp := range vec {
+			res.Series = append(res.Series, Series{Labels: labelMap(smp.Metric), Value: float64(smp.Value), Dropped: "no raw sample of " + q.Metric.Series + " to date it"})
+		}
+		return res, nil
+	}
+	ts := unixTime(float64(tv[0].Value))
 	for _, smp := range vec {
-		v := float64(smp.Value)
-		if math.IsNaN(v) || math.IsInf(v, 0) {
-			continue
+		sr := Series{Labels: labelMap(smp.Metric), Value: float64(smp.Value)}
+		if math.IsNaN(sr.Value) || math.IsInf(sr.Value, 0) {
+			sr.Dropped = "not a number"
+		} else {
+			res.Samples = append(res.Samples, store.Sample{Labels: sr.Labels, Value: sr.Value, Timestamp: ts})
 		}
-		labels := map[string]string{}
-		for k, lv := range smp.Metric {
-			if k != model.MetricNameLabel {
-				labels[string(k)] = string(lv)
-			}
-		}
-		out = append(out, store.Sample{Labels: labels, Value: v, Timestamp: ts})
+		res.Series = append(res.Series, sr)
 	}
-	return out, nil
+	return res, nil
+}
+
+func labelMap(m model.Metric) map[string]string {
+	out := make(map[string]string, len(m))
+	for k, v := range m {
+		if k != model.MetricNameLabel {
+			out[string(k)] = string(v)
+		}
+	}
+	return out
+}
+
+// unixTime converts a PromQL timestamp() value (seconds) to a time,
+// clamped to what a time.Time in nanoseconds holds.
+func unixTime(sec float64) time.Time {
+	const limit = float64(math.MaxInt64/int64(time.Second)) - 1
+	if math.IsNaN(sec) || sec < -limit || sec > limit {
+		return time.Time{}
+	}
+	whole, frac := math.Modf(sec)
+	return time.Unix(int64(whole), int64(frac*1e9))
 }

@@ -33,18 +33,23 @@ type Config struct {
 // Rule is one rule of either kind.
 type Rule struct {
 	// Source is "file:line" of the rule, for messages.
-	Source      string
-	External    bool
-	SeriesQuery string
-	filters     []filter
-	overrides   map[string]schema.GroupResource // label -> resource
-	template    *template.Template              // resource -> label, when set
-	templateRE  *regexp.Regexp                  // label -> resource, from template
-	namespaced  bool
-	matches     *regexp.Regexp
-	as          string
-	query       *template.Template
-	QueryText   string
+	Source       string
+	External     bool
+	SeriesQuery  string
+	filters      []filter
+	overrides    map[string]schema.GroupResource // label -> resource
+	template     *template.Template              // resource -> label, when set
+	templateText string
+	templateRE   *regexp.Regexp // label -> resource, from template
+	namespaced   bool
+	matches      *regexp.Regexp
+	as           string
+	query        *template.Template
+	QueryText    string
+	// Fingerprint is the same for the same rule text, wherever it stands
+	// in the file: what the adapter found for a rule survives a reload
+	// that did not change it.
+	Fingerprint string
 }
 
 type filter struct {
@@ -155,6 +160,7 @@ func compile(file, section string, i int, node *yaml.Node, rs ruleSpec, external
 		return fmt.Errorf("%s:%d: %s: %s", file, lineOf(node, path...), field, reason)
 	}
 	r := &Rule{
+		Fingerprint: fmt.Sprintf("%t %#v", external, rs),
 		Source:      fmt.Sprintf("%s:%d", file, node.Line),
 		External:    external,
 		SeriesQuery: strings.TrimSpace(rs.SeriesQuery),
@@ -191,7 +197,7 @@ func compile(file, section string, i int, node *yaml.Node, rs ruleSpec, external
 		if err != nil {
 			return nil, fail(err.Error(), "resources", "template")
 		}
-		r.template = tmpl
+		r.template, r.templateText = tmpl, t
 		re, err := templateRegexp(t)
 		if err != nil {
 			return nil, fail(err.Error(), "resources", "template")

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"sort"
+	"strconv"
 	"strings"
 
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -12,16 +13,54 @@ import (
 // MetricName is the Kubernetes metric a series becomes under this rule, or
 // false when the rule's seriesFilters or name.matches exclude it.
 func (r *Rule) MetricName(series string) (string, bool) {
+	if !r.Keeps(series) {
+		return "", false
+	}
+	return r.Rename(series)
+}
+
+// Keeps reports whether the rule's seriesFilters let the series through.
+func (r *Rule) Keeps(series string) bool {
 	for _, f := range r.filters {
 		if f.re.MatchString(series) != f.is {
-			return "", false
+			return false
 		}
 	}
+	return true
+}
+
+// Rename applies name.matches and name.as, or reports that matches does
+// not match the series.
+func (r *Rule) Rename(series string) (string, bool) {
 	m := r.matches.FindStringSubmatchIndex(series)
 	if m == nil {
 		return "", false
 	}
 	return string(r.matches.ExpandString(nil, r.as, series, m)), true
+}
+
+// NameMatches is the rule's name.matches expression.
+func (r *Rule) NameMatches() string { return r.matches.String() }
+
+// As is the rule's name.as (its default filled in).
+func (r *Rule) As() string { return r.as }
+
+// Overrides lists the rule's label → resource overrides, sorted by label.
+func (r *Rule) Overrides() []string {
+	var out []string
+	for l, gr := range r.overrides {
+		out = append(out, l+" → "+gr.String())
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Template is the rule's resources template, if any.
+func (r *Rule) Template() string {
+	if r.template == nil {
+		return ""
+	}
+	return r.templateText
 }
 
 // Namespaced reports whether the rule's metrics live in a namespace
@@ -100,11 +139,29 @@ type QueryParts struct {
 	LabelValuesByName map[string][]string
 }
 
+// seriesToken stands for the series name while the template runs, so a
+// name that is not a legacy PromQL identifier (Prometheus 3 allows UTF-8
+// names such as http.server.requests) can be written the way PromQL wants
+// it: inside the braces, quoted.
+const seriesToken = "__purchase_system_series__"
+
 // Render executes the rule's metricsQuery.
 func (r *Rule) Render(qp QueryParts) (string, error) {
+	series := qp.Series
+	legacy := IsLegacyName(series)
+	if !legacy {
+		qp.Series = seriesToken
+	}
 	var b bytes.Buffer
 	if err := r.query.Execute(&b, qp); err != nil {
 		return "", fmt.Errorf("rule %s: rendering metricsQuery: %w", r.Source, err)
 	}
-	return b.String(), nil
+	out := b.String()
+	if !legacy {
+		q := strconv.Quote(series)
+		out = strings.ReplaceAll(out, seriesToken+"{}", "{"+q+"}")
+		out = strings.ReplaceAll(out, seriesToken+"{", "{"+q+",")
+		out = strings.ReplaceAll(out, seriesToken, "{"+q+"}")
+	}
+	return out, nil
 }

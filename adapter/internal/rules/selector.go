@@ -16,7 +16,7 @@ type Matcher struct {
 	Label, Op, Value string // Op is =, !=, =~ or !~
 }
 
-func (m Matcher) String() string { return m.Label + m.Op + strconv.Quote(m.Value) }
+func (m Matcher) String() string { return QuoteLabel(m.Label) + m.Op + strconv.Quote(m.Value) }
 
 // JoinMatchers renders matchers as the inside of a PromQL selector's braces.
 func JoinMatchers(ms []Matcher) string {
@@ -25,6 +25,35 @@ func JoinMatchers(ms []Matcher) string {
 		parts[i] = m.String()
 	}
 	return strings.Join(parts, ",")
+}
+
+var legacyName = regexp.MustCompile(`^[a-zA-Z_:][a-zA-Z0-9_:]*$`)
+var legacyLabel = regexp.MustCompile(`^[a-zA-Z_][a-zA-Z0-9_]*$`)
+
+// IsLegacyName reports whether a metric name can be written bare in PromQL.
+func IsLegacyName(name string) bool { return legacyName.MatchString(name) }
+
+// QuoteLabel writes a label name as PromQL needs it: bare when it is a
+// classic identifier, quoted otherwise (Prometheus 3 allows any UTF-8
+// label name, such as app.kubernetes.io/name, in quotes).
+func QuoteLabel(l string) string {
+	if legacyLabel.MatchString(l) {
+		return l
+	}
+	return strconv.Quote(l)
+}
+
+// Selector writes a series selector: name{matchers}, or with a name that
+// is not a classic identifier {"name", matchers}.
+func Selector(name string, ms []Matcher) string {
+	if IsLegacyName(name) {
+		return name + "{" + JoinMatchers(ms) + "}"
+	}
+	inner := strconv.Quote(name)
+	if len(ms) > 0 {
+		inner += "," + JoinMatchers(ms)
+	}
+	return "{" + inner + "}"
 }
 
 var seriesRE = regexp.MustCompile(`^\s*([a-zA-Z_:][a-zA-Z0-9_:]*)?\s*(?:\{(.*)\})?\s*$`)

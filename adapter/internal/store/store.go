@@ -1,41 +1,41 @@
 // Package store keeps the latest values of the metrics HPAs ask for, each
-// with its samples' own timestamps. Data flows one way: a source fills the
-// store, the API reads it. The API only says what it wants: the first read
-// of a key starts a fetch that every concurrent reader joins (one backend
-// query however many HPAs ask), and keys read recently are refreshed in
-// the background, so later reads are answered from memory. Keys nobody
-// asked for in a while are dropped: memory follows the HPAs' questions, not
-// the number of series in Prometheus.
+// with its samples' own timestamps. Data flows one way: sources fill the
+// store, the API reads it. The API only says what it wants, as a typed
+// Query: the first read of a query starts a fetch that every concurrent
+// reader joins (one backend query however many HPAs ask), and queries read
+// recently are refreshed in the background, so later reads are answered
+// from memory. Queries nobody asked for in a while are dropped: memory
+// follows the HPAs' questions, not the number of series in Prometheus. The
+// number of queries kept and of fetches running at once are bounded, so
+// whoever may create HPAs cannot make the adapter hold or fetch without
+// limit.
 package store
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"sort"
-	"strings"
 	"sync"
 	"time"
 )
 
-// Key names one value set: a metric for one namespace (or none) under one
-// metric selector.
-type Key struct {
-	API       string // "custom" or "external"
-	Metric    string
-	Resource  string // for custom metrics: the group-resource, e.g. "pods"
-	Namespace string
-	Selector  string // the metric selector, canonical form
-}
-
-func (k Key) String() string {
-	parts := []string{k.API, k.Metric, k.Resource, k.Namespace, k.Selector}
-	return strings.Join(parts, "|")
+// Query is a typed description of what to fetch (which the source
+// understands without parsing anything again). Queries with one Key are
+// one value.
+type Query interface {
+	Key() string
 }
 
 // Sample is one value: for an object (custom metrics) or a label set
 // (external metrics), at the time its data was taken.
 type Sample struct {
-	Object    string            // the object's name, for custom metrics
-	Labels    map[string]string // for external metrics
+	Object string            // the object's name, for custom metrics
+	Labels map[string]string // for external metrics
+	// Metric names the metric the sample is of when one fetch yields
+	// several (a consumer group's lag and its lag in seconds come from one
+	// computation); empty otherwise.
+	Metric    string
 	Value     float64
 	Timestamp time.Time
 }
@@ -47,25 +47,36 @@ type Value struct {
 	Err       error
 }
 
-// Fetcher gets a key's samples from its source.
-type Fetcher func(ctx context.Context, k Key) ([]Sample, error)
+// Fetcher gets a query's samples from its source.
+type Fetcher interface {
+	Fetch(ctx context.Context, q Query) ([]Sample, error)
+}
 
-// Observer is told how lookups went: "hit", "wait" or "fetch".
-type Observer func(result string)
+// FetcherFunc adapts a function to Fetcher.
+type FetcherFunc func(ctx context.Context, q Query) ([]Sample, error)
+
+// Fetch calls f.
+func (f FetcherFunc) Fetch(ctx context.Context, q Query) ([]Sample, error) { return f(ctx, q) }
+
+// ErrTooManyQueries is returned for a new query once MaxQueries are kept.
+var ErrTooManyQueries = errors.New("too many distinct metric queries")
 
 // Store is safe for concurrent use.
 type Store struct {
-	fetch     Fetcher
-	fresh     time.Duration // a value younger than this is served without a fetch
-	demandTTL time.Duration // keys not read for this long are dropped
-	timeout   time.Duration // bound of one fetch
-	observe   Observer
+	fetcher   Fetcher
+	fresh     time.Duration
+	demandTTL time.Duration
+	timeout   time.Duration
+	maxKeys   int
+	slots     chan struct{} // one per fetch allowed to run
+	metrics   *Metrics
 
 	mu      sync.Mutex
-	entries map[Key]*entry
+	entries map[string]*entry
 }
 
 type entry struct {
+	query      Query
 	val        Value
 	lastWanted time.Time
 	inflight   chan struct{} // closed when the running fetch ends
@@ -74,17 +85,23 @@ type entry struct {
 // Options configure a Store.
 type Options struct {
 	// Fresh is how long a fetched value is served as is (also the
-	// background refresh period of wanted keys).
+	// background refresh period of wanted queries).
 	Fresh time.Duration
-	// DemandTTL is how long a key is kept refreshed after its last read.
+	// DemandTTL is how long a query is kept refreshed after its last read.
 	DemandTTL time.Duration
 	// FetchTimeout bounds one fetch.
 	FetchTimeout time.Duration
-	Observe      Observer
+	// MaxQueries bounds the distinct queries kept (default 1,000).
+	MaxQueries int
+	// MaxInFlight bounds the fetches running at once (default 16); more
+	// wait for a slot.
+	MaxInFlight int
+	// Metrics, if set, are updated (see NewMetrics).
+	Metrics *Metrics
 }
 
-// New returns a store that fills itself with fetch.
-func New(fetch Fetcher, o Options) *Store {
+// New returns a store that fills itself from f.
+func New(f Fetcher, o Options) *Store {
 	if o.Fresh == 0 {
 		o.Fresh = 5 * time.Second
 	}
@@ -94,34 +111,48 @@ func New(fetch Fetcher, o Options) *Store {
 	if o.FetchTimeout == 0 {
 		o.FetchTimeout = 10 * time.Second
 	}
-	if o.Observe == nil {
-		o.Observe = func(string) {}
+	if o.MaxQueries == 0 {
+		o.MaxQueries = 1000
 	}
-	return &Store{fetch: fetch, fresh: o.Fresh, demandTTL: o.DemandTTL, timeout: o.FetchTimeout, observe: o.Observe, entries: map[Key]*entry{}}
+	if o.MaxInFlight == 0 {
+		o.MaxInFlight = 16
+	}
+	if o.Metrics == nil {
+		o.Metrics = NewMetrics(nil)
+	}
+	return &Store{fetcher: f, fresh: o.Fresh, demandTTL: o.DemandTTL, timeout: o.FetchTimeout, maxKeys: o.MaxQueries,
+		slots: make(chan struct{}, o.MaxInFlight), metrics: o.Metrics, entries: map[string]*entry{}}
 }
 
-// Get returns the key's value, fetching it first if the store has none
-// fresh. Concurrent Gets of one key share one fetch.
-func (s *Store) Get(ctx context.Context, k Key) (Value, error) {
+// Get returns the query's value, fetching it first if the store has none
+// fresh. Concurrent Gets of one query share one fetch.
+func (s *Store) Get(ctx context.Context, q Query) (Value, error) {
+	k := q.Key()
 	s.mu.Lock()
 	e, ok := s.entries[k]
 	if !ok {
-		e = &entry{}
+		if len(s.entries) >= s.maxKeys {
+			s.mu.Unlock()
+			s.metrics.lookups.WithLabelValues("refused").Inc()
+			return Value{}, fmt.Errorf("%w: the adapter keeps at most %d (--max-store-queries), each refreshed while HPAs ask for it; this one is new", ErrTooManyQueries, s.maxKeys)
+		}
+		e = &entry{query: q}
 		s.entries[k] = e
+		s.metrics.keys.Set(float64(len(s.entries)))
 	}
 	e.lastWanted = time.Now()
 	if !e.val.FetchedAt.IsZero() && time.Since(e.val.FetchedAt) < s.fresh {
 		v := e.val
 		s.mu.Unlock()
-		s.observe("hit")
+		s.metrics.lookups.WithLabelValues("hit").Inc()
 		return v, nil
 	}
 	wait := e.inflight
 	if wait == nil {
-		wait = s.startFetch(k, e)
-		s.observe("fetch")
+		wait = s.startFetch(e)
+		s.metrics.lookups.WithLabelValues("fetch").Inc()
 	} else {
-		s.observe("wait")
+		s.metrics.lookups.WithLabelValues("wait").Inc()
 	}
 	s.mu.Unlock()
 	select {
@@ -134,14 +165,38 @@ func (s *Store) Get(ctx context.Context, k Key) (Value, error) {
 	return e.val, nil
 }
 
-// startFetch runs a fetch for k; s.mu must be held.
-func (s *Store) startFetch(k Key, e *entry) chan struct{} {
+// Peek returns the query's value as stored, without fetching or counting
+// as demand (for explaining what is served).
+func (s *Store) Peek(q Query) (Value, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e, ok := s.entries[q.Key()]
+	if !ok || e.val.FetchedAt.IsZero() {
+		return Value{}, false
+	}
+	return e.val, true
+}
+
+// startFetch runs a fetch for e in the background; s.mu must be held. The
+// fetch waits for a slot first: at most MaxInFlight run at once.
+func (s *Store) startFetch(e *entry) chan struct{} {
 	done := make(chan struct{})
 	e.inflight = done
+	q := e.query
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
 		defer cancel()
-		samples, err := s.fetch(ctx, k)
+		var samples []Sample
+		var err error
+		select {
+		case s.slots <- struct{}{}:
+			s.metrics.inflight.Inc()
+			samples, err = s.fetcher.Fetch(ctx, q)
+			s.metrics.inflight.Dec()
+			<-s.slots
+		case <-ctx.Done():
+			err = fmt.Errorf("no fetch slot free within %s: %d fetches already running", s.timeout, cap(s.slots))
+		}
 		s.mu.Lock()
 		e.val = Value{Samples: samples, FetchedAt: time.Now(), Err: err}
 		e.inflight = nil
@@ -151,8 +206,8 @@ func (s *Store) startFetch(k Key, e *entry) chan struct{} {
 	return done
 }
 
-// Run refreshes wanted keys before they go stale and drops unwanted ones,
-// until ctx ends.
+// Run refreshes wanted queries before they go stale and drops unwanted
+// ones, until ctx ends.
 func (s *Store) Run(ctx context.Context) {
 	tick := time.NewTicker(max(s.fresh/4, 100*time.Millisecond))
 	defer tick.Stop()
@@ -180,34 +235,36 @@ func (s *Store) sweep() {
 		// Refresh shortly before the value stops being fresh, so a reader
 		// at the HPA's period finds it in memory.
 		if e.inflight == nil && now.Sub(e.val.FetchedAt) > s.fresh*3/4 {
-			s.startFetch(k, e)
+			s.startFetch(e)
 		}
 	}
+	s.metrics.keys.Set(float64(len(s.entries)))
 }
 
-// Reset drops every value (after the rules changed, old keys may mean
+// Reset drops every value (after the rules changed, old queries may mean
 // something else).
 func (s *Store) Reset() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.entries = map[Key]*entry{}
+	s.entries = map[string]*entry{}
+	s.metrics.keys.Set(0)
 }
 
-// Len is the number of keys kept.
+// Len is the number of queries kept.
 func (s *Store) Len() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return len(s.entries)
 }
 
-// Keys lists the kept keys, for debugging.
-func (s *Store) Keys() []Key {
+// Keys lists the kept queries' keys, for debugging.
+func (s *Store) Keys() []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := make([]Key, 0, len(s.entries))
+	out := make([]string, 0, len(s.entries))
 	for k := range s.entries {
 		out = append(out, k)
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].String() < out[j].String() })
+	sort.Strings(out)
 	return out
 }

@@ -3,15 +3,25 @@ package store_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/purchase-system/purchase-system/adapter/internal/store"
 )
 
-var key = store.Key{API: "custom", Metric: "m", Resource: "pods", Namespace: "ns"}
+// query is a test query: its key is its name.
+type query string
+
+func (q query) Key() string { return string(q) }
+
+var key = query("custom|m|pods|ns")
 
 // countingFetcher counts fetches and can be held until released.
 type countingFetcher struct {
@@ -20,7 +30,7 @@ type countingFetcher struct {
 	err     error
 }
 
-func (f *countingFetcher) fetch(ctx context.Context, k store.Key) ([]store.Sample, error) {
+func (f *countingFetcher) Fetch(ctx context.Context, q store.Query) ([]store.Sample, error) {
 	n := f.calls.Add(1)
 	if f.release != nil {
 		<-f.release
@@ -30,11 +40,8 @@ func (f *countingFetcher) fetch(ctx context.Context, k store.Key) ([]store.Sampl
 
 func TestConcurrentReadersShareOneFetch(t *testing.T) {
 	f := &countingFetcher{release: make(chan struct{})}
-	var lookups sync.Map
-	s := store.New(f.fetch, store.Options{Fresh: time.Minute, Observe: func(r string) {
-		v, _ := lookups.LoadOrStore(r, new(atomic.Int64))
-		v.(*atomic.Int64).Add(1)
-	}})
+	reg := prometheus.NewRegistry()
+	s := store.New(f, store.Options{Fresh: time.Minute, Metrics: store.NewMetrics(reg)})
 	var wg sync.WaitGroup
 	results := make(chan float64, 50)
 	for range 50 {
@@ -65,15 +72,22 @@ func TestConcurrentReadersShareOneFetch(t *testing.T) {
 	if _, err := s.Get(context.Background(), key); err != nil || f.calls.Load() != 1 {
 		t.Fatalf("read of a fresh value fetched again (calls %d, err %v)", f.calls.Load(), err)
 	}
-	hits, _ := lookups.Load("hit")
-	if hits == nil || hits.(*atomic.Int64).Load() != 1 {
-		t.Fatalf("hit count %v, want 1", hits)
+	want := `
+# HELP adapter_store_lookups_total Reads of the value store: hit (fresh value), wait (joined a running fetch), fetch (started one), refused (too many distinct queries).
+# TYPE adapter_store_lookups_total counter
+adapter_store_lookups_total{result="fetch"} 1
+adapter_store_lookups_total{result="hit"} 1
+adapter_store_lookups_total{result="refused"} 0
+adapter_store_lookups_total{result="wait"} 49
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "adapter_store_lookups_total"); err != nil {
+		t.Fatal(err)
 	}
 }
 
 func TestStaleValueIsFetchedAgain(t *testing.T) {
 	f := &countingFetcher{}
-	s := store.New(f.fetch, store.Options{Fresh: 20 * time.Millisecond})
+	s := store.New(f, store.Options{Fresh: 20 * time.Millisecond})
 	v1, _ := s.Get(context.Background(), key)
 	time.Sleep(30 * time.Millisecond)
 	v2, _ := s.Get(context.Background(), key)
@@ -84,7 +98,7 @@ func TestStaleValueIsFetchedAgain(t *testing.T) {
 
 func TestFetchErrorsReachTheReader(t *testing.T) {
 	f := &countingFetcher{err: errors.New("prometheus at http://x: connection refused")}
-	s := store.New(f.fetch, store.Options{Fresh: time.Minute})
+	s := store.New(f, store.Options{Fresh: time.Minute})
 	v, err := s.Get(context.Background(), key)
 	if err != nil || v.Err == nil || v.Err.Error() != "prometheus at http://x: connection refused" {
 		t.Fatalf("value %+v, err %v: the fetch error must be returned, not hidden", v, err)
@@ -93,7 +107,7 @@ func TestFetchErrorsReachTheReader(t *testing.T) {
 
 func TestWantedKeysAreRefreshedAndUnwantedOnesDropped(t *testing.T) {
 	f := &countingFetcher{}
-	s := store.New(f.fetch, store.Options{Fresh: 40 * time.Millisecond, DemandTTL: 150 * time.Millisecond})
+	s := store.New(f, store.Options{Fresh: 40 * time.Millisecond, DemandTTL: 150 * time.Millisecond})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go s.Run(ctx)
@@ -123,7 +137,7 @@ func TestWantedKeysAreRefreshedAndUnwantedOnesDropped(t *testing.T) {
 
 func TestReaderContextEndsTheWaitNotTheFetch(t *testing.T) {
 	f := &countingFetcher{release: make(chan struct{})}
-	s := store.New(f.fetch, store.Options{Fresh: time.Minute})
+	s := store.New(f, store.Options{Fresh: time.Minute})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
 	defer cancel()
 	if _, err := s.Get(ctx, key); !errors.Is(err, context.DeadlineExceeded) {
@@ -134,4 +148,56 @@ func TestReaderContextEndsTheWaitNotTheFetch(t *testing.T) {
 	if err != nil || len(v.Samples) != 1 || f.calls.Load() != 1 {
 		t.Fatalf("the fetch should have finished for the next reader: %+v %v calls=%d", v, err, f.calls.Load())
 	}
+}
+
+// Past MaxQueries a new query is refused with a clear error; queries
+// already kept are still served.
+func TestDistinctQueriesAreBounded(t *testing.T) {
+	f := &countingFetcher{}
+	s := store.New(f, store.Options{Fresh: time.Minute, MaxQueries: 3})
+	for i := range 3 {
+		if _, err := s.Get(context.Background(), query(fmt.Sprint(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, err := s.Get(context.Background(), query("one too many"))
+	if !errors.Is(err, store.ErrTooManyQueries) || !strings.Contains(err.Error(), "at most 3") {
+		t.Fatalf("err = %v, want ErrTooManyQueries naming the limit", err)
+	}
+	if _, err := s.Get(context.Background(), query("1")); err != nil {
+		t.Fatalf("a kept query: %v", err)
+	}
+	if s.Len() != 3 {
+		t.Fatalf("%d queries kept, want 3", s.Len())
+	}
+}
+
+// At most MaxInFlight fetches run at once, however many queries wait.
+func TestFetchesInFlightAreBounded(t *testing.T) {
+	var running, peak atomic.Int64
+	release := make(chan struct{})
+	f := store.FetcherFunc(func(ctx context.Context, q store.Query) ([]store.Sample, error) {
+		n := running.Add(1)
+		for {
+			p := peak.Load()
+			if n <= p || peak.CompareAndSwap(p, n) {
+				break
+			}
+		}
+		<-release
+		running.Add(-1)
+		return nil, nil
+	})
+	s := store.New(f, store.Options{Fresh: time.Minute, MaxInFlight: 4, FetchTimeout: 10 * time.Second})
+	var wg sync.WaitGroup
+	for i := range 20 {
+		wg.Add(1)
+		go func() { defer wg.Done(); _, _ = s.Get(context.Background(), query(fmt.Sprint(i))) }()
+	}
+	time.Sleep(100 * time.Millisecond)
+	if p := peak.Load(); p != 4 {
+		t.Fatalf("%d fetches ran at once, want 4", p)
+	}
+	close(release)
+	wg.Wait()
 }

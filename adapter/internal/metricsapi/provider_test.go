@@ -1,7 +1,9 @@
-package provider_test
+package metricsapi_test
 
 import (
 	"context"
+
+	"github.com/prometheus/client_golang/prometheus"
 	"io"
 	"log/slog"
 	"strings"
@@ -18,11 +20,12 @@ import (
 	metadatafake "k8s.io/client-go/metadata/fake"
 	cmprovider "sigs.k8s.io/custom-metrics-apiserver/pkg/provider"
 
+	"github.com/purchase-system/purchase-system/adapter/internal/catalog"
+	"github.com/purchase-system/purchase-system/adapter/internal/metricsapi"
 	"github.com/purchase-system/purchase-system/adapter/internal/promsource"
 	"github.com/purchase-system/purchase-system/adapter/internal/promsource/promtest"
-	"github.com/purchase-system/purchase-system/adapter/internal/provider"
 	"github.com/purchase-system/purchase-system/adapter/internal/rules"
-	"github.com/purchase-system/purchase-system/adapter/internal/selfmetrics"
+	"github.com/purchase-system/purchase-system/adapter/internal/sources"
 	"github.com/purchase-system/purchase-system/adapter/internal/store"
 )
 
@@ -38,6 +41,15 @@ rules:
       as: "${1}_per_second"
     metricsQuery: 'rate(<<.Series>>{<<.LabelMatchers>>}[2m])'
 `
+
+func seedConfig(t testing.TB) *rules.Config {
+	t.Helper()
+	cfg, err := rules.Parse("config.yaml", []byte(seedRule))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
 
 var podsInfo = cmprovider.CustomMetricInfo{GroupResource: schema.GroupResource{Resource: "pods"}, Namespaced: true, Metric: "flask_http_request_per_second"}
 
@@ -56,21 +68,19 @@ func pod(ns, name string, lbls map[string]string) runtime.Object {
 }
 
 type fixture struct {
-	prom *promtest.Server
-	p    *provider.Provider
-	m    *selfmetrics.Metrics
+	reg     *prometheus.Registry
+	prom    *promtest.Server
+	p       *metricsapi.Provider
+	catalog *catalog.Catalog
+	store   *store.Store
 }
 
 func newFixture(t testing.TB, maxAge time.Duration, series []promtest.Series, objects ...runtime.Object) *fixture {
 	t.Helper()
 	prom := promtest.New(series...)
 	t.Cleanup(prom.Close)
-	cfg, err := rules.Parse("config.yaml", []byte(seedRule))
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := selfmetrics.New()
-	src, err := promsource.New(prom.URL, 5*time.Second, m)
+	cfg := seedConfig(t)
+	src, err := promsource.New(promsource.ClientOptions{URL: prom.URL, Timeout: 5 * time.Second}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,10 +89,13 @@ func newFixture(t testing.TB, maxAge time.Duration, series []promtest.Series, ob
 	meta := metadatafake.NewSimpleMetadataClient(scheme, objects...)
 	stop := make(chan struct{})
 	t.Cleanup(func() { close(stop) })
-	p := provider.New(cfg, src, nil, mapper(), meta, stop, m, slog.New(slog.NewTextHandler(io.Discard, nil)),
-		provider.Options{MaxSampleAge: maxAge, Store: store.Options{Fresh: time.Minute}, RediscoverAfter: 100 * time.Millisecond})
-	p.Discover(context.Background())
-	return &fixture{prom: prom, p: p, m: m}
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	cat := catalog.New(cfg, src, mapper(), catalog.Options{RediscoverAfter: 100 * time.Millisecond, Logger: logger})
+	st := store.New(&sources.Router{Prometheus: src}, store.Options{Fresh: time.Minute})
+	reg := prometheus.NewRegistry()
+	p := metricsapi.New(cat, st, mapper(), meta, stop, metricsapi.Options{MaxSampleAge: maxAge, Logger: logger, Metrics: metricsapi.NewMetrics(reg)})
+	cat.Discover(context.Background())
+	return &fixture{reg: reg, prom: prom, p: p, catalog: cat, store: st}
 }
 
 func TestPodValueIsTheSumOfItsSeries(t *testing.T) {
@@ -127,7 +140,7 @@ func TestPodValueIsTheSumOfItsSeries(t *testing.T) {
 
 func TestValuesAreRoundedToMilliUnitsNeverTruncated(t *testing.T) {
 	for v, want := range map[float64]string{0.0004: "0", 0.0005: "1m", 2.3456: "2346m", 0.9999: "1", 1e-9: "0", 123456.7894: "123456789m"} {
-		if got := provider.Quantity(v); got.String() != want {
+		if got := metricsapi.Quantity(v); got.String() != want {
 			t.Errorf("Quantity(%v) = %s, want %s", v, got.String(), want)
 		}
 	}

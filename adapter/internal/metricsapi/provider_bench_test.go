@@ -1,4 +1,4 @@
-package provider_test
+package metricsapi_test
 
 import (
 	"context"
@@ -73,7 +73,7 @@ func BenchmarkConcurrentIdenticalRequests(b *testing.B) {
 	sel, _ := labels.Parse("app=web")
 	var total int64
 	for i := range b.N {
-		f.p.Forget() // cold store each burst
+		f.store.Reset() // cold store each burst
 		before := f.prom.Queries.Load()
 		var wg sync.WaitGroup
 		for range 50 {
