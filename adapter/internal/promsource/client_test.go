@@ -45,7 +45,7 @@ func newPKI(t *testing.T, dir, name string) pki {
 	p := pki{dir: dir}
 	p.write(t, "ca.crt", "CERTIFICATE", caDER)
 	for i, c := range []struct {
-		file string
+		file  string
 		usage x509.ExtKeyUsage
 	}{{"server", x509.ExtKeyUsageServerAuth}, {"client", x509.ExtKeyUsageClientAuth}} {
 		key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -238,4 +238,3 @@ func TestTokenHeadersAndVerbArriveThroughAProxy(t *testing.T) {
 		t.Fatalf("Authorization %q after rotation", got)
 	}
 }
-
