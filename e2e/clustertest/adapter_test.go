@@ -23,7 +23,7 @@ var deployOnce sync.Once
 
 // deploySystem applies manifests/overlays/local (the services, the
 // adapter and its APIServices) once and waits for the deployments.
-func deploySystem(t *testing.T) {
+func deploySystem(t testing.TB) {
 	t.Helper()
 	deployOnce.Do(func() {
 		kubectl(t, "apply", "-k", repoRoot+"/manifests/overlays/local")

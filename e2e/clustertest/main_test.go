@@ -114,7 +114,7 @@ func script(name string, args ...string) error {
 }
 
 // kubectl runs the cluster's kubectl and returns its combined output.
-func kubectl(t *testing.T, args ...string) string {
+func kubectl(t testing.TB, args ...string) string {
 	t.Helper()
 	out, err := exec.Command(kubectlBin, append([]string{"--kubeconfig", kubeconfig}, args...)...).CombinedOutput()
 	if err != nil {

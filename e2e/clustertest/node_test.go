@@ -25,7 +25,7 @@ import (
 )
 
 // namespace creates a namespace for one test and deletes it afterwards.
-func namespace(t *testing.T) string {
+func namespace(t testing.TB) string {
 	t.Helper()
 	name := fmt.Sprintf("e2e-%s-%d", strings.ToLower(strings.ReplaceAll(t.Name(), "/", "-"))[:min(20, len(t.Name()))], time.Now().UnixNano()%100000)
 	name = strings.Trim(strings.ReplaceAll(name, "_", "-"), "-")

@@ -3,10 +3,13 @@ package metricsapi
 import (
 	"context"
 	"fmt"
+	"maps"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/metadata"
@@ -15,58 +18,124 @@ import (
 )
 
 // objectIndex resolves label selectors to object names from watch caches:
-// no LIST per request. Informers start on the first question about a
-// resource and hold only object metadata.
+// no LIST per request. An informer starts on the first question about a
+// resource (only resources a rule maps reach here) and holds only object
+// metadata. The names a selector resolves to are kept until an object of
+// the resource is added, deleted or relabelled: an HPA asking every 15 s
+// about a stable Deployment costs one map lookup.
 type objectIndex struct {
-	factory metadatainformer.SharedInformerFactory
-	stop    <-chan struct{}
+	client   metadata.Interface
+	stop     <-chan struct{}
+	syncWait time.Duration
+	// retryAfter: a resource whose cache did not sync (the adapter may
+	// not watch it) is not tried again for this long.
+	retryAfter time.Duration
+
+	mu      sync.Mutex
+	watched map[schema.GroupVersionResource]*watched
+}
+
+type watched struct {
+	lister cache.GenericLister
+	err    error     // the cache did not sync
+	failed time.Time // when
+	// generation counts membership changes: adds, deletes, label changes.
+	generation atomic.Uint64
 
 	mu       sync.Mutex
-	started  map[schema.GroupVersionResource]cache.GenericLister
-	syncWait time.Duration
+	resolved map[resolvedKey]resolvedNames
 }
+
+type resolvedKey struct{ namespace, selector string }
+
+type resolvedNames struct {
+	generation uint64
+	names      []string
+}
+
+// maxResolved bounds the selectors remembered per resource.
+const maxResolved = 1000
 
 func newObjectIndex(client metadata.Interface, stop <-chan struct{}) *objectIndex {
-	return &objectIndex{
-		factory:  metadatainformer.NewSharedInformerFactory(client, 0),
-		stop:     stop,
-		started:  map[schema.GroupVersionResource]cache.GenericLister{},
-		syncWait: 30 * time.Second,
-	}
+	return &objectIndex{client: client, stop: stop, syncWait: 30 * time.Second, retryAfter: time.Minute,
+		watched: map[schema.GroupVersionResource]*watched{}}
 }
 
-func (x *objectIndex) lister(ctx context.Context, gvr schema.GroupVersionResource) (cache.GenericLister, error) {
+func (x *objectIndex) watch(ctx context.Context, gvr schema.GroupVersionResource) (*watched, error) {
 	x.mu.Lock()
-	l, ok := x.started[gvr]
-	x.mu.Unlock()
-	if ok {
-		return l, nil
+	w, ok := x.watched[gvr]
+	if ok && (w.err == nil || time.Since(w.failed) < x.retryAfter) {
+		x.mu.Unlock()
+		return w, w.err
 	}
-	inf := x.factory.ForResource(gvr)
-	x.factory.Start(x.stop)
-	ctx, cancel := context.WithTimeout(ctx, x.syncWait)
+	w = &watched{resolved: map[resolvedKey]resolvedNames{}}
+	x.watched[gvr] = w
+	x.mu.Unlock()
+
+	inf := metadatainformer.NewFilteredMetadataInformer(x.client, gvr, metav1.NamespaceAll, 0, cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc}, nil)
+	_, _ = inf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { w.generation.Add(1) },
+		DeleteFunc: func(any) { w.generation.Add(1) },
+		UpdateFunc: func(old, cur any) {
+			o, ok1 := old.(metav1.Object)
+			n, ok2 := cur.(metav1.Object)
+			if !ok1 || !ok2 || !maps.Equal(o.GetLabels(), n.GetLabels()) {
+				w.generation.Add(1)
+			}
+		},
+	})
+	stop := make(chan struct{})
+	var once sync.Once
+	halt := func() { once.Do(func() { close(stop) }) }
+	go func() {
+		select {
+		case <-x.stop:
+			halt()
+		case <-stop:
+		}
+	}()
+	go inf.Informer().Run(stop)
+	sctx, cancel := context.WithTimeout(ctx, x.syncWait)
 	defer cancel()
-	if !cache.WaitForCacheSync(ctx.Done(), inf.Informer().HasSynced) {
-		return nil, fmt.Errorf("watching %s: cache not synced (does the adapter's service account may list and watch it?)", gvr.GroupResource())
+	if !cache.WaitForCacheSync(sctx.Done(), inf.Informer().HasSynced) {
+		// Stop it: a reflector that may not list would retry forever.
+		halt()
+		err := fmt.Errorf("watching %s: cache not synced within %s (may the adapter's service account list and watch it?); not tried again for %s",
+			gvr.GroupResource(), x.syncWait, x.retryAfter)
+		x.mu.Lock()
+		w.err, w.failed = err, time.Now()
+		x.mu.Unlock()
+		return w, err
 	}
-	x.mu.Lock()
-	x.started[gvr] = inf.Lister()
-	x.mu.Unlock()
-	return inf.Lister(), nil
+	w.lister = inf.Lister()
+	return w, nil
 }
 
-// Names lists the names of gvr objects in namespace matching selector.
+// Names lists the names of gvr objects in namespace matching selector,
+// sorted.
 func (x *objectIndex) Names(ctx context.Context, gvr schema.GroupVersionResource, namespace string, selector labels.Selector) ([]string, error) {
-	l, err := x.lister(ctx, gvr)
+	w, err := x.watch(ctx, gvr)
 	if err != nil {
 		return nil, err
+	}
+	if w.lister == nil {
+		return nil, fmt.Errorf("watching %s: cache not synced yet", gvr.GroupResource())
 	}
 	if selector == nil {
 		selector = labels.Everything()
 	}
+	key := resolvedKey{namespace, selector.String()}
+	gen := w.generation.Load()
+	w.mu.Lock()
+	if r, ok := w.resolved[key]; ok && r.generation == gen {
+		w.mu.Unlock()
+		return r.names, nil
+	}
+	w.mu.Unlock()
+
 	var objs []interface{ GetName() string }
 	if namespace != "" {
-		list, err := l.ByNamespace(namespace).List(selector)
+		list, err := w.lister.ByNamespace(namespace).List(selector)
 		if err != nil {
 			return nil, err
 		}
@@ -76,7 +145,7 @@ func (x *objectIndex) Names(ctx context.Context, gvr schema.GroupVersionResource
 			}
 		}
 	} else {
-		list, err := l.List(selector)
+		list, err := w.lister.List(selector)
 		if err != nil {
 			return nil, err
 		}
@@ -91,5 +160,13 @@ func (x *objectIndex) Names(ctx context.Context, gvr schema.GroupVersionResource
 		names = append(names, o.GetName())
 	}
 	sort.Strings(names)
+	w.mu.Lock()
+	if len(w.resolved) >= maxResolved {
+		w.resolved = map[resolvedKey]resolvedNames{}
+	}
+	// Stored under the generation read before listing: a change during
+	// the listing makes the next question list again.
+	w.resolved[key] = resolvedNames{generation: gen, names: names}
+	w.mu.Unlock()
 	return names, nil
 }
