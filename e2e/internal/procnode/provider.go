@@ -316,8 +316,9 @@ func (p *Provider) PortForward(ctx context.Context, ns, name string, port int32,
 	if r.ip == nil {
 		return fmt.Errorf("pod %s has no IP yet", r.key)
 	}
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "tcp", net.JoinHostPort(r.ip.String(), strconv.Itoa(int(port))))
+	// Like the kubelet: the pod's localhost, from inside its network
+	// namespace, so servers bound to 127.0.0.1 are reachable too.
+	conn, err := podnet.DialInPod(ctx, r.ns, net.JoinHostPort("127.0.0.1", strconv.Itoa(int(port))))
 	if err != nil {
 		return err
 	}
