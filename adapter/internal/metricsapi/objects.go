@@ -36,6 +36,7 @@ type objectIndex struct {
 }
 
 type watched struct {
+	synced chan struct{} // closed once the first sync ended, well or not
 	lister cache.GenericLister
 	err    error     // the cache did not sync
 	failed time.Time // when
@@ -64,14 +65,27 @@ func newObjectIndex(client metadata.Interface, stop <-chan struct{}) *objectInde
 func (x *objectIndex) watch(ctx context.Context, gvr schema.GroupVersionResource) (*watched, error) {
 	x.mu.Lock()
 	w, ok := x.watched[gvr]
-	if ok && (w.err == nil || time.Since(w.failed) < x.retryAfter) {
-		x.mu.Unlock()
-		return w, w.err
+	if !ok || (w.err != nil && time.Since(w.failed) >= x.retryAfter) {
+		w = &watched{synced: make(chan struct{}), resolved: map[resolvedKey]resolvedNames{}}
+		x.watched[gvr] = w
+		// The informer starts and syncs on its own: the request that
+		// started it may give up without cutting it short.
+		go x.start(gvr, w)
 	}
-	w = &watched{resolved: map[resolvedKey]resolvedNames{}}
-	x.watched[gvr] = w
 	x.mu.Unlock()
+	select {
+	case <-w.synced:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("watching %s: %w while its cache syncs", gvr.GroupResource(), ctx.Err())
+	}
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return w, w.err
+}
 
+// start runs gvr's informer and closes w.synced once its first sync ended.
+func (x *objectIndex) start(gvr schema.GroupVersionResource, w *watched) {
+	defer close(w.synced)
 	inf := metadatainformer.NewFilteredMetadataInformer(x.client, gvr, metav1.NamespaceAll, 0, cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc}, nil)
 	_, _ = inf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(any) { w.generation.Add(1) },
@@ -95,20 +109,32 @@ func (x *objectIndex) watch(ctx context.Context, gvr schema.GroupVersionResource
 		}
 	}()
 	go inf.Informer().Run(stop)
-	sctx, cancel := context.WithTimeout(ctx, x.syncWait)
-	defer cancel()
-	if !cache.WaitForCacheSync(sctx.Done(), inf.Informer().HasSynced) {
+	timeout := time.NewTimer(x.syncWait)
+	defer timeout.Stop()
+	synced := make(chan struct{})
+	go func() {
+		if cache.WaitForCacheSync(stop, inf.Informer().HasSynced) {
+			close(synced)
+		}
+	}()
+	select {
+	case <-synced:
+		x.mu.Lock()
+		w.lister = inf.Lister()
+		x.mu.Unlock()
+	case <-timeout.C:
 		// Stop it: a reflector that may not list would retry forever.
 		halt()
-		err := fmt.Errorf("watching %s: cache not synced within %s (may the adapter's service account list and watch it?); not tried again for %s",
-			gvr.GroupResource(), x.syncWait, x.retryAfter)
 		x.mu.Lock()
-		w.err, w.failed = err, time.Now()
+		w.err = fmt.Errorf("watching %s: cache not synced within %s (may the adapter's service account list and watch it?); not tried again for %s",
+			gvr.GroupResource(), x.syncWait, x.retryAfter)
+		w.failed = time.Now()
 		x.mu.Unlock()
-		return w, err
+	case <-stop:
+		x.mu.Lock()
+		w.err, w.failed = fmt.Errorf("watching %s: the adapter is stopping", gvr.GroupResource()), time.Now()
+		x.mu.Unlock()
 	}
-	w.lister = inf.Lister()
-	return w, nil
 }
 
 // Names lists the names of gvr objects in namespace matching selector,
@@ -117,9 +143,6 @@ func (x *objectIndex) Names(ctx context.Context, gvr schema.GroupVersionResource
 	w, err := x.watch(ctx, gvr)
 	if err != nil {
 		return nil, err
-	}
-	if w.lister == nil {
-		return nil, fmt.Errorf("watching %s: cache not synced yet", gvr.GroupResource())
 	}
 	if selector == nil {
 		selector = labels.Everything()

@@ -2,16 +2,19 @@ package metricsapi_test
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"math"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	cmprovider "sigs.k8s.io/custom-metrics-apiserver/pkg/provider"
 
@@ -134,5 +137,50 @@ func TestUnknownMetricsDoNotBecomeSelfMetricSeries(t *testing.T) {
 	}
 	if len(names) != 2 || !names["<unknown>"] || !names["flask_http_request_per_second"] {
 		t.Fatalf("self-metric label values %v: twenty invented names must not become twenty series", names)
+	}
+}
+
+// The first requests for a resource arrive together (every HPA after the
+// adapter starts): all wait for the one watch cache to sync, none is
+// refused.
+func TestConcurrentFirstRequestsAllWaitForTheCache(t *testing.T) {
+	var objs []runtime.Object
+	var series []promtest.Series
+	for i := range 50 {
+		name := fmt.Sprintf("web-%02d", i)
+		objs = append(objs, pod("shop", name, map[string]string{"app": "web"}))
+		series = append(series, promtest.PodSeries("shop", name, time.Now(), 1)...)
+	}
+	f := newFixture(t, time.Minute, series, objs...)
+	sel, _ := labels.Parse("app=web")
+	var wg sync.WaitGroup
+	errs := make(chan error, 20)
+	for range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if l, err := f.p.GetMetricBySelector(context.Background(), "shop", sel, podsInfo, labels.Everything()); err != nil || len(l.Items) != 50 {
+				errs <- fmt.Errorf("%v (%v)", err, l)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+}
+
+// A caller that gives up while the cache syncs does not stop it: the next
+// caller is served.
+func TestACancelledFirstRequestDoesNotStopTheWatch(t *testing.T) {
+	f := newFixture(t, time.Minute, promtest.PodSeries("shop", "web-1", time.Now(), 4), pod("shop", "web-1", map[string]string{"app": "web"}))
+	sel, _ := labels.Parse("app=web")
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_, _ = f.p.GetMetricBySelector(ctx, "shop", sel, podsInfo, labels.Everything())
+	l, err := f.p.GetMetricBySelector(context.Background(), "shop", sel, podsInfo, labels.Everything())
+	if err != nil || len(l.Items) != 1 {
+		t.Fatalf("after a cancelled first request: %v %v", l, err)
 	}
 }
