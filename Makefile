@@ -6,9 +6,9 @@
 
 SHELL := /bin/bash
 BIN   := $(CURDIR)/bin
-PROGRAMS := webserver consumer adapter loadgen devcluster
+PROGRAMS := webserver consumer adapter loadgen devcluster imagebuild
 
-.PHONY: help build run run-local test e2e load bench tools cluster-up cluster-down clean
+.PHONY: help build images run run-local test e2e load bench tools cluster-up cluster-down clean
 
 help:
 	@echo "make run        the whole system on a local Kubernetes (no Docker needed), URLs printed"
@@ -18,13 +18,19 @@ help:
 	@echo "make run-local  the two services as host processes beside Kafka, without Kubernetes"
 	@echo "make cluster-up / cluster-down   the local Kubernetes alone (kubeconfig: .cache/devcluster/kubeconfig)"
 	@echo "make build      build the programs into bin/"
+	@echo "make images     container images into _output/images/ (no Docker needed) and the local node's store"
 	@echo "make bench      measure /buy and consumer throughput (docs/BENCHMARKS.md)"
 	@echo "make tools      fetch and build every tool into the cache"
 
 build:
 	@echo "==> building $(PROGRAMS) into bin/"
 	@go build -o $(BIN)/ ./webserver/cmd/webserver ./consumer/cmd/consumer ./adapter/cmd/adapter \
-		./e2e/cmd/loadgen ./e2e/cmd/devcluster
+		./e2e/cmd/loadgen ./e2e/cmd/devcluster ./images/cmd/imagebuild
+
+# Container images without Docker: _output/images/*.tar (OCI archives that
+# docker load and kind load image-archive take) and the local node's store.
+images: build
+	@scripts/images.sh build
 
 tools:
 	@scripts/tools.sh ensure all

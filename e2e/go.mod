@@ -50,6 +50,7 @@ require (
 	github.com/google/cel-go v0.29.2 // indirect
 	github.com/google/gnostic-models v0.7.0 // indirect
 	github.com/google/go-cmp v0.7.0 // indirect
+	github.com/google/go-containerregistry v0.22.1 // indirect
 	github.com/google/uuid v1.6.0 // indirect
 	github.com/gorilla/mux v1.8.1 // indirect
 	github.com/gorilla/websocket v1.5.4-0.20250319132907-e064f32e3674 // indirect
@@ -68,6 +69,8 @@ require (
 	github.com/modern-go/concurrent v0.0.0-20180306012644-bacd9c7ef1dd // indirect
 	github.com/modern-go/reflect2 v1.0.3-0.20250322232337-35a7c28c31ee // indirect
 	github.com/munnerz/goautoneg v0.0.0-20191010083416-a7dc8b61c822 // indirect
+	github.com/opencontainers/go-digest v1.0.0 // indirect
+	github.com/opencontainers/image-spec v1.1.1 // indirect
 	github.com/pierrec/lz4/v4 v4.1.33 // indirect
 	github.com/pkg/errors v0.9.1 // indirect
 	github.com/pmezard/go-difflib v1.0.1-0.20181226105442-5d4384ee4fb2 // indirect
@@ -127,6 +130,7 @@ require (
 require (
 	github.com/prometheus/client_model v0.6.3
 	github.com/purchase-system/purchase-system/consumer v0.0.0
+	github.com/purchase-system/purchase-system/images v0.0.0
 	github.com/purchase-system/purchase-system/servicekit v0.0.0
 	github.com/purchase-system/purchase-system/testkit v0.0.0
 	github.com/virtual-kubelet/virtual-kubelet v1.14.1
@@ -145,6 +149,7 @@ require (
 // own (GOWORK=off) as well as in the workspace.
 replace (
 	github.com/purchase-system/purchase-system/consumer => ../consumer
+	github.com/purchase-system/purchase-system/images => ../images
 	github.com/purchase-system/purchase-system/servicekit => ../servicekit
 	github.com/purchase-system/purchase-system/testkit => ../testkit
 )

@@ -60,7 +60,7 @@ func webDeployment(ns string, replicas int32) *appsv1.Deployment {
 					TerminationGracePeriodSeconds: ptr.To(int64(20)),
 					Containers: []corev1.Container{{
 						Name:  "web",
-						Image: "purchase-system/webserver:e2e",
+						Image: "purchase-system/webserver:dev",
 						Env: []corev1.EnvVar{
 							{Name: "KAFKA_BOOTSTRAP_SERVERS", Value: hostKafka},
 							{Name: "KAFKA_TOPIC", Value: "purchases-" + ns},
@@ -229,7 +229,7 @@ func TestUnknownImageSaysWhy(t *testing.T) {
 			return err
 		}
 		for _, cs := range p.Status.ContainerStatuses {
-			if w := cs.State.Waiting; w != nil && w.Reason == "ErrImagePull" && strings.Contains(w.Message, `image "nginx:1.27" is not a program this node can run`) {
+			if w := cs.State.Waiting; w != nil && w.Reason == "ErrImagePull" && strings.Contains(w.Message, "image not in the store: index.docker.io/library/nginx:1.27") && strings.Contains(w.Message, "index.docker.io/purchase-system/webserver:dev") {
 				return nil
 			}
 		}

@@ -2,9 +2,10 @@
 // Docker: etcd, kube-apiserver, kube-controller-manager and kube-scheduler
 // from locally built binaries, and one node whose pods are processes.
 //
-//	devcluster up --state .cache/devcluster --etcd ... --image repo=binary ...
+//	devcluster up --state .cache/devcluster --etcd ... --image-store .cache/images
 //	devcluster down --state .cache/devcluster
 //	devcluster status --state .cache/devcluster
+//	devcluster load-image --store DIR ARCHIVE...   add image archives to the node's image store
 //	devcluster node ...       the node daemon (started by up)
 //	devcluster pod-exec ...   the container start helper (run by the node)
 package main
@@ -23,7 +24,7 @@ import (
 	"github.com/purchase-system/purchase-system/e2e/internal/devcluster"
 	"github.com/purchase-system/purchase-system/e2e/internal/nodeagent"
 	"github.com/purchase-system/purchase-system/e2e/internal/podexec"
-	"github.com/purchase-system/purchase-system/e2e/internal/procnode"
+	"github.com/purchase-system/purchase-system/images/oci"
 	"github.com/purchase-system/purchase-system/servicekit/logging"
 )
 
@@ -41,6 +42,8 @@ func main() {
 		err = node(ctx, os.Args[2:])
 	case "pod-exec":
 		err = podExec(os.Args[2:])
+	case "load-image":
+		err = loadImage(os.Args[2:])
 	default:
 		usage()
 	}
@@ -51,7 +54,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: devcluster up|down|status|node|pod-exec [flags]")
+	fmt.Fprintln(os.Stderr, "usage: devcluster up|down|status|load-image|node|pod-exec [flags]")
 	os.Exit(2)
 }
 
@@ -63,7 +66,6 @@ func (l *list) Set(v string) error { *l = append(*l, v); return nil }
 func cluster(ctx context.Context, cmd string, args []string) error {
 	fs := flag.NewFlagSet(cmd, flag.ExitOnError)
 	var c devcluster.Config
-	c.Images = procnode.Images{}
 	var addons list
 	fs.StringVar(&c.StateDir, "state", ".cache/devcluster", "directory for the cluster's certificates, data, logs and kubeconfig")
 	fs.StringVar(&c.Bin.Etcd, "etcd", "", "etcd binary")
@@ -72,7 +74,7 @@ func cluster(ctx context.Context, cmd string, args []string) error {
 	fs.StringVar(&c.Bin.Scheduler, "kube-scheduler", "", "kube-scheduler binary")
 	fs.StringVar(&c.Kubectl, "kubectl", "kubectl", "kubectl binary, for applying addons")
 	fs.DurationVar(&c.HPASyncPeriod, "hpa-sync-period", 15*time.Second, "how often the HPA controller re-evaluates")
-	fs.Var(c.Images, "image", "repository=/path/to/binary: the program a container image runs (repeatable)")
+	fs.StringVar(&c.ImageStore, "image-store", ".cache/images", "the image store containers run from (make images fills it)")
 	fs.Var(&addons, "addon", "kustomize directory to apply once the node is Ready (repeatable)")
 	_ = fs.Parse(args)
 	c.Addons = addons
@@ -100,7 +102,7 @@ func cluster(ctx context.Context, cmd string, args []string) error {
 
 func node(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("node", flag.ExitOnError)
-	c := nodeagent.Config{Images: procnode.Images{}}
+	c := nodeagent.Config{}
 	fs.StringVar(&c.NodeName, "name", devcluster.NodeName, "node name")
 	fs.StringVar(&c.NodeKubeconfig, "kubeconfig", "", "kubeconfig of the node's identity")
 	fs.StringVar(&c.ProxyKubeconfig, "proxy-kubeconfig", "", "kubeconfig of the service proxy's identity")
@@ -109,7 +111,7 @@ func node(ctx context.Context, args []string) error {
 	fs.StringVar(&c.ServingKey, "serving-key", "", "kubelet API serving key")
 	fs.StringVar(&c.StateDir, "state", "", "directory for pods' volumes and logs")
 	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", 30*time.Second, "how long pods get to stop when the node stops")
-	fs.Var(c.Images, "image", "repository=/path/to/binary (repeatable)")
+	fs.StringVar(&c.ImageStore, "image-store", "", "the image store containers run from")
 	_ = fs.Parse(args)
 	self, err := os.Executable()
 	if err != nil {
@@ -121,22 +123,35 @@ func node(ctx context.Context, args []string) error {
 }
 
 func podExec(args []string) error {
-	var mounts []podexec.Mount
-	i := 0
-	for ; i < len(args) && args[i] != "--"; i++ {
-		if args[i] == "--mount" && i+1 < len(args) {
-			m, err := podexec.ParseMount(args[i+1])
-			if err != nil {
-				return err
-			}
-			mounts = append(mounts, m)
-			i++
-			continue
+	fs := flag.NewFlagSet("pod-exec", flag.ExitOnError)
+	spec := fs.String("spec", "", "the container's spec (JSON), written by the node")
+	_ = fs.Parse(args)
+	s, err := podexec.Load(*spec)
+	if err != nil {
+		return err
+	}
+	return podexec.Run(s)
+}
+
+// loadImage adds archives (make images', or docker save's) to the image
+// store the node runs containers from: the twin of kind load image-archive.
+func loadImage(args []string) error {
+	fs := flag.NewFlagSet("load-image", flag.ExitOnError)
+	dir := fs.String("store", ".cache/images", "the node's image store")
+	_ = fs.Parse(args)
+	if fs.NArg() == 0 {
+		return fmt.Errorf("load-image: name at least one archive")
+	}
+	st, err := oci.OpenStore(*dir)
+	if err != nil {
+		return err
+	}
+	for _, a := range fs.Args() {
+		refs, err := st.Load(a)
+		if err != nil {
+			return err
 		}
-		return fmt.Errorf("pod-exec: unexpected argument %q", args[i])
+		fmt.Printf("loaded %s: %s\n", a, strings.Join(refs, ", "))
 	}
-	if i >= len(args) {
-		return fmt.Errorf("pod-exec: missing -- before the program")
-	}
-	return podexec.Exec(mounts, args[i+1:])
+	return nil
 }

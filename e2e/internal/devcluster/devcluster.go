@@ -23,7 +23,6 @@ import (
 	"github.com/purchase-system/purchase-system/e2e/internal/controlplane"
 	"github.com/purchase-system/purchase-system/e2e/internal/daemon"
 	"github.com/purchase-system/purchase-system/e2e/internal/podnet"
-	"github.com/purchase-system/purchase-system/e2e/internal/procnode"
 )
 
 // NodeName is the one node of the dev cluster.
@@ -35,7 +34,8 @@ type Config struct {
 	Bin           controlplane.Binaries
 	Kubectl       string
 	Self          string // this program, run again as the node daemon and the pod-exec helper
-	Images        procnode.Images
+	// ImageStore is the directory of the node's image store.
+	ImageStore string
 	HPASyncPeriod time.Duration
 	Addons        []string // kustomize directories applied once the node is ready
 }
@@ -59,10 +59,7 @@ func (c Config) NodeArgs() []string {
 		"--serving-key=" + filepath.Join(c.StateDir, "pki", "kubelet.key"),
 		"--state=" + filepath.Join(c.StateDir, "node"),
 	}
-	for repo, path := range c.Images {
-		args = append(args, "--image="+repo+"="+path)
-	}
-	return args
+	return append(args, "--image-store="+c.ImageStore)
 }
 
 // Up starts whatever is not running and waits until the node is Ready.

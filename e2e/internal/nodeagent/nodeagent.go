@@ -23,6 +23,7 @@ import (
 
 	"github.com/purchase-system/purchase-system/e2e/internal/podnet"
 	"github.com/purchase-system/purchase-system/e2e/internal/procnode"
+	"github.com/purchase-system/purchase-system/images/oci"
 	"github.com/purchase-system/purchase-system/e2e/internal/svcproxy"
 )
 
@@ -35,7 +36,7 @@ type Config struct {
 	ServingCert     string
 	ServingKey      string
 	StateDir        string
-	Images          procnode.Images
+	ImageStore      string // directory of the image store containers run from
 	PodExec         []string
 	Logger          *slog.Logger
 	ShutdownGrace   time.Duration
@@ -108,9 +109,13 @@ func Run(ctx context.Context, c Config) error {
 		}
 	}()
 
+	images, err := oci.OpenStore(c.ImageStore)
+	if err != nil {
+		return fmt.Errorf("image store: %w", err)
+	}
 	var provider *procnode.Provider
 	newProvider := procnode.New(procnode.Config{
-		NodeName: c.NodeName, HostIP: podnet.HostIP, StateDir: c.StateDir, Images: c.Images,
+		NodeName: c.NodeName, HostIP: podnet.HostIP, StateDir: c.StateDir, Images: images,
 		PodExec: c.PodExec, Client: nodeClient, Logger: c.Logger,
 	}, hosts)
 

@@ -2,6 +2,7 @@ package procnode
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -14,6 +15,9 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/purchase-system/purchase-system/e2e/internal/podexec"
+	"github.com/purchase-system/purchase-system/images/oci"
 )
 
 // Restart back-off, as the kubelet's: 10 s doubling to 5 min, reset after a
@@ -24,12 +28,13 @@ const (
 	backoffReset = 10 * time.Minute
 )
 
-// container supervises one container of a pod: a process started through
-// the pod-exec helper inside the pod's network namespace.
+// container supervises one container of a pod: a process started from
+// its image through the pod-exec helper, in the pod's network namespace
+// and namespaces of its own.
 type container struct {
 	pod     *podRuntime
 	spec    corev1.Container
-	binary  string
+	image   oci.Image
 	logPath string
 
 	mu           sync.Mutex
@@ -53,13 +58,15 @@ func (c *container) pidPath() string { return filepath.Join(c.pod.dir, "pids", c
 // is kept (kubectl logs --previous).
 func (c *container) previousLogPath() string { return c.logPath + ".previous" }
 
-// run starts the container and restarts it per the pod's restartPolicy
-// until ctx ends. args is the full helper command (pod-exec prefix
-// included), env the resolved environment.
-func (c *container) run(ctx context.Context, args []string, env []string) {
+// dir holds the container's spec and its writable layer.
+func (c *container) dir() string { return filepath.Join(c.pod.dir, "containers", c.spec.Name) }
+
+// run starts the container from spec and restarts it per the pod's
+// restartPolicy until ctx ends.
+func (c *container) run(ctx context.Context, spec podexec.Spec) {
 	backoff := backoffFirst
 	for ctx.Err() == nil {
-		if err := c.start(args, env); err != nil {
+		if err := c.start(spec); err != nil {
 			c.setWaiting("RunContainerError", err.Error())
 			c.pod.node.logger.Error("container start failed", "pod", c.pod.key, "container", c.spec.Name, "err", err)
 		} else {
@@ -101,11 +108,26 @@ func (c *container) setWaiting(reason, msg string) {
 	c.mu.Unlock()
 }
 
-func (c *container) start(args, env []string) error {
-	for _, d := range []string{filepath.Dir(c.logPath), filepath.Dir(c.pidPath())} {
+func (c *container) start(spec podexec.Spec) error {
+	for _, d := range []string{filepath.Dir(c.logPath), filepath.Dir(c.pidPath()), c.dir()} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return err
 		}
+	}
+	// Every start is a new container: a fresh writable layer over the
+	// image.
+	for _, d := range []string{spec.Upper, spec.Work} {
+		if err := os.RemoveAll(d); err != nil {
+			return err
+		}
+	}
+	specFile := filepath.Join(c.dir(), "spec.json")
+	b, err := json.Marshal(spec)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(specFile, b, 0o600); err != nil {
+		return err
 	}
 	if _, err := os.Stat(c.logPath); err == nil {
 		_ = os.Rename(c.logPath, c.previousLogPath())
@@ -115,30 +137,30 @@ func (c *container) start(args, env []string) error {
 		return err
 	}
 	defer logf.Close()
-	workdir := filepath.Join(c.pod.dir, "containers", c.spec.Name)
-	if c.spec.WorkingDir != "" {
-		workdir = c.spec.WorkingDir
-	}
-	if err := os.MkdirAll(workdir, 0o755); err != nil {
-		return err
-	}
-	cmd := exec.Command(args[0], args[1:]...)
-	cmd.Env = env
-	cmd.Dir = workdir
+	// ip netns exec puts the helper in the pod's network namespace and a
+	// mount namespace of its own; the clone flags give it PID and UTS
+	// namespaces of its own: the container's program is PID 1 there.
+	args := append([]string{"ip", "netns", "exec", c.pod.ns}, c.pod.node.cfg.PodExec...)
+	cmd := exec.Command(args[0], append(args[1:], "--spec", specFile)...)
+	cmd.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+	cmd.Dir = c.dir()
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// A pod's processes must not outlive the node that supervises them:
 	// they stay in the node's process group (stopping the node daemon
 	// signals the group), ask for SIGKILL if the node dies, and leave a
 	// pid file that a restarted node reaps.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Cloneflags: syscall.CLONE_NEWPID | syscall.CLONE_NEWUTS}
 	if err := cmd.Start(); err != nil {
 		return err
 	}
-	_ = os.WriteFile(c.pidPath(), []byte(strconv.Itoa(cmd.Process.Pid)+"\n"+c.binary+"\n"), 0o644)
+	_ = os.WriteFile(c.pidPath(), []byte(strconv.Itoa(cmd.Process.Pid)+"\n"+processStart(cmd.Process.Pid)+"\n"), 0o644)
 	exited := make(chan struct{})
 	c.mu.Lock()
 	c.proc, c.exited, c.startedAt = cmd.Process, exited, time.Now()
-	c.waiting, c.ready, c.startupDone, c.livenessKill = nil, false, c.spec.StartupProbe == nil, false
+	c.waiting, c.startupDone, c.livenessKill = nil, c.spec.StartupProbe == nil, false
+	// Without a readiness probe the kubelet counts a started container
+	// Ready.
+	c.ready = c.spec.ReadinessProbe == nil && c.startupDone
 	c.cpu = cpuSample{}
 	c.mu.Unlock()
 	go func() {
@@ -153,8 +175,25 @@ func (c *container) start(args, env []string) error {
 		close(exited)
 		c.pod.changed()
 	}()
-	c.pod.node.logger.Info("container started", "pod", c.pod.key, "container", c.spec.Name, "pid", cmd.Process.Pid)
+	c.pod.node.logger.Info("container started", "pod", c.pod.key, "container", c.spec.Name, "pid", cmd.Process.Pid, "image", c.image.Ref+"@"+c.image.Digest.String())
 	return nil
+}
+
+// processStart is a process's start time in clock ticks since boot (field
+// 22 of /proc/<pid>/stat): with the pid it names one process, even after
+// the pid is reused.
+func processStart(pid int) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return ""
+	}
+	s := string(b)
+	if i := strings.LastIndexByte(s, ')'); i >= 0 {
+		if f := strings.Fields(s[i+1:]); len(f) > 19 {
+			return f[19]
+		}
+	}
+	return ""
 }
 
 // waitExit waits for the current process to exit (or ctx to end) and
@@ -231,7 +270,7 @@ func (c *container) status() corev1.ContainerStatus {
 	st := corev1.ContainerStatus{
 		Name:         c.spec.Name,
 		Image:        c.spec.Image,
-		ImageID:      "process://" + c.binary,
+		ImageID:      c.image.Ref + "@" + c.image.Digest.String(),
 		RestartCount: c.restarts,
 		Ready:        c.ready && c.proc != nil,
 		LastTerminationState: corev1.ContainerState{
@@ -277,10 +316,10 @@ func ReapOrphans(stateDir string) {
 		}
 		lines := strings.SplitN(strings.TrimSpace(string(b)), "\n", 2)
 		pid, _ := strconv.Atoi(lines[0])
-		if pid <= 0 || len(lines) < 2 {
+		if pid <= 0 || len(lines) < 2 || lines[1] == "" {
 			continue
 		}
-		if exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); err == nil && strings.TrimSuffix(exe, " (deleted)") == lines[1] {
+		if processStart(pid) == lines[1] {
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 		}
 	}

@@ -12,6 +12,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/purchase-system/purchase-system/e2e/internal/podexec"
 	"github.com/purchase-system/purchase-system/e2e/internal/podnet"
 )
 
@@ -60,8 +61,8 @@ type podFailure struct{ reason, message string }
 func (r *podRuntime) start() {
 	for i := range r.spec.Spec.Containers {
 		spec := r.spec.Spec.Containers[i]
-		binary, err := r.node.cfg.Images.Resolve(spec.Image)
-		c := &container{pod: r, spec: spec, binary: binary, logPath: filepath.Join(r.dir, "logs", spec.Name+".log")}
+		img, err := r.node.cfg.Images.Resolve(spec.Image)
+		c := &container{pod: r, spec: spec, image: img, logPath: filepath.Join(r.dir, "logs", spec.Name+".log")}
 		if err != nil {
 			c.waiting = &corev1.ContainerStateWaiting{Reason: "ErrImagePull", Message: err.Error()}
 		}
@@ -72,7 +73,7 @@ func (r *podRuntime) start() {
 		return
 	}
 	for _, c := range r.containers {
-		if c.binary == "" {
+		if c.image.Rootfs == "" {
 			r.node.event(r.spec, "Warning", "Failed", c.waiting.Message)
 			r.changed()
 			return // like an image that cannot be pulled: the pod stays Pending, saying why
@@ -102,6 +103,15 @@ func (r *podRuntime) start() {
 	r.startTime = metav1.Now()
 	r.mu.Unlock()
 
+	resolv, err := r.node.writeResolvConf(r)
+	if err != nil {
+		r.fail("NetworkNotReady", err.Error())
+		return
+	}
+	files := []podexec.Mount{
+		{Source: r.node.hosts.path(r), Target: "/etc/hosts", ReadOnly: true},
+		{Source: resolv, Target: "/etc/resolv.conf", ReadOnly: true},
+	}
 	for _, c := range r.containers {
 		env, err := r.node.envSources().containerEnv(r.spec, &c.spec, ip.String(), r.node.cfg.HostIP)
 		if err != nil {
@@ -115,32 +125,21 @@ func (r *podRuntime) start() {
 			continue
 		}
 		env = append(env, "HOSTNAME="+r.spec.Name)
-		if !hasEnv(env, "PATH") {
-			env = append(env, "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+		spec, err := containerSpec(r.spec, &c.spec, c.image, env, ms, c.dir(), files)
+		if err != nil {
+			c.setWaiting("CreateContainerConfigError", err.Error())
+			r.node.event(r.spec, "Warning", "Failed", "Error: "+err.Error())
+			continue
 		}
-		go c.run(r.ctx, r.node.execArgs(r.ns, ms, c), env)
+		go c.run(r.ctx, spec)
 		for kind, p := range map[probeKind]*corev1.Probe{readiness: c.spec.ReadinessProbe, liveness: c.spec.LivenessProbe, startup: c.spec.StartupProbe} {
 			if p != nil {
 				go c.probeLoop(r.ctx, kind, p)
 			}
 		}
-		if c.spec.ReadinessProbe == nil {
-			c.mu.Lock()
-			c.ready = true // no readiness probe: ready once running
-			c.mu.Unlock()
-		}
 	}
 	go r.resync()
 	r.changed()
-}
-
-func hasEnv(env []string, name string) bool {
-	for _, e := range env {
-		if len(e) > len(name) && e[:len(name)+1] == name+"=" {
-			return true
-		}
-	}
-	return false
 }
 
 // resync refreshes volumes (ConfigMap edits, token rotation) like the

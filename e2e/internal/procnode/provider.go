@@ -16,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -41,9 +42,10 @@ type Config struct {
 	NodeName string
 	HostIP   string // the node's InternalIP, where its kubelet API listens
 	StateDir string // pods/<namespace>_<name>_<uid>/...
-	Images   Images
-	// PodExec is the helper command that enters a pod's mount namespace,
-	// bind-mounts its volumes and execs the program: [binary, "pod-exec"].
+	// Images is the image store containers run from.
+	Images ImageStore
+	// PodExec is the helper command that assembles a container's root
+	// and executes its program: [binary, "pod-exec"].
 	PodExec []string
 	Client  kubernetes.Interface
 	Logger  *slog.Logger
@@ -124,23 +126,26 @@ func (p *Provider) event(pod *corev1.Pod, typ, reason, msg string) {
 	p.events.Event(pod, typ, reason, msg)
 }
 
-// execArgs is the command that runs container c in network namespace ns
-// with its bind mounts: ip netns exec also gives the process a private
-// mount namespace and binds /etc/netns/<ns>/hosts over /etc/hosts.
-func (p *Provider) execArgs(ns string, ms []mount, c *container) []string {
-	args := []string{"ip", "netns", "exec", ns}
-	args = append(args, p.cfg.PodExec...)
-	for _, m := range ms {
-		args = append(args, "--mount", m.flag())
+// writeResolvConf writes the pod's /etc/resolv.conf: the cluster's search
+// domains for its namespace and the host's name servers (Service names
+// resolve from the pod's /etc/hosts, the node's stand-in for cluster DNS).
+func (p *Provider) writeResolvConf(r *podRuntime) (string, error) {
+	var b strings.Builder
+	ns := r.spec.Namespace
+	fmt.Fprintf(&b, "search %s.svc.cluster.local svc.cluster.local cluster.local\n", ns)
+	if host, err := os.ReadFile("/etc/resolv.conf"); err == nil {
+		for _, l := range strings.Split(string(host), "\n") {
+			if strings.HasPrefix(strings.TrimSpace(l), "nameserver") {
+				b.WriteString(strings.TrimSpace(l) + "\n")
+			}
+		}
 	}
-	args = append(args, "--")
-	args = append(args, c.binary)
-	// An image's command names its program inside the image; here the
-	// program is the mapped binary, so command[0] is dropped.
-	if len(c.spec.Command) > 1 {
-		args = append(args, c.spec.Command[1:]...)
+	b.WriteString("options ndots:5\n")
+	path := filepath.Join(r.dir, "resolv.conf")
+	if err := os.MkdirAll(r.dir, 0o755); err != nil {
+		return "", err
 	}
-	return append(args, c.spec.Args...)
+	return path, os.WriteFile(path, []byte(b.String()), 0o644)
 }
 
 // CreatePod starts a pod. Work that may fail (network, volumes) happens in

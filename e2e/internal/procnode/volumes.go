@@ -61,7 +61,11 @@ func (v *volumes) sync(ctx context.Context, pod *corev1.Pod, dir, podIP, hostIP 
 		var err error
 		switch {
 		case vol.EmptyDir != nil:
-			err = os.MkdirAll(path, 0o777)
+			// World-writable, as the kubelet makes it: containers run as
+			// users other than the node's.
+			if err = os.MkdirAll(path, 0o777); err == nil {
+				err = os.Chmod(path, 0o777)
+			}
 		case vol.HostPath != nil:
 			path = vol.HostPath.Path
 		case vol.ConfigMap != nil:

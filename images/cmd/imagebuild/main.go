@@ -1,0 +1,72 @@
+// Command imagebuild packs a directory laid out as a root filesystem into
+// a container image and writes it as an archive (OCI layout plus docker
+// save's manifest.json) under one or more tags. scripts/images.sh lays out
+// the directories and calls it; the same inputs give the same digest.
+//
+//	imagebuild --root DIR --tag purchase-system/webserver:dev --entrypoint /usr/local/bin/webserver \
+//	    --user 65532:65532 --port 8080/tcp --label org.opencontainers.image.version=v1 --out webserver.tar
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/purchase-system/purchase-system/images/oci"
+)
+
+type list []string
+
+func (l *list) String() string     { return strings.Join(*l, ",") }
+func (l *list) Set(v string) error { *l = append(*l, v); return nil }
+
+func main() {
+	var s oci.Spec
+	var tags, entrypoint, ports, labels, env list
+	var out, created string
+	flag.StringVar(&s.Root, "root", "", "directory laid out as the image's root filesystem")
+	flag.Var(&tags, "tag", "image reference to write the image under (repeatable)")
+	flag.Var(&entrypoint, "entrypoint", "entrypoint argument (repeatable, in order)")
+	flag.StringVar(&s.User, "user", "65532:65532", "uid:gid the image runs as")
+	flag.StringVar(&s.WorkingDir, "workdir", "/", "working directory")
+	flag.Var(&env, "env", "NAME=value (repeatable)")
+	flag.Var(&ports, "port", "exposed port, e.g. 8080/tcp (repeatable)")
+	flag.Var(&labels, "label", "key=value label and annotation (repeatable)")
+	flag.StringVar(&created, "created", "0", "creation time and every file's mtime, in Unix seconds (SOURCE_DATE_EPOCH)")
+	flag.StringVar(&out, "out", "", "archive to write")
+	flag.Parse()
+	if s.Root == "" || out == "" || len(tags) == 0 || len(entrypoint) == 0 {
+		fmt.Fprintln(os.Stderr, "imagebuild: --root, --out, --tag and --entrypoint are required")
+		flag.Usage()
+		os.Exit(2)
+	}
+	sec, err := strconv.ParseInt(created, 10, 64)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "imagebuild: --created:", err)
+		os.Exit(2)
+	}
+	s.Created = time.Unix(sec, 0).UTC()
+	s.Entrypoint, s.ExposedPorts, s.Env = entrypoint, ports, append([]string{"PATH=/usr/local/bin:/usr/bin:/bin"}, env...)
+	s.Labels = map[string]string{}
+	for _, kv := range labels {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok {
+			fmt.Fprintf(os.Stderr, "imagebuild: --label %q is not key=value\n", kv)
+			os.Exit(2)
+		}
+		s.Labels[k] = v
+	}
+	img, err := oci.Build(s)
+	if err == nil {
+		err = oci.WriteArchive(out, img, tags...)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "imagebuild:", err)
+		os.Exit(1)
+	}
+	d, _ := img.Digest()
+	fmt.Printf("%s %s %s\n", out, d, strings.Join(tags, " "))
+}

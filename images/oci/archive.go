@@ -1,0 +1,124 @@
+package oci
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/layout"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+)
+
+// WriteArchive writes img under refs as an archive that docker load, kind
+// load image-archive (containerd's import) and this project's image store
+// all read: an OCI image layout (oci-layout, index.json naming each ref,
+// blobs/) plus the manifest.json of docker save, in one tar whose bytes
+// depend only on the image and refs.
+func WriteArchive(path string, img v1.Image, refs ...string) error {
+	dir, err := os.MkdirTemp("", "oci-archive-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	p, err := layout.Write(dir, empty.Index)
+	if err != nil {
+		return err
+	}
+	var tags []string
+	for _, r := range refs {
+		ref, err := name.ParseReference(r)
+		if err != nil {
+			return fmt.Errorf("image reference %q: %w", r, err)
+		}
+		tags = append(tags, r)
+		if err := p.AppendImage(img, layout.WithAnnotations(map[string]string{
+			"org.opencontainers.image.ref.name": ref.Name(),
+			"io.containerd.image.name":          ref.Name(),
+		})); err != nil {
+			return err
+		}
+	}
+	cfg, err := img.ConfigName()
+	if err != nil {
+		return err
+	}
+	layers, err := img.Layers()
+	if err != nil {
+		return err
+	}
+	var layerPaths []string
+	for _, l := range layers {
+		d, err := l.Digest()
+		if err != nil {
+			return err
+		}
+		layerPaths = append(layerPaths, "blobs/"+d.Algorithm+"/"+d.Hex)
+	}
+	dm, err := json.Marshal([]map[string]any{{
+		"Config": "blobs/" + cfg.Algorithm + "/" + cfg.Hex, "RepoTags": tags, "Layers": layerPaths,
+	}})
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "manifest.json"), dm, 0o644); err != nil {
+		return err
+	}
+	b, err := tarTree(dir, time.Unix(0, 0).UTC())
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// ReadArchive reads the images of an archive by the tags its manifest.json
+// names (what docker save and WriteArchive write).
+func ReadArchive(path string) (map[string]v1.Image, error) {
+	m, err := tarball.LoadManifest(func() (io.ReadCloser, error) { return os.Open(path) })
+	if err != nil {
+		return nil, fmt.Errorf("%s: not an image archive (docker save or make images): %w", path, err)
+	}
+	out := map[string]v1.Image{}
+	for _, d := range m {
+		for _, t := range d.RepoTags {
+			tag, err := name.NewTag(t)
+			if err != nil {
+				return nil, fmt.Errorf("%s: tag %q: %w", path, t, err)
+			}
+			img, err := tarball.ImageFromPath(path, &tag)
+			if err != nil {
+				return nil, fmt.Errorf("%s: image %s: %w", path, t, err)
+			}
+			out[t] = img
+		}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("%s: no tagged image in it", path)
+	}
+	return out, nil
+}
+
+// Normalize is the full name of an image reference as the store keys it:
+// purchase-system/webserver:dev becomes
+// index.docker.io/purchase-system/webserver:dev, a name without tag gets
+// :latest.
+func Normalize(ref string) (string, error) {
+	r, err := name.ParseReference(strings.TrimSpace(ref))
+	if err != nil {
+		return "", err
+	}
+	return r.Name(), nil
+}

@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# The project's container images, built without a Docker engine.
+#
+#   scripts/images.sh build         every image into _output/images/*.tar and the local image store
+#   scripts/images.sh binary P OUT  P's fully static binary (webserver, consumer, adapter)
+#   scripts/images.sh rootfs P DIR  P's image filesystem laid out in DIR (the Dockerfile uses this too)
+#   scripts/images.sh version       the version images are tagged with (git describe)
+#
+# Each image: one static binary (the Kafka client's bundled librdkafka
+# linked against musl), CA certificates, passwd/group with the non-root
+# user 65532, no shell; entrypoint the program; OCI labels for source,
+# revision and version; tagged :dev (what the manifests name) and
+# :<version>. Building twice from one commit gives the same digests.
+# metrics-server and kube-state-metrics, built from source into the tools
+# cache, get images under their upstream names and versions.
+source "$(dirname "$0")/lib.sh"
+cd "$REPO_ROOT"
+
+OUT="${REPO_ROOT}/_output/images"
+STORE="${STATE_DIR}/images"
+SOURCE_URL="https://github.com/purchase-system/purchase-system"
+
+version() { git describe --tags --always --dirty 2>/dev/null || echo dev; }
+
+# The commit's time: every file and the image config carry it, so a
+# rebuild is byte for byte the same.
+created() { git log -1 --format=%ct 2>/dev/null || echo 0; }
+
+ensure_musl() {
+  command -v musl-gcc >/dev/null && return 0
+  command -v apt-get >/dev/null || die "musl-gcc is needed for static binaries: install musl-tools"
+  log "installing musl-tools (static binaries with the Kafka client)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q musl-tools >/dev/null || die "apt-get install musl-tools failed"
+}
+
+binary() {
+  local program="$1" out="$2"
+  ensure_musl
+  # The Kafka client's bundled librdkafka has a musl build (-tags musl);
+  # linked externally and statically the program needs no libc at all.
+  CC=musl-gcc CGO_ENABLED=1 go build -trimpath -buildvcs=false -tags musl \
+    -ldflags "-s -w -linkmode external -extldflags -static" \
+    -o "$out" "./${program}/cmd/${program}"
+  file "$out" 2>/dev/null | grep -q "statically linked" || die "$out is not statically linked"
+}
+
+# rootfs PROGRAM DIR [BINARY]: the image's files.
+rootfs() {
+  local program="$1" dir="$2" bin="${3:-}"
+  rm -rf "$dir"; mkdir -p "$dir/usr/local/bin" "$dir/etc/ssl/certs" "$dir/tmp"
+  chmod 1777 "$dir/tmp"
+  if [[ -n "$bin" ]]; then cp "$bin" "$dir/usr/local/bin/$program"; else binary "$program" "$dir/usr/local/bin/$program"; fi
+  chmod 0755 "$dir/usr/local/bin/$program"
+  cp /etc/ssl/certs/ca-certificates.crt "$dir/etc/ssl/certs/ca-certificates.crt"
+  printf 'root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n' >"$dir/etc/passwd"
+  printf 'root:x:0:\nnonroot:x:65532:\n' >"$dir/etc/group"
+}
+
+# image NAME ARCHIVE ROOT ENTRYPOINT USER [--port P]... [--tag T]...
+image() {
+  local name="$1" archive="$2" root="$3" entry="$4" user="$5"; shift 5
+  "$BIN/imagebuild" --root "$root" --out "$archive" --user "$user" --entrypoint "$entry" \
+    --created "$(created)" \
+    --label "org.opencontainers.image.source=${SOURCE_URL}" \
+    --label "org.opencontainers.image.revision=$(git rev-parse HEAD 2>/dev/null || echo unknown)" \
+    --label "org.opencontainers.image.version=$(version)" \
+    --label "org.opencontainers.image.title=${name}" "$@"
+}
+
+build() {
+  mkdir -p "$OUT" "$OUT/rootfs"
+  go build -o "$BIN/" ./images/cmd/imagebuild ./e2e/cmd/devcluster
+  local v; v="$(version)"
+  log "images ${v}: static binaries (first time about 1 min each) and archives in ${OUT}"
+  local p port
+  for p in webserver consumer adapter; do
+    case "$p" in webserver) port=8080 ;; consumer) port=8081 ;; adapter) port=6443 ;; esac
+    rootfs "$p" "$OUT/rootfs/$p"
+    image "purchase-system/$p" "$OUT/$p.tar" "$OUT/rootfs/$p" "/usr/local/bin/$p" 65532:65532 \
+      --port "${port}/tcp" --tag "purchase-system/$p:dev" --tag "purchase-system/$p:${v}"
+  done
+  scripts/tools.sh ensure metrics-server kube-state-metrics
+  local ms ksm
+  ms="$(scripts/tools.sh path metrics-server)"
+  ksm="$(scripts/tools.sh path kube-state-metrics)"
+  upstream "$ms" metrics-server "registry.k8s.io/metrics-server/metrics-server:${METRICS_SERVER_VERSION}" 10250
+  upstream "$ksm" kube-state-metrics "registry.k8s.io/kube-state-metrics/kube-state-metrics:${KUBE_STATE_METRICS_VERSION}" 8080 \
+    --entrypoint --port=8080 --entrypoint --telemetry-port=8081
+  "$BIN/devcluster" load-image --store "$STORE" "$OUT"/*.tar
+}
+
+# upstream BINARY NAME REF PORT [imagebuild args]: an upstream program at
+# its upstream path (/NAME), as its own images lay it out, running as
+# 65534 (nobody), upstream's user.
+upstream() {
+  local bin="$1" prog="$2" ref="$3" port="$4"; shift 4
+  local dir="$OUT/rootfs/$prog"
+  rm -rf "$dir"; mkdir -p "$dir/etc/ssl/certs" "$dir/tmp"; chmod 1777 "$dir/tmp"
+  cp "$bin" "$dir/$prog"; chmod 0755 "$dir/$prog"
+  cp /etc/ssl/certs/ca-certificates.crt "$dir/etc/ssl/certs/"
+  printf 'root:x:0:0:root:/root:/sbin/nologin\nnobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin\n' >"$dir/etc/passwd"
+  printf 'root:x:0:\nnogroup:x:65534:\n' >"$dir/etc/group"
+  "$BIN/imagebuild" --root "$dir" --out "$OUT/$prog.tar" --user 65534:65534 --entrypoint "/$prog" "$@" \
+    --created 0 --port "${port}/tcp" --tag "$ref" --label "org.opencontainers.image.title=${prog}"
+}
+
+BIN="${REPO_ROOT}/bin"
+case "${1:-}" in
+  build) build ;;
+  binary) binary "$2" "$3" ;;
+  rootfs) rootfs "$2" "$3" "${4:-}" ;;
+  version) version ;;
+  *) die "usage: $0 build | binary PROGRAM OUT | rootfs PROGRAM DIR | version" ;;
+esac
