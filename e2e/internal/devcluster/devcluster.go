@@ -30,12 +30,12 @@ const NodeName = "process-node"
 
 // Config is what the cluster is made of.
 type Config struct {
-	StateDir      string // everything the cluster writes; the kubeconfig is StateDir/kubeconfig
-	Bin           controlplane.Binaries
-	Kubectl       string
-	Self          string // this program, run again as the node daemon and the pod-exec helper
+	StateDir string // everything the cluster writes; the kubeconfig is StateDir/kubeconfig
+	Bin      controlplane.Binaries
+	Kubectl  string
+	Self     string // this program, run again as the node daemon and the pod-exec helper
 	// ImageStore is the directory of the node's image store.
-	ImageStore string
+	ImageStore    string
 	HPASyncPeriod time.Duration
 	Addons        []string // kustomize directories applied once the node is ready
 }

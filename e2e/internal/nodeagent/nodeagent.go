@@ -23,8 +23,8 @@ import (
 
 	"github.com/purchase-system/purchase-system/e2e/internal/podnet"
 	"github.com/purchase-system/purchase-system/e2e/internal/procnode"
-	"github.com/purchase-system/purchase-system/images/oci"
 	"github.com/purchase-system/purchase-system/e2e/internal/svcproxy"
+	"github.com/purchase-system/purchase-system/images/oci"
 )
 
 // Config is the node's configuration.

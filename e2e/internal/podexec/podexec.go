@@ -35,7 +35,7 @@ type Spec struct {
 	// container of the image); Upper and Work hold this container's
 	// writes (overlayfs); the root is assembled at Root.
 	Rootfs, Upper, Work, Root string
-	ReadOnlyRoot             bool
+	ReadOnlyRoot              bool
 	// Mounts are the pod's volumes; Files are /etc/hosts and
 	// /etc/resolv.conf (read-only).
 	Mounts, Files []Mount
