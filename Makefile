@@ -41,8 +41,9 @@ run: build
 # The seed's load test, open loop at a rate that makes the web server scale.
 RATE ?= 350
 DURATION ?= 5m
+KUBECONFIG_FILE ?= .cache/devcluster/kubeconfig
 load: build
-	@bin/loadgen -url http://localhost:30080/buy -arrival-rate $(RATE) -d $(DURATION) -watch .cache/devcluster/kubeconfig
+	@bin/loadgen -url http://localhost:30080/buy -arrival-rate $(RATE) -d $(DURATION) -watch $(KUBECONFIG_FILE)
 
 e2e: build
 	@scripts/e2e.sh

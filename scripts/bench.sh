@@ -5,7 +5,7 @@
 #   2. the consumer draining that backlog into PostgreSQL (messages/s);
 #   3. /buy again with the consumer running beside it (the realistic mix).
 source "$(dirname "$0")/lib.sh"
-cd "$REPO_ROOT"
+cd "$REPO_ROOT" || exit 1
 
 B="${STATE_DIR}/bench"
 KAFKA_PORT=29092 PG_PORT=25432

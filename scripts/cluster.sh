@@ -9,7 +9,7 @@
 # The admin kubeconfig is always .cache/devcluster/kubeconfig.
 # HPA_SYNC_PERIOD (default 15s) sets the HPA controller's period.
 source "$(dirname "$0")/lib.sh"
-cd "$REPO_ROOT"
+cd "$REPO_ROOT" || exit 1
 
 CLUSTER_DIR="${STATE_DIR}/devcluster"
 BIN="${REPO_ROOT}/bin"

@@ -7,7 +7,7 @@
 # E2E_OVERLAY=<kustomize dir> deploys another variant (docs/BENCHMARKS.md
 # measures the fast-rate component this way).
 source "$(dirname "$0")/lib.sh"
-cd "$REPO_ROOT"
+cd "$REPO_ROOT" || exit 1
 
 KUBECONFIG_FILE="${STATE_DIR}/devcluster/kubeconfig"
 started_cluster=false started_infra=false
@@ -22,22 +22,14 @@ trap cleanup EXIT
 
 scripts/cluster.sh up
 scripts/infra.sh up
-kubectl="$(scripts/tools.sh path kubernetes)/kubectl --kubeconfig ${KUBECONFIG_FILE}"
+kubectl=("$(scripts/tools.sh path kubernetes)/kubectl" --kubeconfig "${KUBECONFIG_FILE}")
 if ! $started_cluster; then
   # A cluster that was already up may hold an earlier run's replicas and
   # HPA history: start from a fresh deployment.
-  $kubectl delete namespace purchase-system --ignore-not-found --wait=true >/dev/null
+  "${kubectl[@]}" delete namespace purchase-system --ignore-not-found --wait=true >/dev/null
 fi
 OVERLAY="${E2E_OVERLAY:-manifests/overlays/e2e}"
 log "deploying ${OVERLAY}"
-$kubectl apply -k "$OVERLAY" >/dev/null
-for d in monitoring/purchase-metrics-adapter purchase-system/customer-management-api purchase-system/customer-web-server; do
-  $kubectl -n "${d%/*}" rollout status "deployment/${d#*/}" --timeout=180s >/dev/null \
-    || die "deployment ${d} did not become ready: $kubectl -n ${d%/*} describe deployment/${d#*/}"
-done
-log "running the scenario (about 10 min): load, scale out, settle, scale back, every purchase checked"
-start=$SECONDS
-go test -count=1 -v -timeout 30m ./e2e/scenario -args \
-  -kubeconfig "$KUBECONFIG_FILE" -web-url http://localhost:30080 -prometheus-url http://10.88.0.1:9090 \
-  -out "${REPO_ROOT}/_output/e2e"
-log "scenario passed in $((SECONDS - start)) s; timeline in _output/e2e/"
+"${kubectl[@]}" apply -k "$OVERLAY" >/dev/null
+wait_workloads "${kubectl[@]}"
+run_scenario "$KUBECONFIG_FILE" http://localhost:30080 http://10.88.0.1:9090

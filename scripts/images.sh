@@ -14,7 +14,7 @@
 # metrics-server and kube-state-metrics, built from source into the tools
 # cache, get images under their upstream names and versions.
 source "$(dirname "$0")/lib.sh"
-cd "$REPO_ROOT"
+cd "$REPO_ROOT" || exit 1
 
 OUT="${REPO_ROOT}/_output/images"
 STORE="${STATE_DIR}/images"

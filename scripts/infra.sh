@@ -6,7 +6,7 @@
 #
 #   scripts/infra.sh up | down | status
 source "$(dirname "$0")/lib.sh"
-cd "$REPO_ROOT"
+cd "$REPO_ROOT" || exit 1
 
 INFRA="${STATE_DIR}/infra"
 HOST_IP=10.88.0.1

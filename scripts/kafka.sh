@@ -66,8 +66,7 @@ PROPS
     -cp "$("${REPO_ROOT}/scripts/tools.sh" path kafka)/libs/*" kafka.Kafka "$dir/server.properties" \
     >"$dir/stdout.log" 2>&1 </dev/null &
   echo $! >"$dir/kafka.pid"
-  local i
-  for i in $(seq 1 120); do
+  for _ in $(seq 1 120); do
     if port_open "$port" "$host"; then log "kafka: ready on ${host}:${port}"; return 0; fi
     kill -0 "$(cat "$dir/kafka.pid")" 2>/dev/null || { tail -20 "$dir/server.log" "$dir/stdout.log" >&2; die "kafka exited during start"; }
     sleep 0.5

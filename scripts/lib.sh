@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034  # a library: its variables are for the scripts that source it
 # Shared shell helpers. Sourced, never run.
 #
 # TOOLS_DIR: downloaded or built tools, keyed by version, shared by every
@@ -46,4 +47,30 @@ stop_pidfile() {
     kill -9 "$pid" 2>/dev/null || true
   fi
   rm -f "$file"
+}
+
+# wait_workloads KUBECTL...: waits for every Deployment and StatefulSet of
+# the system's namespaces to roll out (the local and kind paths share it).
+wait_workloads() {
+  local ns kind name
+  for ns in kube-system monitoring purchase-system; do
+    for kind in deployment statefulset; do
+      for name in $("$@" -n "$ns" get "$kind" -o name 2>/dev/null); do
+        "$@" -n "$ns" rollout status "$name" --timeout=300s >/dev/null \
+          || die "${ns}/${name} did not become ready: $* -n ${ns} describe ${name}"
+        log "${ns}/${name#*/} ready"
+      done
+    done
+  done
+}
+
+# run_scenario KUBECONFIG WEB_URL PROMETHEUS_URL: the end-to-end autoscaling
+# scenario (e2e/scenario) against a deployed system; the timeline lands in
+# _output/e2e/.
+run_scenario() {
+  log "running the scenario (about 6 min): load, scale out, settle, scale back, every purchase checked"
+  local start=$SECONDS
+  (cd "$REPO_ROOT" && go test -count=1 -v -timeout 30m ./e2e/scenario -args \
+    -kubeconfig "$1" -web-url "$2" -prometheus-url "$3" -out "${REPO_ROOT}/_output/e2e")
+  log "scenario passed in $((SECONDS - start)) s; timeline in _output/e2e/"
 }

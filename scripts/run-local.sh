@@ -4,7 +4,7 @@
 #
 # DATABASE_URL picks the store (default: SQLite in .cache/run/purchases.db).
 source "$(dirname "$0")/lib.sh"
-cd "$REPO_ROOT"
+cd "$REPO_ROOT" || exit 1
 
 RUN="${STATE_DIR}/run-local"
 KAFKA_PORT="${KAFKA_PORT:-9092}"
@@ -13,6 +13,7 @@ API_ADDR="${API_ADDR:-127.0.0.1:8081}"
 mkdir -p "$RUN"
 pids=()
 
+# shellcheck disable=SC2317  # run by the trap
 stop_all() {
   trap - INT TERM EXIT
   # Ctrl-C may have closed what our output is piped into (make run | tee):

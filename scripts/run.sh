@@ -5,7 +5,7 @@
 # manifests/overlays/local, prints where everything is, and on Ctrl-C stops
 # what it started.
 source "$(dirname "$0")/lib.sh"
-cd "$REPO_ROOT"
+cd "$REPO_ROOT" || exit 1
 
 KUBECONFIG_FILE="${STATE_DIR}/devcluster/kubeconfig"
 started_cluster=false started_infra=false

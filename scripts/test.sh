@@ -9,7 +9,7 @@
 # the tests need (tools are built once into the cache, with progress) and
 # stops it on exit.
 source "$(dirname "$0")/lib.sh"
-cd "$REPO_ROOT"
+cd "$REPO_ROOT" || exit 1
 
 TEST_STATE="${STATE_DIR}/test"
 KAFKA_PORT="${TEST_KAFKA_PORT:-19092}"
@@ -36,6 +36,11 @@ done
 if [[ -n "$(gofmt -l "${MODULES[@]}")" ]]; then
   gofmt -l "${MODULES[@]}"; die "gofmt: the files above need formatting"
 fi
+
+log "shellcheck: every script"
+command -v shellcheck >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q shellcheck >/dev/null \
+  || die "shellcheck is needed: apt-get install shellcheck"
+shellcheck scripts/*.sh e2e/kind/*.sh .ci/run
 
 log "promtool: the alerting and recording rules"
 "$(scripts/tools.sh path promtool)" check rules manifests/monitoring/rules.yaml

@@ -118,7 +118,7 @@ POM
   rm -f "$tmp/pom.xml"
   touch "$tmp/.complete"
   rm -rf "$out"; mv "$tmp" "$out"
-  log "kafka ${KAFKA_VERSION}: $(ls "$out/libs" | wc -l) jars in ${out}/libs"
+  log "kafka ${KAFKA_VERSION}: $(find "$out/libs" -name '*.jar' | wc -l) jars in ${out}/libs"
 }
 
 # Built from source: Debian's prometheus package leaves out Kubernetes

@@ -14,9 +14,15 @@ import (
 // create the namespace its other objects go into.
 func TestManifestsAreAcceptedByTheAPIServer(t *testing.T) {
 	deploySystem(t)
+	// The kind overlay's generated Secrets, as e2e/kind/run.sh writes them.
+	if out, err := exec.Command(filepath.Join(repoRoot, "e2e", "kind", "secrets.sh")).CombinedOutput(); err != nil {
+		t.Fatalf("e2e/kind/secrets.sh: %v\n%s", err, out)
+	}
 	for _, dir := range []string{
 		"manifests/overlays/local",
 		"manifests/overlays/e2e",
+		"manifests/overlays/kind",
+		"manifests/overlays/kind-e2e",
 		"manifests/monitoring",
 		"manifests/addons/metrics-server",
 		"manifests/addons/kube-state-metrics",
