@@ -36,7 +36,6 @@ controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
 log.dirs=${dir}/data
-num.partitions=5
 offsets.topic.replication.factor=1
 offsets.topic.num.partitions=5
 transaction.state.log.replication.factor=1

@@ -92,7 +92,15 @@ func intFromEnv(getenv func(string) string, name string, def, min int) (int, err
 }
 
 func (s Settings) with(m kafka.ConfigMap) *kafka.ConfigMap {
-	out := kafka.ConfigMap{"bootstrap.servers": s.BootstrapServers}
+	out := kafka.ConfigMap{
+		"bootstrap.servers": s.BootstrapServers,
+		// Asking about a topic (readiness, a produce, a lag question) must
+		// never create it: a broker with auto.create.topics.enable would,
+		// with its default partition count (1 on a stock broker), and
+		// librdkafka's producers (and admin clients) allow it by default.
+		// Topics are created by EnsureTopics, with their partition count.
+		"allow.auto.create.topics": false,
+	}
 	for k, v := range m {
 		out[k] = v
 	}
@@ -137,8 +145,11 @@ func (s Settings) ConsumerConfig() *kafka.ConfigMap {
 func (s Settings) AdminConfig() *kafka.ConfigMap { return s.with(nil) }
 
 // EnsureTopics creates each topic that does not exist yet with
-// s.Partitions partitions. A topic that already exists is left as it is.
-func EnsureTopics(ctx context.Context, admin *kafka.AdminClient, s Settings, topics ...string) error {
+// s.Partitions partitions. A topic that exists with fewer partitions is
+// grown to s.Partitions (a short topic caps the consumers that can share
+// the work below what the HPA scales to); onGrow, if set, is told, so the
+// caller can say so loudly: keys hash to other partitions afterwards.
+func EnsureTopics(ctx context.Context, admin *kafka.AdminClient, s Settings, onGrow func(topic string, from, to int), topics ...string) error {
 	specs := make([]kafka.TopicSpecification, 0, len(topics))
 	for _, t := range topics {
 		specs = append(specs, kafka.TopicSpecification{
@@ -152,12 +163,54 @@ func EnsureTopics(ctx context.Context, admin *kafka.AdminClient, s Settings, top
 		return fmt.Errorf("creating Kafka topics %v at %s: %w", topics, s.BootstrapServers, err)
 	}
 	var errs []error
+	var existing []string
 	for _, r := range res {
-		if code := r.Error.Code(); code != kafka.ErrNoError && code != kafka.ErrTopicAlreadyExists {
+		switch code := r.Error.Code(); code {
+		case kafka.ErrNoError:
+		case kafka.ErrTopicAlreadyExists:
+			existing = append(existing, r.Topic)
+		default:
 			errs = append(errs, fmt.Errorf("creating Kafka topic %q: %w", r.Topic, r.Error))
 		}
 	}
+	for _, t := range existing {
+		if err := growTopic(ctx, admin, s, t, onGrow); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	return errors.Join(errs...)
+}
+
+func growTopic(ctx context.Context, admin *kafka.AdminClient, s Settings, topic string, onGrow func(string, int, int)) error {
+	timeout := 10 * time.Second
+	if d, ok := ctx.Deadline(); ok {
+		timeout = max(time.Until(d), 100*time.Millisecond)
+	}
+	md, err := admin.GetMetadata(&topic, false, int(timeout.Milliseconds()))
+	if err != nil {
+		return fmt.Errorf("reading Kafka topic %q: %w", topic, err)
+	}
+	tm, ok := md.Topics[topic]
+	if !ok || tm.Error.Code() != kafka.ErrNoError {
+		return fmt.Errorf("reading Kafka topic %q: %v", topic, tm.Error)
+	}
+	have := len(tm.Partitions)
+	if have >= s.Partitions {
+		return nil
+	}
+	res, err := admin.CreatePartitions(ctx, []kafka.PartitionsSpecification{{Topic: topic, IncreaseTo: s.Partitions}},
+		kafka.SetAdminOperationTimeout(10*time.Second))
+	if err == nil && len(res) == 1 && res[0].Error.Code() != kafka.ErrNoError {
+		err = res[0].Error
+	}
+	if err != nil {
+		return fmt.Errorf("the Kafka topic %q has %d partitions, KAFKA_PARTITIONS is %d, and growing it failed: %w (grow it with kafka-topics --alter --partitions %d, or set KAFKA_PARTITIONS=%d)",
+			topic, have, s.Partitions, err, s.Partitions, have)
+	}
+	if onGrow != nil {
+		onGrow(topic, have, s.Partitions)
+	}
+	return nil
 }
 
 // Ping asks the cluster for topic's metadata, within ctx's deadline (2 s

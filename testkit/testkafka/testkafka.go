@@ -5,6 +5,9 @@ package testkafka
 
 import (
 	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -12,6 +15,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 
 	"github.com/purchase-system/purchase-system/testkit/realdeps"
+	"github.com/purchase-system/purchase-system/testkit/testproc"
 )
 
 // RealEnv names the bootstrap address of a real Apache Kafka broker.
@@ -51,3 +55,26 @@ const FastClientConfig = "fetch.wait.max.ms=50"
 // FastFailoverConfig adds a short group session, so a killed consumer's
 // partitions move to a new member in about 2 s.
 const FastFailoverConfig = FastClientConfig + ",session.timeout.ms=2000,heartbeat.interval.ms=500"
+
+// StartBroker starts a real Apache Kafka broker (scripts/kafka.sh, stock
+// settings: num.partitions=1, auto.create.topics.enable=true) listening on
+// 127.0.0.1:port, with its data in a temporary directory, and stops it when
+// the test ends. It needs the broker's jars in the tools cache and port+1
+// free for its controller.
+func StartBroker(t testing.TB, port int) {
+	t.Helper()
+	root, err := testproc.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := exec.LookPath("java"); err != nil {
+		realdeps.Missing(t, "needs java to run the Apache Kafka broker (make test installs what it needs)")
+	}
+	dir := t.TempDir()
+	script := filepath.Join(root, "scripts", "kafka.sh")
+	out, err := exec.Command(script, "start", dir, strconv.Itoa(port)).CombinedOutput()
+	if err != nil {
+		t.Fatalf("starting Kafka on port %d: %v\n%s", port, err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command(script, "stop", dir).Run() })
+}

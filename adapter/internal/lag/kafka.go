@@ -97,6 +97,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 // NewSource connects an admin client with the given librdkafka settings
 // (bootstrap.servers at least). bm and m may be nil.
 func NewSource(cfg kafka.ConfigMap, bm *backend.Metrics, m *Metrics) (*Source, error) {
+	// Asking about a topic (a selector naming one) must never create it:
+	// a broker with auto.create.topics.enable would, and librdkafka's admin
+	// client allows it by default.
+	cfg["allow.auto.create.topics"] = false
 	admin, err := kafka.NewAdminClient(&cfg)
 	if err != nil {
 		return nil, fmt.Errorf("kafka admin client: %w", err)
@@ -238,7 +242,7 @@ func (s *Source) wrap(what string, err error) error {
 // computation gives both kafka_consumergroup_lag and
 // kafka_consumergroup_lag_seconds.
 type Query struct {
-	Groups []string // empty: every group
+	Groups []string // at least one
 	Topics []string // empty: every topic the group committed on
 }
 
@@ -247,15 +251,17 @@ func (q Query) Key() string {
 	return "kafka-lag|" + strings.Join(q.Groups, ",") + "|" + strings.Join(q.Topics, ",")
 }
 
-// Filter is the old name of Query.
-type Filter = Query
-
 // ParseSelector reads consumergroup and topic (=, ==, in) from a metric
 // selector; anything else is an error that says what is supported.
+//
+// The consumer group is required. Without it the answer would mean
+// nothing: groups that never read a topic would count its whole log as
+// lag (an HPA would scale to its maximum), and one idle group without
+// commits would fail everyone's request.
 func ParseSelector(sel labels.Selector) (Query, error) {
 	var f Query
 	if sel == nil {
-		return f, nil
+		sel = labels.Everything()
 	}
 	reqs, _ := sel.Requirements()
 	for _, r := range reqs {
@@ -273,6 +279,10 @@ func ParseSelector(sel labels.Selector) (Query, error) {
 			return f, fmt.Errorf("metric selector %q: unknown label %q (the labels are %s and %s)", sel, r.Key(), LabelGroup, LabelTopic)
 		}
 	}
+	if len(f.Groups) == 0 {
+		return f, fmt.Errorf("metric selector %q names no consumer group: say whose lag, e.g. %s=purchase-consumer-group,%s=purchases (without a group, groups that never read a topic would count its whole log as lag)",
+			sel, LabelGroup, LabelTopic)
+	}
 	return f, nil
 }
 
@@ -282,15 +292,11 @@ func ParseSelector(sel labels.Selector) (Query, error) {
 // kafka_consumergroup_lag_seconds; missing until two samples of the
 // group's consumption exist).
 func (s *Source) Fetch(ctx context.Context, q Query) ([]store.Sample, error) {
-	groups := q.Groups
-	if len(groups) == 0 {
-		var err error
-		if groups, err = s.listGroups(ctx); err != nil {
-			return nil, err
-		}
+	if len(q.Groups) == 0 {
+		return nil, fmt.Errorf("no consumer group asked for")
 	}
 	var out []store.Sample
-	for _, g := range groups {
+	for _, g := range q.Groups {
 		start := time.Now()
 		parts, err := s.GroupPartitions(ctx, g, q.Topics)
 		s.metrics.computeSeconds.Observe(time.Since(start).Seconds())
@@ -328,24 +334,6 @@ func (s *Source) observeRate(group, topic string, at time.Time, committed int64)
 	cp := *r
 	cp.samples = append([]rateSample(nil), r.samples...)
 	return &cp
-}
-
-func (s *Source) listGroups(ctx context.Context) ([]string, error) {
-	t0 := time.Now()
-	res, err := s.admin.ListConsumerGroups(ctx)
-	if err == nil && len(res.Errors) > 0 {
-		err = errors.Join(res.Errors...)
-	}
-	s.obs.Observe("list_groups", t0, err)
-	if err != nil {
-		return nil, s.wrap("listing consumer groups", err)
-	}
-	var out []string
-	for _, g := range res.Valid {
-		out = append(out, g.GroupID)
-	}
-	sort.Strings(out)
-	return out, nil
 }
 
 type tpKey struct {

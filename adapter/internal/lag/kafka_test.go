@@ -291,12 +291,44 @@ func TestUnreachableBrokerIsAnErrorNotZero(t *testing.T) {
 	}
 }
 
+// Asking for the lag on a topic that does not exist is an error, and does
+// not create it (the test broker auto-creates topics, as a stock one does).
+func TestAskingAboutATopicDoesNotCreateIt(t *testing.T) {
+	brokers(t, func(t *testing.T, bootstrap string, real bool) {
+		topic := unique("never-created")
+		s := source(t, bootstrap)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		samples, err := s.Fetch(ctx, lag.Query{Groups: []string{unique("group")}, Topics: []string{topic}})
+		if err == nil || len(samples) != 0 {
+			t.Fatalf("samples %v, err %v: want an error for a topic that does not exist", samples, err)
+		}
+		a, err := kafka.NewAdminClient(&kafka.ConfigMap{"bootstrap.servers": bootstrap, "allow.auto.create.topics": false})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer a.Close()
+		time.Sleep(500 * time.Millisecond)
+		md, err := a.GetMetadata(nil, true, 5000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := md.Topics[topic]; ok {
+			t.Fatalf("topic %s was created by asking for its lag", topic)
+		}
+	})
+}
+
 func TestSelectorParsing(t *testing.T) {
 	for sel, wantErr := range map[string]string{
 		"consumergroup=g,topic=t":     "",
 		"consumergroup in (a,b)":      "",
 		"consumergroup!=g":            "only consumergroup and topic with = or in",
 		"consumergroup=g,partition=1": `unknown label "partition"`,
+		// Whose lag? Without a group, groups that never read the topic
+		// would count its whole log.
+		"topic=t": "names no consumer group",
+		"":        "names no consumer group",
 	} {
 		s, _ := labels.Parse(sel)
 		_, err := lag.ParseSelector(s)

@@ -91,7 +91,10 @@ func (in *Ingestor) EnsureTopics(ctx context.Context) error {
 		return err
 	}
 	defer admin.Close()
-	return kafkaenv.EnsureTopics(ctx, admin, in.settings, in.settings.Topic, in.settings.DLQTopic)
+	return kafkaenv.EnsureTopics(ctx, admin, in.settings, func(topic string, from, to int) {
+		in.logger.Warn("Kafka topic had fewer partitions than KAFKA_PARTITIONS: grown; keys hash to other partitions from now on",
+			"topic", topic, "from", from, "to", to)
+	}, in.settings.Topic, in.settings.DLQTopic)
 }
 
 // Ready reports whether Kafka answers.

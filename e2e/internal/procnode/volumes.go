@@ -42,14 +42,6 @@ type mount struct {
 	ReadOnly       bool
 }
 
-func (m mount) flag() string {
-	s := m.Source + ":" + m.Target
-	if m.ReadOnly {
-		s += ":ro"
-	}
-	return s
-}
-
 // sync writes every volume of pod under dir and returns each volume's
 // host path. It is called at pod start and then periodically, so changed
 // ConfigMaps and expiring tokens are refreshed.

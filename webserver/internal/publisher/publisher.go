@@ -55,7 +55,16 @@ func (p *Publisher) EnsureTopics(ctx context.Context) error {
 		return err
 	}
 	defer admin.Close()
-	return kafkaenv.EnsureTopics(ctx, admin, p.settings, p.settings.Topic)
+	return kafkaenv.EnsureTopics(ctx, admin, p.settings, logGrow(p.logger), p.settings.Topic)
+}
+
+// logGrow says loudly that a topic was grown: keys hash to other
+// partitions from now on.
+func logGrow(logger *slog.Logger) func(string, int, int) {
+	return func(topic string, from, to int) {
+		logger.Warn("Kafka topic had fewer partitions than KAFKA_PARTITIONS: grown; a user's later purchases may go to another partition than earlier ones",
+			"topic", topic, "from", from, "to", to)
+	}
 }
 
 // Publish returns nil only after Kafka acknowledged the purchase with
