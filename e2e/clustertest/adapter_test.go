@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/purchase-system/purchase-system/testkit/testproc"
 )
@@ -195,8 +196,32 @@ func TestExternalLagThroughTheAPIServer(t *testing.T) {
 	consumer.Close()
 
 	sel := url.QueryEscape("consumergroup=" + group + ",topic=" + topic)
-	testproc.Eventually(t, 30*time.Second, "lag of the test group", func() error {
-		l, raw, err := rawJSON("/apis/external.metrics.k8s.io/v1beta1/namespaces/purchase-system/kafka_consumergroup_lag?labelSelector=" + sel)
+	// The group is not granted to any namespace: refused, saying why.
+	if _, raw, err := rawJSON("/apis/external.metrics.k8s.io/v1beta1/namespaces/purchase-system/kafka_consumergroup_lag?labelSelector=" + sel); err == nil ||
+		!strings.Contains(raw, "may not read the lag of consumer group "+group) {
+		t.Fatalf("an ungranted group: %v %s, want forbidden", err, raw)
+	}
+	// Granted in the adapter's config (a hot reload of its ConfigMap) to
+	// the namespace lag-e2e.
+	ctx2 := context.Background()
+	cm, err := client.CoreV1().ConfigMaps("monitoring").Get(ctx2, "purchase-metrics-adapter-config", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	orig := cm.Data["config.yaml"]
+	cm.Data["config.yaml"] = orig + "    - {namespace: lag-e2e, consumerGroups: [\"*\"], topics: [\"*\"]}\n"
+	if _, err := client.CoreV1().ConfigMaps("monitoring").Update(ctx2, cm, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cm, err := client.CoreV1().ConfigMaps("monitoring").Get(context.Background(), "purchase-metrics-adapter-config", metav1.GetOptions{})
+		if err == nil {
+			cm.Data["config.yaml"] = orig
+			_, _ = client.CoreV1().ConfigMaps("monitoring").Update(context.Background(), cm, metav1.UpdateOptions{})
+		}
+	})
+	testproc.Eventually(t, 60*time.Second, "lag of the test group", func() error {
+		l, raw, err := rawJSON("/apis/external.metrics.k8s.io/v1beta1/namespaces/lag-e2e/kafka_consumergroup_lag?labelSelector=" + sel)
 		if err != nil {
 			return fmt.Errorf("%v: %s", err, raw)
 		}

@@ -133,3 +133,25 @@ func TestTopicsGetTheirPartitionsWhenKafkaComesLate(t *testing.T) {
 		}
 	}
 }
+
+// librdkafka's own log lines ("%3|…|FAIL|… Connection refused", every few
+// milliseconds while a broker is away) come out as the services' JSON log
+// lines, each distinct one at most once per interval.
+func TestKafkaClientLogsAreJSONAndRateLimited(t *testing.T) {
+	addr := fmt.Sprintf("127.0.0.1:%d", testproc.FreePort(t))
+	web := testproc.Start(t, "webserver", "HTTP_ADDR="+addr, "KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:1")
+	testproc.WaitHTTP(t, "http://"+addr+"/healthz", 200, 30*time.Second)
+	time.Sleep(3 * time.Second)
+	var librdkafka int
+	for _, line := range strings.Split(strings.TrimSpace(web.Log()), "\n") {
+		if !strings.HasPrefix(line, "{") {
+			t.Errorf("a log line that is not JSON: %q", line)
+		}
+		if strings.Contains(line, `"librdkafka":"FAIL"`) {
+			librdkafka++
+		}
+	}
+	if librdkafka == 0 || librdkafka > 3 {
+		t.Errorf("%d JSON lines of librdkafka's FAIL in 3 s with the broker away, want 1 to 3 (rate-limited):\n%s", librdkafka, web.Log())
+	}
+}

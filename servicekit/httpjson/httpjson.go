@@ -1,8 +1,15 @@
 // Package httpjson writes JSON responses and the one error shape both
-// services use: {"error": "<what is wrong>"}.
+// services use: {"error": "<what is wrong>", "request_id": "<id>"}. Errors
+// of a dependency (Kafka, the database, the other service) are logged in
+// full under the request's id and answered with a short message: their
+// text names hosts, users and addresses that callers of a public port must
+// not see.
 package httpjson
 
 import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"log/slog"
 	"net/http"
@@ -20,10 +27,44 @@ func Write(w http.ResponseWriter, status int, v any) {
 
 // ErrorBody is the JSON body of every error response.
 type ErrorBody struct {
-	Error string `json:"error"`
+	Error     string `json:"error"`
+	RequestID string `json:"request_id,omitempty"`
 }
 
-// Error sends {"error": msg} with the given status.
+// Error sends {"error": msg} with the given status: for the caller's own
+// mistakes, whose message says what to fix.
 func Error(w http.ResponseWriter, status int, msg string) {
-	Write(w, status, ErrorBody{Error: msg})
+	Write(w, status, ErrorBody{Error: msg, RequestID: w.Header().Get(RequestIDHeader)})
+}
+
+// Fail answers a failure that is not the caller's: err is logged with the
+// request's id, the caller gets msg and the id to quote.
+func Fail(w http.ResponseWriter, r *http.Request, logger *slog.Logger, status int, msg string, err error) {
+	id := RequestIDOf(r.Context())
+	logger.Warn(msg, "request_id", id, "method", r.Method, "path", r.URL.Path, "status", status, "err", err)
+	Write(w, status, ErrorBody{Error: msg, RequestID: id})
+}
+
+// RequestIDHeader carries a request's id in the response.
+const RequestIDHeader = "X-Request-Id"
+
+type ctxKey struct{}
+
+// RequestID gives every request an id of its own (a client's X-Request-Id
+// is not trusted: ids must be unique in the logs), in the context and the
+// response's X-Request-Id header.
+func RequestID(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var b [8]byte
+		_, _ = rand.Read(b[:])
+		id := hex.EncodeToString(b[:])
+		w.Header().Set(RequestIDHeader, id)
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), ctxKey{}, id)))
+	})
+}
+
+// RequestIDOf is the request's id ("" outside RequestID).
+func RequestIDOf(ctx context.Context) string {
+	id, _ := ctx.Value(ctxKey{}).(string)
+	return id
 }

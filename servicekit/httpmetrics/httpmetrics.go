@@ -14,9 +14,17 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
-// Unmatched is the path label of requests no route matched: raw URLs would
-// make one series per URL a client invents.
-const Unmatched = "<unmatched>"
+// methods are the label values of the method label; any other method a
+// client invents is "other": one series per invented method would grow
+// without bound.
+var methods = map[string]bool{"GET": true, "HEAD": true, "POST": true, "PUT": true, "PATCH": true, "DELETE": true, "OPTIONS": true}
+
+func methodLabel(m string) string {
+	if methods[m] {
+		return m
+	}
+	return "other"
+}
 
 // notCounted are probe and scrape endpoints: counting them would inflate
 // the request rate that drives scaling.
@@ -27,8 +35,9 @@ var Buckets = []float64{0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1
 
 // Metrics holds the request counter and latency histogram of one service.
 type Metrics struct {
-	requests *prometheus.CounterVec
-	duration *prometheus.HistogramVec
+	requests  *prometheus.CounterVec
+	duration  *prometheus.HistogramVec
+	unmatched *prometheus.CounterVec
 }
 
 // New registers the HTTP metrics on reg.
@@ -46,8 +55,14 @@ func New(reg prometheus.Registerer) *Metrics {
 			Help:    "HTTP request latency by method, status and route.",
 			Buckets: Buckets,
 		}, []string{"method", "status", "path"}),
+		// Requests no route matched (404/405 for paths and methods a
+		// scanner invents) are counted apart: they do not drive scaling.
+		unmatched: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "flask_http_unmatched_request_total",
+			Help: "HTTP requests no route matched, by method and status; not part of flask_http_request_total.",
+		}, []string{"method", "status"}),
 	}
-	reg.MustRegister(m.requests, m.duration)
+	reg.MustRegister(m.requests, m.duration, m.unmatched)
 	return m
 }
 
@@ -75,15 +90,17 @@ func (m *Metrics) Middleware(next http.Handler) http.Handler {
 		ww := middleware.NewWrapResponseWriter(w, r.ProtoMajor)
 		next.ServeHTTP(ww, r)
 
-		path := Unmatched
-		if rc := chi.RouteContext(r.Context()); rc != nil && rc.RoutePattern() != "" {
-			path = rc.RoutePattern()
-		}
 		status := ww.Status()
 		if status == 0 {
 			status = http.StatusOK // handler wrote nothing: net/http sends 200
 		}
-		labels := prometheus.Labels{"method": r.Method, "status": strconv.Itoa(status), "path": path}
+		method := methodLabel(r.Method)
+		rc := chi.RouteContext(r.Context())
+		if rc == nil || rc.RoutePattern() == "" {
+			m.unmatched.WithLabelValues(method, strconv.Itoa(status)).Inc()
+			return
+		}
+		labels := prometheus.Labels{"method": method, "status": strconv.Itoa(status), "path": rc.RoutePattern()}
 		m.requests.With(labels).Inc()
 		m.duration.With(labels).Observe(time.Since(start).Seconds())
 	})

@@ -1,6 +1,7 @@
 package httpmetrics_test
 
 import (
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -70,13 +71,12 @@ func TestCountsByRoutePatternAndSkipsProbes(t *testing.T) {
 flask_http_request_total{method="GET",path="/users/{id}",status="200"} 3
 flask_http_request_total{method="GET",path="/users/{id}",status="404"} 1
 flask_http_request_total{method="POST",path="/buy",status="201"} 2
-flask_http_request_total{method="GET",path="<unmatched>",status="404"} 1
 `
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "flask_http_request_total"); err != nil {
 		t.Fatal(err)
 	}
-	if n := testutil.CollectAndCount(reg, "flask_http_request_duration_seconds"); n != 4 {
-		t.Fatalf("duration histogram has %d series, want 4 (one per counter series)", n)
+	if n := testutil.CollectAndCount(reg, "flask_http_request_duration_seconds"); n != 3 {
+		t.Fatalf("duration histogram has %d series, want 3 (one per counter series)", n)
 	}
 }
 
@@ -110,5 +110,34 @@ flask_http_request_total{method="POST",path="/buy",status="201"} 0
 	}
 	if n := testutil.CollectAndCount(reg, "flask_http_request_duration_seconds"); n != 1 {
 		t.Fatalf("duration histogram has %d series, want 1", n)
+	}
+}
+
+// Requests no route matched do not count toward the rate the HPA scales
+// on (a scanner's invented paths would scale the web server out), and
+// invented methods do not become series of their own.
+func TestUnmatchedRequestsAndInventedMethodsAreBounded(t *testing.T) {
+	srv, reg := newServer(t)
+	for i := range 20 {
+		do(t, "GET", srv.URL+"/admin/"+strings.Repeat("x", i))
+		do(t, fmt.Sprintf("BREW%d", i), srv.URL+"/buy")
+	}
+	do(t, "POST", srv.URL+"/buy")
+	want := `
+# HELP flask_http_request_total Total number of HTTP requests by method, status and route.
+# TYPE flask_http_request_total counter
+flask_http_request_total{method="POST",path="/buy",status="201"} 1
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "flask_http_request_total"); err != nil {
+		t.Fatal(err)
+	}
+	wantUnmatched := `
+# HELP flask_http_unmatched_request_total HTTP requests no route matched, by method and status; not part of flask_http_request_total.
+# TYPE flask_http_unmatched_request_total counter
+flask_http_unmatched_request_total{method="GET",status="404"} 20
+flask_http_unmatched_request_total{method="other",status="405"} 20
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(wantUnmatched), "flask_http_unmatched_request_total"); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -38,6 +38,10 @@ type Settings struct {
 	// ("k=v,k=v"): security settings, or test tuning such as
 	// fetch.wait.max.ms. They override the service's defaults.
 	Extra kafka.ConfigMap
+	// Logs, when set (NewLogChannel), receives librdkafka's own log lines
+	// of the producers and consumers made from these settings, instead of
+	// stderr.
+	Logs chan kafka.LogEvent
 }
 
 // FromEnv reads KAFKA_BOOTSTRAP_SERVERS, KAFKA_TOPIC, KAFKA_DLQ_TOPIC,
@@ -110,12 +114,23 @@ func (s Settings) with(m kafka.ConfigMap) *kafka.ConfigMap {
 	return &out
 }
 
+// withLogs is with, for a producer or consumer: its librdkafka log lines
+// go to s.Logs when set.
+func (s Settings) withLogs(m kafka.ConfigMap) *kafka.ConfigMap {
+	out := s.with(m)
+	if s.Logs != nil {
+		(*out)["go.logs.channel.enable"] = true
+		(*out)["go.logs.channel"] = s.Logs
+	}
+	return out
+}
+
 // ProducerConfig is a durable producer: idempotent (no duplicates or
 // reordering on retries), acks from all in-sync replicas, and librdkafka
 // giving up on a message after timeout, so a caller waiting for the
 // delivery report is never left guessing longer than that.
 func (s Settings) ProducerConfig(timeout time.Duration) *kafka.ConfigMap {
-	return s.with(kafka.ConfigMap{
+	return s.withLogs(kafka.ConfigMap{
 		"enable.idempotence": true,
 		"acks":               "all",
 		"message.timeout.ms": int(timeout.Milliseconds()),
@@ -123,7 +138,6 @@ func (s Settings) ProducerConfig(timeout time.Duration) *kafka.ConfigMap {
 		// request without adding noticeable latency.
 		"linger.ms":                          2,
 		"go.delivery.report.fields":          "key,value,headers",
-		"go.logs.channel.enable":             false,
 		"socket.connection.setup.timeout.ms": int(max(timeout, time.Second).Milliseconds()),
 	})
 }
@@ -131,7 +145,7 @@ func (s Settings) ProducerConfig(timeout time.Duration) *kafka.ConfigMap {
 // ConsumerConfig is a consumer that never commits on its own: offsets are
 // committed by the caller after the messages are stored.
 func (s Settings) ConsumerConfig() *kafka.ConfigMap {
-	return s.with(kafka.ConfigMap{
+	return s.withLogs(kafka.ConfigMap{
 		"group.id":                 s.GroupID,
 		"enable.auto.commit":       false,
 		"enable.auto.offset.store": false,

@@ -19,8 +19,12 @@ const ShutdownGrace = 20 * time.Second
 // a clean drain, or the error that stopped the server.
 func Serve(ctx context.Context, ln net.Listener, h http.Handler, logger *slog.Logger) error {
 	srv := &http.Server{
-		Handler:           h,
+		Handler: h,
+		// A slow client (headers or body trickling in, or never reading
+		// the answer) cannot hold a connection and its goroutine forever.
 		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      60 * time.Second,
 		IdleTimeout:       120 * time.Second,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}

@@ -109,13 +109,59 @@ func (r Request) Validate() error {
 // Validate checks a purchase read back from Kafka: the request's rules plus
 // a well-formed id and a timestamp.
 func (p Purchase) Validate() error {
-	if _, err := uuid.Parse(p.ID); err != nil {
-		return &FieldError{"id", "must be a UUID"}
+	if err := ValidateID(p.ID); err != nil {
+		return err
 	}
 	if p.Timestamp.IsZero() {
 		return &FieldError{"timestamp", "must be set"}
 	}
+	// Nanoseconds since 1970 in an int64 (what stores and metrics keep)
+	// cover 1677 to 2262.
+	if ns := p.Timestamp.UnixNano(); !time.Unix(0, ns).Equal(p.Timestamp) {
+		return &FieldError{"timestamp", "must be between the years 1678 and 2261"}
+	}
 	return Request{Username: p.Username, UserID: p.UserID, Price: p.Price}.Validate()
+}
+
+// ValidateID checks a purchase id. The id is the stored row's key and what
+// duplicates are recognised by: only one spelling of a UUID is accepted,
+// or "{…}", "urn:uuid:…" and upper case would store one purchase twice.
+func ValidateID(id string) error {
+	u, err := uuid.Parse(id)
+	if err != nil {
+		return &FieldError{"id", "must be a UUID"}
+	}
+	if u.String() != id {
+		return &FieldError{"id", "must be a UUID in canonical form (lower case, 8-4-4-4-12 digits), e.g. " + u.String()}
+	}
+	return nil
+}
+
+// MaxIdempotencyKeyLength bounds the Idempotency-Key header.
+const MaxIdempotencyKeyLength = 255
+
+// idempotencyNamespace scopes the ids derived from Idempotency-Keys.
+var idempotencyNamespace = uuid.MustParse("3b0e8c2a-6d1f-5e7a-9c44-1f2e3d4c5b6a")
+
+// ValidateIdempotencyKey checks an Idempotency-Key header: 1 to 255
+// visible ASCII characters.
+func ValidateIdempotencyKey(k string) error {
+	if k == "" || len(k) > MaxIdempotencyKeyLength {
+		return &FieldError{"Idempotency-Key", fmt.Sprintf("must be 1 to %d characters", MaxIdempotencyKeyLength)}
+	}
+	for _, c := range k {
+		if c < 0x21 || c > 0x7e {
+			return &FieldError{"Idempotency-Key", "must be visible ASCII characters (a UUID, say)"}
+		}
+	}
+	return nil
+}
+
+// IDForKey is the id of the purchase a user's Idempotency-Key stands for:
+// a retry with the same key is the same purchase, and the store keeps it
+// once. Keys are per user: two users' equal keys are two purchases.
+func IDForKey(userID, key string) string {
+	return uuid.NewSHA1(idempotencyNamespace, []byte(userID+"\x00"+key)).String()
 }
 
 // New accepts a validated request: it gets a random UUID and the current

@@ -100,6 +100,13 @@ func TestDecodeRejectsWhatTheWebServerWouldNotProduce(t *testing.T) {
 		"no timestamp":  `{"id":"6f1c1a57-3f4e-4a57-9a43-2b0d6c1e0a11","username":"a","userid":"b","price":1}`,
 		"invalid price": `{"id":"6f1c1a57-3f4e-4a57-9a43-2b0d6c1e0a11","username":"a","userid":"b","price":0,"timestamp":"2026-01-01T00:00:00Z"}`,
 		"extra field":   `{"id":"6f1c1a57-3f4e-4a57-9a43-2b0d6c1e0a11","username":"a","userid":"b","price":1,"timestamp":"2026-01-01T00:00:00Z","x":1}`,
+		// Other spellings of one UUID would store one purchase twice.
+		"upper-case id": `{"id":"6F1C1A57-3F4E-4A57-9A43-2B0D6C1E0A11","username":"a","userid":"b","price":1,"timestamp":"2026-01-01T00:00:00Z"}`,
+		"braced id":     `{"id":"{6f1c1a57-3f4e-4a57-9a43-2b0d6c1e0a11}","username":"a","userid":"b","price":1,"timestamp":"2026-01-01T00:00:00Z"}`,
+		"urn id":        `{"id":"urn:uuid:6f1c1a57-3f4e-4a57-9a43-2b0d6c1e0a11","username":"a","userid":"b","price":1,"timestamp":"2026-01-01T00:00:00Z"}`,
+		"undashed id":   `{"id":"6f1c1a573f4e4a579a432b0d6c1e0a11","username":"a","userid":"b","price":1,"timestamp":"2026-01-01T00:00:00Z"}`,
+		"year 9999":     `{"id":"6f1c1a57-3f4e-4a57-9a43-2b0d6c1e0a11","username":"a","userid":"b","price":1,"timestamp":"9999-01-01T00:00:00Z"}`,
+		"year 1":        `{"id":"6f1c1a57-3f4e-4a57-9a43-2b0d6c1e0a11","username":"a","userid":"b","price":1,"timestamp":"0001-01-02T00:00:00Z"}`,
 	} {
 		if _, err := purchase.Decode([]byte(msg)); err == nil {
 			t.Errorf("%s: Decode accepted %s", name, msg)

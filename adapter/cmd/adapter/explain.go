@@ -101,7 +101,7 @@ func runExplain(s Settings, req explain.Request, kubeconfig string, w io.Writer)
 	stop := make(chan struct{})
 	defer close(stop)
 	st := store.New(p.router, store.Options{})
-	api := metricsapi.New(p.catalog, st, mapper, meta, stop, metricsapi.Options{MaxSampleAge: s.MaxSampleAge, LagEnabled: p.kafka != nil})
+	api := metricsapi.New(p.catalog, st, mapper, meta, stop, metricsapi.Options{MaxSampleAge: s.MaxSampleAge, LagEnabled: p.kafka != nil, LagAccess: p.lagAccess})
 	ex := &explain.Explainer{Catalog: p.catalog, Prom: p.prom, Kafka: p.kafka, API: api, Cluster: meta != nil}
 	if req.Metric == "" {
 		fmt.Fprintf(w, "rules of %s against Prometheus at %s\n\n", s.ConfigFile, s.Prometheus.URL)

@@ -42,6 +42,7 @@ import (
 	"github.com/purchase-system/purchase-system/adapter/internal/selfmetrics"
 	"github.com/purchase-system/purchase-system/adapter/internal/sources"
 	"github.com/purchase-system/purchase-system/adapter/internal/store"
+	"github.com/purchase-system/purchase-system/servicekit/kafkaenv"
 	"github.com/purchase-system/purchase-system/servicekit/logging"
 )
 
@@ -169,7 +170,8 @@ func (a *Adapter) run(ctx context.Context) error {
 	st := store.New(parts.router, store.Options{Fresh: a.RefreshInterval, DemandTTL: a.DemandTTL, FetchTimeout: a.Prometheus.Timeout,
 		MaxQueries: a.MaxQueries, MaxInFlight: a.MaxInFlight, Metrics: store.NewMetrics(reg)})
 	api := metricsapi.New(parts.catalog, st, mapper, meta, ctx.Done(), metricsapi.Options{
-		MaxSampleAge: a.MaxSampleAge, LagEnabled: parts.kafka != nil, Metrics: metricsapi.NewMetrics(reg), Logger: logger})
+		MaxSampleAge: a.MaxSampleAge, LagEnabled: parts.kafka != nil, LagAccess: parts.lagAccess,
+		Metrics: metricsapi.NewMetrics(reg), Logger: logger})
 	go st.Run(ctx)
 	go parts.catalog.Run(ctx, a.RelistInterval)
 	err = configwatch.Watch(ctx, a.ConfigFile, inUse, configwatch.NewMetrics(reg), logger, func(c *rules.Config) {
@@ -215,6 +217,11 @@ type parts struct {
 	catalog *catalog.Catalog
 }
 
+// lagAccess applies the rules file's kafkaLag.access (reloaded with it).
+func (p *parts) lagAccess(namespace string, q lag.Query) error {
+	return p.catalog.Rules().KafkaLag.Allow(namespace, q.Groups, q.Topics)
+}
+
 func (p *parts) close() {
 	if p.kafka != nil {
 		p.kafka.Close()
@@ -234,6 +241,9 @@ func (s *Settings) build(cfg *rules.Config, mapper apimeta.RESTMapper, reg prome
 		if err != nil {
 			return nil, err
 		}
+		// librdkafka's own log lines into the JSON log, rate-limited.
+		kcfg["go.logs.channel.enable"] = true
+		kcfg["go.logs.channel"] = kafkaenv.NewLogChannel(logger, "client")
 		if p.kafka, err = lag.NewSource(kcfg, bm, lag.NewMetrics(reg)); err != nil {
 			return nil, err
 		}

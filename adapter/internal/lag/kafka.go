@@ -29,6 +29,7 @@ const (
 // Source computes lag from the brokers with one shared admin client.
 type Source struct {
 	admin     *kafka.AdminClient
+	producer  *kafka.Producer // the admin client's handle
 	bootstrap string
 	obs       *backend.Observer
 	metrics   *Metrics
@@ -101,8 +102,21 @@ func NewSource(cfg kafka.ConfigMap, bm *backend.Metrics, m *Metrics) (*Source, e
 	// a broker with auto.create.topics.enable would, and librdkafka's admin
 	// client allows it by default.
 	cfg["allow.auto.create.topics"] = false
-	admin, err := kafka.NewAdminClient(&cfg)
+	// The admin client rides on a producer that never produces: a
+	// producer (unlike a bare admin client) can hand librdkafka's own log
+	// lines to go.logs.channel, when the caller set one, instead of
+	// stderr.
+	pcfg := kafka.ConfigMap{}
+	for k, v := range cfg {
+		pcfg[k] = v
+	}
+	producer, err := kafka.NewProducer(&pcfg)
 	if err != nil {
+		return nil, fmt.Errorf("kafka client: %w", err)
+	}
+	admin, err := kafka.NewAdminClientFromProducer(producer)
+	if err != nil {
+		producer.Close()
 		return nil, fmt.Errorf("kafka admin client: %w", err)
 	}
 	if bm == nil {
@@ -125,7 +139,7 @@ func NewSource(cfg kafka.ConfigMap, bm *backend.Metrics, m *Metrics) (*Source, e
 	readerCfg["isolation.level"] = "read_committed"
 	readerCfg["enable.partition.eof"] = true
 	readerCfg["fetch.wait.max.ms"] = 10
-	return &Source{admin: admin, bootstrap: fmt.Sprint(bs), obs: obs, metrics: m,
+	return &Source{admin: admin, producer: producer, bootstrap: fmt.Sprint(bs), obs: obs, metrics: m,
 		RateWindow: 2 * time.Minute, DrainCap: 3600, MarkerCheckMax: 10, GroupIdle: 10 * time.Minute, MaxGroups: 50,
 		rates: map[[2]string]*Rate{}, readerCfg: readerCfg, clientCfg: cfg, groups: map[string]*groupHandle{},
 		ready: make(chan struct{})}, nil
@@ -152,6 +166,7 @@ func (s *Source) Ready() error {
 // reader.
 func (s *Source) Close() {
 	s.admin.Close()
+	s.producer.Close()
 	s.groupsMu.Lock()
 	for g, r := range s.groups {
 		r.c.Close()

@@ -3,6 +3,7 @@ package lag_test
 import (
 	"context"
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -13,7 +14,9 @@ import (
 	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 	"k8s.io/apimachinery/pkg/labels"
 
@@ -386,4 +389,83 @@ func TestCoordinatorMovingIsAnErrorNotZero(t *testing.T) {
 		t.Fatalf("samples %v, err %v: want an error and no value while the coordinator moves", samples, err)
 	}
 	t.Logf("error served: %v", err)
+}
+
+// threads is the process's OS thread count.
+func threads(t *testing.T) int {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "Threads:"); ok {
+			n, _ := strconv.Atoi(strings.TrimSpace(v))
+			return n
+		}
+	}
+	return 0
+}
+
+// Anyone who may create an HPA can name any consumer group; each group
+// asked about costs a Kafka client (threads, connections). 500 distinct
+// groups: past the bound they are refused with an error that says why, and
+// the threads stay within the bound's worth.
+func TestManyGroupsAreBounded(t *testing.T) {
+	topic := unique("many")
+	_, bootstrap := testkafka.Fake(t, topic)
+	// The groups exist, each with a commit (kfake refuses offsets of a
+	// group it never saw; Kafka would answer "none").
+	cl, err := kgo.NewClient(kgo.SeedBrokers(bootstrap))
+	if err != nil {
+		t.Fatal(err)
+	}
+	adm := kadm.NewClient(cl)
+	ctx := context.Background()
+	for i := range 500 {
+		var o kadm.Offsets
+		o.AddOffset(topic, 0, 0, -1)
+		if _, err := adm.CommitOffsets(ctx, fmt.Sprintf("g-%03d", i), o); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cl.Close()
+	s, err := lag.NewSource(kafka.ConfigMap{"bootstrap.servers": bootstrap, "fetch.wait.max.ms": 50}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	s.MaxGroups = 20
+	base := threads(t)
+	var refused, other int
+	var firstErr error
+	perGroup := 0
+	for i := range 500 {
+		_, err := s.Fetch(ctx, lag.Query{Groups: []string{fmt.Sprintf("g-%03d", i)}, Topics: []string{topic}})
+		if i == 9 {
+			perGroup = (threads(t) - base) / 10
+		}
+		switch {
+		case err == nil:
+		case strings.Contains(err.Error(), "already reads the offsets of 20 consumer groups"):
+			refused++
+			if firstErr == nil {
+				firstErr = err
+			}
+		default:
+			other++
+			t.Errorf("group %d: %v", i, err)
+		}
+	}
+	if refused != 480 || other != 0 {
+		t.Fatalf("%d refused (first: %v), %d other errors: want the 20 first answered and 480 refused naming the bound", refused, firstErr, other)
+	}
+	if s.OpenGroups() != 20 {
+		t.Fatalf("%d group handles open, want 20", s.OpenGroups())
+	}
+	grown := threads(t) - base
+	t.Logf("threads: %d per group, %d more after 500 groups asked (bound 20); refusal: %v", perGroup, grown, firstErr)
+	if grown > 20*perGroup+20 {
+		t.Fatalf("threads grew by %d for 20 groups of %d each", grown, perGroup)
+	}
 }

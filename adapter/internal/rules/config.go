@@ -26,6 +26,9 @@ import (
 type Config struct {
 	Rules         []*Rule // custom metrics (custom.metrics.k8s.io)
 	ExternalRules []*Rule // external metrics (external.metrics.k8s.io)
+	// KafkaLag says who may read which consumer groups' lag (this
+	// project's addition to the format).
+	KafkaLag LagAccess
 	// Warnings are parts of the file that are valid but not acted on.
 	Warnings []string
 }
@@ -62,6 +65,9 @@ type fileSpec struct {
 	Rules         []ruleSpec `yaml:"rules"`
 	ExternalRules []ruleSpec `yaml:"externalRules"`
 	ResourceRules yaml.Node  `yaml:"resourceRules"`
+	KafkaLag      *struct {
+		Access []LagGrant `yaml:"access"`
+	} `yaml:"kafkaLag"`
 }
 
 type ruleSpec struct {
@@ -97,7 +103,7 @@ func Parse(name string, data []byte) (*Config, error) {
 	dec.KnownFields(true)
 	if err := dec.Decode(&spec); err != nil {
 		if errors.Is(err, io.EOF) {
-			return &Config{}, nil
+			return &Config{KafkaLag: DefaultLagAccess}, nil
 		}
 		return nil, fmt.Errorf("%s: %s", name, yamlError(err))
 	}
@@ -109,7 +115,15 @@ func Parse(name string, data []byte) (*Config, error) {
 	if err := yaml.Unmarshal(data, &nodes); err != nil {
 		return nil, fmt.Errorf("%s: %v", name, err)
 	}
-	cfg := &Config{}
+	cfg := &Config{KafkaLag: DefaultLagAccess}
+	if spec.KafkaLag != nil {
+		cfg.KafkaLag = LagAccess{Grants: spec.KafkaLag.Access}
+		for i, g := range cfg.KafkaLag.Grants {
+			if g.Namespace == "" || len(g.ConsumerGroups) == 0 {
+				return nil, fmt.Errorf("%s: kafkaLag.access[%d]: needs a namespace and at least one of consumerGroups (\"*\" for any)", name, i)
+			}
+		}
+	}
 	if !spec.ResourceRules.IsZero() {
 		cfg.Warnings = append(cfg.Warnings, fmt.Sprintf("%s:%d: resourceRules ignored: CPU and memory (metrics.k8s.io) are served by metrics-server", name, spec.ResourceRules.Line))
 	}

@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -51,11 +52,37 @@ func handleUserPurchases(s Store, logger *slog.Logger) http.HandlerFunc {
 		}
 		ps, err := s.UserPurchases(r.Context(), userID, limit)
 		if err != nil {
-			logger.Error("reading purchases", "userid", userID, "err", err)
-			httpjson.Error(w, http.StatusServiceUnavailable, err.Error())
+			// The database's error names its host and user: logged only.
+			httpjson.Fail(w, r, logger.With("userid", userID), http.StatusServiceUnavailable, "the purchase store is unavailable", err)
 			return
 		}
 		httpjson.Write(w, http.StatusOK, ps)
+	}
+}
+
+// handlePurchase answers one purchase of a user by id, or 404: how the web
+// server recognises a retried POST /buy (same Idempotency-Key, same id).
+func handlePurchase(s Store, logger *slog.Logger) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		userID, err := purchase.UserIDFromPath(chi.URLParam(r, "userid"))
+		if err != nil {
+			httpjson.Error(w, http.StatusBadRequest, err.Error())
+			return
+		}
+		id := chi.URLParam(r, "id")
+		if err := purchase.ValidateID(id); err != nil {
+			httpjson.Error(w, http.StatusBadRequest, err.Error())
+			return
+		}
+		p, found, err := s.Purchase(r.Context(), userID, id)
+		switch {
+		case err != nil:
+			httpjson.Fail(w, r, logger.With("userid", userID), http.StatusServiceUnavailable, "the purchase store is unavailable", err)
+		case !found:
+			httpjson.Error(w, http.StatusNotFound, "no purchase "+id+" of user "+userID)
+		default:
+			httpjson.Write(w, http.StatusOK, p)
+		}
 	}
 }
 
@@ -81,8 +108,7 @@ func handlePage(s Store, logger *slog.Logger) http.HandlerFunc {
 		}
 		ps, next, err := s.Page(r.Context(), after, limit)
 		if err != nil {
-			logger.Error("reading purchase page", "err", err)
-			httpjson.Error(w, http.StatusServiceUnavailable, err.Error())
+			httpjson.Fail(w, r, logger, http.StatusServiceUnavailable, "the purchase store is unavailable", err)
 			return
 		}
 		httpjson.Write(w, http.StatusOK, Page{Purchases: ps, Next: next.String()})
@@ -95,19 +121,22 @@ func handleHealthz() http.HandlerFunc {
 	}
 }
 
-// handleReadyz checks every dependency and names each that fails.
-func handleReadyz(checks []Check) http.HandlerFunc {
+// handleReadyz checks every dependency and names each that fails (the
+// causes go to the log).
+func handleReadyz(checks []Check, logger *slog.Logger) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 		defer cancel()
 		var failed []string
+		var errs []error
 		for _, c := range checks {
 			if err := c.Check(ctx); err != nil {
-				failed = append(failed, c.Name+": "+err.Error())
+				failed = append(failed, c.Name)
+				errs = append(errs, fmt.Errorf("%s: %w", c.Name, err))
 			}
 		}
 		if len(failed) > 0 {
-			httpjson.Error(w, http.StatusServiceUnavailable, "not ready: "+strings.Join(failed, "; "))
+			httpjson.Fail(w, r, logger, http.StatusServiceUnavailable, "not ready: "+strings.Join(failed, ", ")+" unavailable", errors.Join(errs...))
 			return
 		}
 		httpjson.Write(w, http.StatusOK, map[string]string{"status": "ready"})

@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/purchase-system/purchase-system/consumer/internal/store"
+	"github.com/purchase-system/purchase-system/servicekit/httpjson"
 	"github.com/purchase-system/purchase-system/servicekit/httpmetrics"
 	"github.com/purchase-system/purchase-system/servicekit/purchase"
 )
@@ -18,6 +19,7 @@ import (
 // Store reads purchases.
 type Store interface {
 	UserPurchases(ctx context.Context, userID string, limit int) ([]purchase.Purchase, error)
+	Purchase(ctx context.Context, userID, id string) (purchase.Purchase, bool, error)
 	Page(ctx context.Context, after store.Cursor, limit int) ([]purchase.Purchase, store.Cursor, error)
 }
 
@@ -40,15 +42,16 @@ type Deps struct {
 func NewServer(d Deps) http.Handler {
 	r := chi.NewRouter()
 	m := httpmetrics.New(d.Registry)
-	r.Use(m.Middleware)
+	r.Use(httpjson.RequestID, m.Middleware)
 
 	r.Get("/purchases/{userid}", handleUserPurchases(d.Store, d.Logger))
+	r.Get("/purchases/{userid}/{id}", handlePurchase(d.Store, d.Logger))
 	r.Get("/purchases", handlePage(d.Store, d.Logger))
 	m.Expect(http.MethodGet, "/purchases/{userid}", http.StatusOK)
 	m.Expect(http.MethodGet, "/purchases", http.StatusOK)
 
 	r.Get("/healthz", handleHealthz())
-	r.Get("/readyz", handleReadyz(d.Readiness))
+	r.Get("/readyz", handleReadyz(d.Readiness, d.Logger))
 	r.Method(http.MethodGet, "/metrics", httpmetrics.Handler(d.Registry))
 	return r
 }

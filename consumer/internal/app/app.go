@@ -69,6 +69,7 @@ func Run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 		return err
 	}
 	logger := logging.New(stdout, "consumer", c.LogLevel)
+	c.Kafka.Logs = kafkaenv.NewLogChannel(logger, "client")
 
 	st, err := store.Open(ctx, c.DatabaseURL)
 	if err != nil {

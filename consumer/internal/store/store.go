@@ -274,6 +274,20 @@ func (s *Store) UserPurchases(ctx context.Context, userID string, limit int) ([]
 	return scanPurchases(rows)
 }
 
+// Purchase reads one purchase of a user by its id; found is false when
+// there is none.
+func (s *Store) Purchase(ctx context.Context, userID, id string) (p purchase.Purchase, found bool, err error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT `+selectColumns+` FROM purchases WHERE id = $1 AND userid = $2`, id, userID)
+	if err != nil {
+		return p, false, fmt.Errorf("%s: reading purchase %s: %w", s.dialect.name, id, err)
+	}
+	ps, err := scanPurchases(rows)
+	if err != nil || len(ps) == 0 {
+		return p, false, err
+	}
+	return ps[0], true, nil
+}
+
 // Cursor is a position in the purchase log, oldest first: the purchases
 // after (Timestamp, ID). The zero Cursor is the start.
 type Cursor struct {

@@ -18,10 +18,27 @@ import (
 // MaxBodyBytes bounds a /buy request body.
 const MaxBodyBytes = 64 << 10
 
-func handleBuy(pub Publisher, logger *slog.Logger, now func() time.Time) http.HandlerFunc {
+// IdempotencyKeyHeader makes a retried POST /buy the same purchase.
+const IdempotencyKeyHeader = "Idempotency-Key"
+
+// handleBuy accepts a purchase. With an Idempotency-Key the purchase's id
+// derives from the user and the key, so a retry (after a timeout or a 503,
+// when the first attempt may still have been stored) is the same purchase:
+// if it is already stored, the stored one is answered (200); if not, it is
+// published again under the same id and the store keeps it once.
+func handleBuy(pub Publisher, cust Customers, logger *slog.Logger, now func() time.Time) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		if status, msg := checkJSONContentType(r); status != 0 {
 			httpjson.Error(w, status, msg)
+			return
+		}
+		key, hasKey := r.Header[IdempotencyKeyHeader]
+		if hasKey && (len(key) != 1 || purchase.ValidateIdempotencyKey(key[0]) != nil) {
+			msg := "Idempotency-Key: give it once"
+			if len(key) == 1 {
+				msg = purchase.ValidateIdempotencyKey(key[0]).Error()
+			}
+			httpjson.Error(w, http.StatusBadRequest, msg)
 			return
 		}
 		req, err := purchase.DecodeRequest(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
@@ -35,9 +52,26 @@ func handleBuy(pub Publisher, logger *slog.Logger, now func() time.Time) http.Ha
 			return
 		}
 		p := purchase.New(req, now())
+		if hasKey {
+			p.ID = purchase.IDForKey(req.UserID, key[0])
+			stored, found, err := cust.Purchase(r.Context(), req.UserID, p.ID)
+			switch {
+			case err != nil:
+				// Publishing again is safe: the store keeps one row per id.
+				logger.Warn("looking up a retried purchase failed; publishing it again", "id", p.ID, "err", err)
+			case found && (stored.Username != req.Username || stored.Price != req.Price):
+				httpjson.Error(w, http.StatusUnprocessableEntity, "Idempotency-Key was used for a different purchase of this user: use a new key for a new purchase")
+				return
+			case found:
+				w.Header().Set("Idempotent-Replayed", "true")
+				httpjson.Write(w, http.StatusOK, stored)
+				return
+			}
+		}
 		if err := pub.Publish(r.Context(), p); err != nil {
-			logger.Warn("purchase not accepted", "id", p.ID, "userid", p.UserID, "err", err)
-			httpjson.Error(w, http.StatusServiceUnavailable, "purchase not accepted: "+err.Error())
+			// Kafka's error names brokers: logged, not answered.
+			httpjson.Fail(w, r, logger.With("id", p.ID, "userid", p.UserID), http.StatusServiceUnavailable,
+				"purchase not accepted: Kafka did not take it in time; it may still be stored, retry with the same Idempotency-Key", err)
 			return
 		}
 		httpjson.Write(w, http.StatusCreated, p)
@@ -67,8 +101,7 @@ func handleGetAllUserBuys(c Customers, logger *slog.Logger) http.HandlerFunc {
 		var status *customers.StatusError
 		switch {
 		case errors.Is(err, customers.ErrUnavailable):
-			logger.Warn("reading purchases failed", "userid", userID, "err", err)
-			httpjson.Error(w, http.StatusBadGateway, err.Error())
+			httpjson.Fail(w, r, logger.With("userid", userID), http.StatusBadGateway, "the Customer Management API is unavailable", err)
 			return
 		case errors.As(err, &status):
 			// The API's own 4xx (a bad limit, say) is the caller's to fix.
@@ -77,7 +110,7 @@ func handleGetAllUserBuys(c Customers, logger *slog.Logger) http.HandlerFunc {
 			_, _ = w.Write(status.Body)
 			return
 		case err != nil:
-			httpjson.Error(w, http.StatusBadGateway, err.Error())
+			httpjson.Fail(w, r, logger.With("userid", userID), http.StatusBadGateway, "reading purchases failed", err)
 			return
 		}
 		w.Header().Set("Content-Type", "application/json")
@@ -91,12 +124,12 @@ func handleHealthz() http.HandlerFunc {
 	}
 }
 
-func handleReadyz(pub Publisher) http.HandlerFunc {
+func handleReadyz(pub Publisher, logger *slog.Logger) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 		defer cancel()
 		if err := pub.Ready(ctx); err != nil {
-			httpjson.Error(w, http.StatusServiceUnavailable, err.Error())
+			httpjson.Fail(w, r, logger, http.StatusServiceUnavailable, "not ready: Kafka or its topic unavailable", err)
 			return
 		}
 		httpjson.Write(w, http.StatusOK, map[string]string{"status": "ready"})

@@ -12,6 +12,7 @@ import (
 	"github.com/go-chi/chi/v5"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/purchase-system/purchase-system/servicekit/httpjson"
 	"github.com/purchase-system/purchase-system/servicekit/httpmetrics"
 	"github.com/purchase-system/purchase-system/servicekit/purchase"
 )
@@ -25,6 +26,7 @@ type Publisher interface {
 // Customers reads a user's purchases from the Customer Management API.
 type Customers interface {
 	UserPurchases(ctx context.Context, userID string, query url.Values) (json.RawMessage, error)
+	Purchase(ctx context.Context, userID, id string) (purchase.Purchase, bool, error)
 }
 
 // Deps are what the API needs from the rest of the program.
@@ -44,9 +46,9 @@ func NewServer(d Deps) http.Handler {
 	}
 	r := chi.NewRouter()
 	m := httpmetrics.New(d.Registry)
-	r.Use(m.Middleware)
+	r.Use(httpjson.RequestID, m.Middleware)
 
-	r.Post("/buy", handleBuy(d.Publisher, d.Logger, d.Now))
+	r.Post("/buy", handleBuy(d.Publisher, d.Customers, d.Logger, d.Now))
 	r.Get("/getAllUserBuys/{userid}", handleGetAllUserBuys(d.Customers, d.Logger))
 	// The answers every pod will give: their series exist from the start,
 	// so the HPA reads 0 on an idle pod, not <unknown>.
@@ -54,7 +56,7 @@ func NewServer(d Deps) http.Handler {
 	m.Expect(http.MethodGet, "/getAllUserBuys/{userid}", http.StatusOK)
 
 	r.Get("/healthz", handleHealthz())
-	r.Get("/readyz", handleReadyz(d.Publisher))
+	r.Get("/readyz", handleReadyz(d.Publisher, d.Logger))
 	r.Method(http.MethodGet, "/metrics", httpmetrics.Handler(d.Registry))
 	return r
 }

@@ -110,6 +110,7 @@ func Run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 		return err
 	}
 	logger := logging.New(stdout, "webserver", c.LogLevel)
+	c.Kafka.Logs = kafkaenv.NewLogChannel(logger, "client")
 	ln, err := lifecycle.Listen(c.HTTPAddr)
 	if err != nil {
 		return err

@@ -12,6 +12,8 @@ import (
 	"net/url"
 	"strings"
 	"time"
+
+	"github.com/purchase-system/purchase-system/servicekit/purchase"
 )
 
 // ErrUnavailable means the Customer Management API could not answer.
@@ -73,4 +75,34 @@ func (c *Client) UserPurchases(ctx context.Context, userID string, query url.Val
 		return nil, fmt.Errorf("%w: response is not JSON", ErrUnavailable)
 	}
 	return body, nil
+}
+
+// Purchase reads one purchase of a user by id; found is false when the API
+// has none.
+func (c *Client) Purchase(ctx context.Context, userID, id string) (p purchase.Purchase, found bool, err error) {
+	u := c.baseURL + "/purchases/" + url.PathEscape(userID) + "/" + url.PathEscape(id)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return p, false, err
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return p, false, fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return p, false, fmt.Errorf("%w: reading response: %v", ErrUnavailable, err)
+	}
+	switch resp.StatusCode {
+	case http.StatusOK:
+		if err := json.Unmarshal(body, &p); err != nil {
+			return p, false, fmt.Errorf("%w: response is not a purchase: %v", ErrUnavailable, err)
+		}
+		return p, true, nil
+	case http.StatusNotFound:
+		return p, false, nil
+	default:
+		return p, false, fmt.Errorf("%w: %v", ErrUnavailable, &StatusError{resp.StatusCode, body})
+	}
 }
