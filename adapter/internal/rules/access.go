@@ -29,7 +29,9 @@ var DefaultLagAccess = LagAccess{Grants: []LagGrant{{
 	Namespace: "purchase-system", ConsumerGroups: []string{"purchase-consumer-group"}, Topics: []string{"purchases"},
 }}}
 
-func allows(list []string, v string) bool { return slices.Contains(list, "*") || slices.Contains(list, v) }
+func allows(list []string, v string) bool {
+	return slices.Contains(list, "*") || slices.Contains(list, v)
+}
 
 // Allow reports whether namespace may read the lag of groups on topics
 // (topics empty: every topic the groups committed on, which needs a grant
