@@ -11,8 +11,12 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"net/http"
+	"strings"
+
+	"github.com/go-chi/chi/v5"
 )
 
 // Write sends v as JSON with the given status.
@@ -67,4 +71,23 @@ func RequestID(next http.Handler) http.Handler {
 func RequestIDOf(ctx context.Context) string {
 	id, _ := ctx.Value(ctxKey{}).(string)
 	return id
+}
+
+// Unrouted makes the router's answers for an unknown path (404) and a
+// method a path does not take (405, with Allow) the same JSON error shape
+// as every other error, saying what was asked for.
+func Unrouted(mux *chi.Mux) {
+	mux.NotFound(func(w http.ResponseWriter, r *http.Request) {
+		Error(w, http.StatusNotFound, fmt.Sprintf("no such endpoint: %.200s", r.URL.Path))
+	})
+	mux.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
+		var allowed []string
+		for _, m := range []string{http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete} {
+			if mux.Match(chi.NewRouteContext(), m, r.URL.Path) {
+				allowed = append(allowed, m)
+			}
+		}
+		w.Header().Set("Allow", strings.Join(allowed, ", "))
+		Error(w, http.StatusMethodNotAllowed, fmt.Sprintf("%.200s takes %s, not %.20q", r.URL.Path, strings.Join(allowed, " or "), r.Method))
+	})
 }

@@ -15,17 +15,30 @@ import (
 // is asked for; Kubernetes' default termination grace period is 30 s.
 const ShutdownGrace = 20 * time.Second
 
+// Timeouts bound what one connection can hold: a slow client (headers or
+// body trickling in, or never reading the answer) cannot keep a connection
+// and its goroutine forever.
+type Timeouts struct {
+	ReadHeader, Read, Write, Idle time.Duration
+}
+
+// DefaultTimeouts suit the services' small JSON requests and answers.
+var DefaultTimeouts = Timeouts{ReadHeader: 10 * time.Second, Read: 30 * time.Second, Write: 60 * time.Second, Idle: 120 * time.Second}
+
 // Serve serves h on ln until ctx is done, then drains. It returns nil after
 // a clean drain, or the error that stopped the server.
 func Serve(ctx context.Context, ln net.Listener, h http.Handler, logger *slog.Logger) error {
+	return ServeWith(ctx, ln, h, logger, DefaultTimeouts)
+}
+
+// ServeWith is Serve with other timeouts (tests use short ones).
+func ServeWith(ctx context.Context, ln net.Listener, h http.Handler, logger *slog.Logger, t Timeouts) error {
 	srv := &http.Server{
-		Handler: h,
-		// A slow client (headers or body trickling in, or never reading
-		// the answer) cannot hold a connection and its goroutine forever.
-		ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout:       30 * time.Second,
-		WriteTimeout:      60 * time.Second,
-		IdleTimeout:       120 * time.Second,
+		Handler:           h,
+		ReadHeaderTimeout: t.ReadHeader,
+		ReadTimeout:       t.Read,
+		WriteTimeout:      t.Write,
+		IdleTimeout:       t.Idle,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
 	errc := make(chan error, 1)

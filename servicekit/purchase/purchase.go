@@ -179,9 +179,17 @@ func New(r Request, now time.Time) Purchase {
 // DecodeRequest reads one JSON request strictly: unknown fields, wrong
 // types and trailing data are errors that name what is wrong. The result is
 // validated.
+//
+// An error reading r (a body over its size limit, a client that stopped
+// sending) is returned as it is, for the caller to tell apart from bad
+// JSON: it is not a message for the client.
 func DecodeRequest(r io.Reader) (Request, error) {
+	b, err := io.ReadAll(r)
+	if err != nil {
+		return Request{}, err
+	}
 	var req Request
-	if err := decodeStrict(r, &req); err != nil {
+	if err := decodeStrict(b, &req); err != nil {
 		return Request{}, err
 	}
 	return req, req.Validate()
@@ -191,7 +199,7 @@ func DecodeRequest(r io.Reader) (Request, error) {
 // validates it.
 func Decode(b []byte) (Purchase, error) {
 	var p Purchase
-	if err := decodeStrict(bytes.NewReader(b), &p); err != nil {
+	if err := decodeStrict(b, &p); err != nil {
 		return Purchase{}, err
 	}
 	return p, p.Validate()
@@ -204,8 +212,21 @@ func Encode(p Purchase) ([]byte, error) { return json.Marshal(p) }
 // to JSON with a bad field value).
 var ErrMalformed = errors.New("malformed JSON")
 
-func decodeStrict(r io.Reader, v any) error {
-	dec := json.NewDecoder(r)
+func decodeStrict(b []byte, v any) error {
+	// JSON is UTF-8 (RFC 8259); encoding/json would quietly turn invalid
+	// bytes into U+FFFD, storing a name the client never sent.
+	if !utf8.Valid(b) {
+		at := 0
+		for at < len(b) {
+			r, size := utf8.DecodeRune(b[at:])
+			if r == utf8.RuneError && size <= 1 {
+				break
+			}
+			at += size
+		}
+		return fmt.Errorf("%w: not valid UTF-8 at byte %d", ErrMalformed, at)
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		return describeDecodeError(err)

@@ -43,6 +43,7 @@ func TestDecodeRequest(t *testing.T) {
 		{name: "array", body: `[1,2]`, wantErr: "expected a JSON object", malformed: true},
 		{name: "syntax error", body: `{"username":"a",`, wantErr: "malformed JSON", malformed: true},
 		{name: "empty body", body: ``, wantErr: "malformed JSON: empty body", malformed: true},
+		{name: "invalid UTF-8", body: "{\"username\":\"a\xff\",\"userid\":\"b\",\"price\":1}", wantErr: "not valid UTF-8 at byte 14", malformed: true},
 		{name: "two objects", body: `{"username":"a","userid":"b","price":1}{}`, wantErr: "unexpected data after the JSON object", malformed: true},
 	}
 	for _, tt := range tests {
@@ -150,6 +151,55 @@ func FuzzDecodeRequest(f *testing.F) {
 		back, err := purchase.Decode(b)
 		if err != nil || back.Username != req.Username || back.UserID != req.UserID || back.Price != req.Price {
 			t.Fatalf("round trip of %+v: %+v, %v", req, back, err)
+		}
+	})
+}
+
+// FuzzDecode is the consumer's side: whatever arrives on the topic is
+// either rejected with a message or is a valid purchase whose id has one
+// spelling (the store's key) and whose wire form is stable, so a message
+// read twice is the same row.
+func FuzzDecode(f *testing.F) {
+	for _, s := range []string{
+		`{"id":"6f1c1a57-3f4e-4a57-9a43-2b0d6c1e0a11","username":"a","userid":"b","price":1,"timestamp":"2026-01-01T00:00:00Z"}`,
+		`{"id":"6F1C1A57-3F4E-4A57-9A43-2B0D6C1E0A11","username":"a","userid":"b","price":1,"timestamp":"2026-01-01T00:00:00Z"}`,
+		`{"id":"6f1c1a57-3f4e-4a57-9a43-2b0d6c1e0a11","username":"a","userid":"b","price":1,"timestamp":"2026-01-01T00:00:00.123456789+05:30"}`,
+		`{"id":"6f1c1a57-3f4e-4a57-9a43-2b0d6c1e0a11","username":"a","userid":"b","price":1,"timestamp":"9999-12-31T23:59:59Z"}`,
+		`{"id":"6f1c1a57-3f4e-4a57-9a43-2b0d6c1e0a11","username":"\u00e9\ud83d\ude00","userid":"b","price":5e-324,"timestamp":"2026-01-01T00:00:00Z"}`,
+		`{"id":"","username":"a","userid":"b","price":1,"timestamp":""}`,
+		`{}`, `null`, `"x"`, ``,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, msg []byte) {
+		p, err := purchase.Decode(msg)
+		if err != nil {
+			if err.Error() == "" {
+				t.Fatal("rejection without a message")
+			}
+			return
+		}
+		if verr := p.Validate(); verr != nil {
+			t.Fatalf("decoded purchase fails validation: %v", verr)
+		}
+		if purchase.ValidateID(p.ID) != nil {
+			t.Fatalf("accepted a non-canonical id %q", p.ID)
+		}
+		wire, err := purchase.Encode(p)
+		if err != nil {
+			t.Fatalf("encode: %v", err)
+		}
+		back, err := purchase.Decode(wire)
+		if err != nil {
+			t.Fatalf("re-decoding our own encoding of %+v: %v", p, err)
+		}
+		if back.ID != p.ID || back.Username != p.Username || back.UserID != p.UserID ||
+			back.Price != p.Price || !back.Timestamp.Equal(p.Timestamp) {
+			t.Fatalf("round trip changed the purchase: %+v → %+v", p, back)
+		}
+		again, _ := purchase.Encode(back)
+		if string(again) != string(wire) {
+			t.Fatalf("wire form not stable: %s then %s", wire, again)
 		}
 	})
 }

@@ -343,10 +343,9 @@ type ExternalResult struct {
 	Samples          []store.Sample
 }
 
-// QueryExternal returns one sample per result series, labelled as in
-// Prometheus, stamped with the newest raw sample of the metric's series.
-func (s *Source) QueryExternal(ctx context.Context, q ExternalQuery) (ExternalResult, error) {
-	var res ExternalResult
+// PromQL renders the rule's query for q, and the query of the newest raw
+// sample behind it (its timestamp is the values').
+func (q ExternalQuery) PromQL() (query, freshness string, err error) {
 	r := q.Metric.Rule
 	ms := append([]rules.Matcher{}, q.Selector...)
 	if r.Namespaced() && q.Namespace != "" {
@@ -361,9 +360,20 @@ func (s *Source) QueryExternal(ctx context.Context, q ExternalQuery) (ExternalRe
 	for i, g := range groupBy {
 		quoted[i] = rules.QuoteLabel(g)
 	}
-	var err error
-	res.Query, err = r.Render(rules.QueryParts{Series: q.Metric.Series, LabelMatchers: rules.JoinMatchers(ms),
+	query, err = r.Render(rules.QueryParts{Series: q.Metric.Series, LabelMatchers: rules.JoinMatchers(ms),
 		GroupBy: strings.Join(quoted, ","), GroupBySlice: groupBy})
+	if err != nil {
+		return "", "", err
+	}
+	return query, fmt.Sprintf("max(timestamp(%s))", rules.Selector(q.Metric.Series, ms)), nil
+}
+
+// QueryExternal returns one sample per result series, labelled as in
+// Prometheus, stamped with the newest raw sample of the metric's series.
+func (s *Source) QueryExternal(ctx context.Context, q ExternalQuery) (ExternalResult, error) {
+	var res ExternalResult
+	var err error
+	res.Query, res.Freshness, err = q.PromQL()
 	if err != nil {
 		return res, err
 	}
@@ -372,7 +382,6 @@ func (s *Source) QueryExternal(ctx context.Context, q ExternalQuery) (ExternalRe
 		return res, err
 	}
 	res.EvaluatedAt = evalTime
-	res.Freshness = fmt.Sprintf("max(timestamp(%s))", rules.Selector(q.Metric.Series, ms))
 	tv, _, err := s.query(ctx, kindFreshness, res.Freshness)
 	if err != nil {
 		return res, err

@@ -43,6 +43,7 @@ func NewServer(d Deps) http.Handler {
 	r := chi.NewRouter()
 	m := httpmetrics.New(d.Registry)
 	r.Use(httpjson.RequestID, m.Middleware)
+	httpjson.Unrouted(r)
 
 	r.Get("/purchases/{userid}", handleUserPurchases(d.Store, d.Logger))
 	r.Get("/purchases/{userid}/{id}", handlePurchase(d.Store, d.Logger))

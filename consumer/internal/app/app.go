@@ -7,7 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -16,6 +18,7 @@ import (
 	"github.com/purchase-system/purchase-system/consumer/internal/api"
 	"github.com/purchase-system/purchase-system/consumer/internal/ingest"
 	"github.com/purchase-system/purchase-system/consumer/internal/store"
+	"github.com/purchase-system/purchase-system/servicekit/httpjson"
 	"github.com/purchase-system/purchase-system/servicekit/kafkaenv"
 	"github.com/purchase-system/purchase-system/servicekit/lifecycle"
 	"github.com/purchase-system/purchase-system/servicekit/logging"
@@ -56,6 +59,11 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 		}
 		c.Batch.BatchWait = d
 	}
+	// A URL that can never work fails the start; an unreachable database
+	// is waited for.
+	if err := store.CheckURL(c.DatabaseURL); err != nil {
+		return Config{}, err
+	}
 	var err error
 	c.Kafka, err = kafkaenv.FromEnv(getenv)
 	return c, err
@@ -71,9 +79,25 @@ func Run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 	logger := logging.New(stdout, "consumer", c.LogLevel)
 	c.Kafka.Logs = kafkaenv.NewLogChannel(logger, "client")
 
-	st, err := store.Open(ctx, c.DatabaseURL)
+	ln, err := lifecycle.Listen(c.HTTPAddr)
 	if err != nil {
 		return err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	// Serving starts before the database answers: a pod whose database
+	// is away (restarting, failing over) stays alive and unready and
+	// starts the moment it is back, instead of crash-looping into
+	// Kubernetes' growing restart back-off.
+	handler := &startingHandler{}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- lifecycle.Serve(ctx, ln, handler, logger); cancel() }()
+
+	var st *store.Store
+	err = retry.Do(ctx, retry.Backoff{First: 500 * time.Millisecond, Max: 10 * time.Second}, logger,
+		"opening the database", func() (err error) { st, err = store.Open(ctx, c.DatabaseURL); return err })
+	if err != nil { // stopped before the database answered
+		return <-serveErr
 	}
 	defer st.Close()
 	logger.Info("store ready", "backend", st.Dialect())
@@ -82,13 +106,10 @@ func Run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	in, err := ingest.New(c.Kafka, st, ingest.NewMetrics(reg), c.Batch, logger)
 	if err != nil {
-		return err
+		cancel()
+		return errors.Join(err, <-serveErr)
 	}
-	ln, err := lifecycle.Listen(c.HTTPAddr)
-	if err != nil {
-		return err
-	}
-	handler := api.NewServer(api.Deps{
+	handler.ready(api.NewServer(api.Deps{
 		Store:    st,
 		Registry: reg,
 		Logger:   logger,
@@ -96,18 +117,34 @@ func Run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 			{Name: "database", Check: st.Ping},
 			{Name: "kafka", Check: in.Ready},
 		},
-	})
+	}))
 
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	go func() {
 		_ = retry.Do(ctx, retry.Backoff{First: time.Second, Max: 30 * time.Second}, logger,
 			"ensuring Kafka topics", func() error { return in.EnsureTopics(ctx) })
 	}()
 
 	// Either half failing stops the other; both finish their drain.
-	errc := make(chan error, 2)
-	go func() { errc <- in.Run(ctx); cancel() }()
-	go func() { errc <- lifecycle.Serve(ctx, ln, handler, logger); cancel() }()
-	return errors.Join(<-errc, <-errc)
+	ingestErr := in.Run(ctx)
+	cancel()
+	return errors.Join(ingestErr, <-serveErr)
+}
+
+// startingHandler answers while the database is not open yet: alive
+// (/healthz), not ready, every other request a 503 that says why. Then it
+// hands over to the API.
+type startingHandler struct{ api atomic.Pointer[http.Handler] }
+
+func (h *startingHandler) ready(api http.Handler) { h.api.Store(&api) }
+
+func (h *startingHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if api := h.api.Load(); api != nil {
+		(*api).ServeHTTP(w, r)
+		return
+	}
+	if r.URL.Path == "/healthz" {
+		httpjson.Write(w, http.StatusOK, map[string]string{"status": "ok"})
+		return
+	}
+	httpjson.Error(w, http.StatusServiceUnavailable, "starting: waiting for the database")
 }

@@ -46,6 +46,10 @@ type Options struct {
 // is away; the partition waits rather than skipping a message.
 var storeBackoff = retry.Backoff{First: 100 * time.Millisecond, Max: 5 * time.Second}
 
+// RevokeFlushTimeout bounds the attempt to store what was read from
+// partitions being revoked: the group's rebalance waits for it.
+var RevokeFlushTimeout = 5 * time.Second
+
 // DefaultOptions favour throughput while keeping the added latency small.
 var DefaultOptions = Options{BatchSize: 1000, BatchWait: 20 * time.Millisecond}
 
@@ -108,15 +112,21 @@ func (in *Ingestor) Run(ctx context.Context) error {
 	err := in.consumer.Subscribe(in.settings.Topic, func(_ *kafka.Consumer, ev kafka.Event) error {
 		switch e := ev.(type) {
 		case kafka.RevokedPartitions:
-			// Finish what was read from these partitions before another
-			// member takes them, so it does not redo the work.
+			// Finish what was read before another member takes these
+			// partitions, so it does not redo the work.
 			in.logger.Info("partitions revoked", "partitions", partitionList(e.Partitions))
-			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), RevokeFlushTimeout)
 			defer cancel()
 			if !in.flush(fctx) {
-				// Not stored, so not committed: the next owner reads
-				// them again.
-				in.dropPending()
+				// Not stored, so not committed: the revoked partitions'
+				// next owner reads them again from the committed offset.
+				// Only theirs are let go. Under cooperative rebalancing
+				// (cooperative-sticky, or the consumer protocol of KIP-848)
+				// this member keeps its other partitions and reads on past
+				// their pending messages: dropping those would lose them.
+				dropped := in.dropPendingOf(e.Partitions)
+				in.logger.Warn("storing before giving partitions up failed; their messages are left to the next owner",
+					"partitions", partitionList(e.Partitions), "dropped", dropped, "kept_pending", len(in.pending))
 			}
 		case kafka.AssignedPartitions:
 			in.logger.Info("partitions assigned", "partitions", partitionList(e.Partitions))
@@ -136,8 +146,20 @@ func (in *Ingestor) Run(ctx context.Context) error {
 		}
 		switch e := in.consumer.Poll(int(wait.Milliseconds())).(type) {
 		case *kafka.Message:
-			if e.TopicPartition.Error != nil {
-				in.logger.Warn("kafka fetch error", "err", e.TopicPartition.Error)
+			if err := e.TopicPartition.Error; err != nil {
+				// A partition's fetch failed (the message carries no
+				// data): nothing is skipped — the position stays where
+				// it was and librdkafka fetches again — but it is
+				// counted and logged (rate-limited), not lost in debug.
+				code := "unknown"
+				var kerr kafka.Error
+				if errors.As(err, &kerr) {
+					code = kerr.Code().String()
+					in.errors.Log(kerr)
+				} else {
+					in.logger.Warn("kafka fetch error", "partition", e.TopicPartition.Partition, "err", err)
+				}
+				in.metrics.fetchErrors.WithLabelValues(code).Inc()
 				break
 			}
 			if len(in.pending) == 0 {
@@ -229,11 +251,27 @@ func (in *Ingestor) flush(ctx context.Context) bool {
 	return true
 }
 
-func (in *Ingestor) dropPending() {
-	for _, m := range in.pending {
-		delete(in.received, m)
+// dropPendingOf lets go of the pending messages of the given partitions and
+// returns how many there were.
+func (in *Ingestor) dropPendingOf(tps []kafka.TopicPartition) int {
+	gone := map[int32]bool{}
+	for _, tp := range tps {
+		if tp.Topic != nil && *tp.Topic == in.settings.Topic {
+			gone[tp.Partition] = true
+		}
 	}
-	in.pending = in.pending[:0]
+	kept := in.pending[:0]
+	dropped := 0
+	for _, m := range in.pending {
+		if gone[m.TopicPartition.Partition] {
+			delete(in.received, m)
+			dropped++
+			continue
+		}
+		kept = append(kept, m)
+	}
+	in.pending = kept
+	return dropped
 }
 
 func (in *Ingestor) deadLetter(m *kafka.Message, cause error) error {

@@ -10,6 +10,7 @@ type Metrics struct {
 	stored            prometheus.Counter
 	duplicates        prometheus.Counter
 	storeSeconds      prometheus.Histogram
+	fetchErrors       *prometheus.CounterVec
 }
 
 // NewMetrics registers the pipeline's metrics on reg.
@@ -37,10 +38,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help:    "Time to write one batch of purchases to the store.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2.5, 12),
 		}),
+		fetchErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kafka_consumer_fetch_errors_total",
+			Help: "Fetches of a partition that failed, by Kafka error code; the partition is fetched again from the same position.",
+		}, []string{"code"}),
 	}
 	// Both statuses exist from the start, so a rate over them is 0, not absent.
 	m.processed.WithLabelValues("success")
 	m.processed.WithLabelValues("error")
-	reg.MustRegister(m.processed, m.processingSeconds, m.stored, m.duplicates, m.storeSeconds)
+	reg.MustRegister(m.processed, m.processingSeconds, m.stored, m.duplicates, m.storeSeconds, m.fetchErrors)
 	return m
 }

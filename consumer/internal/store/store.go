@@ -81,6 +81,12 @@ func Open(ctx context.Context, databaseURL string) (*Store, error) {
 	return s, nil
 }
 
+// CheckURL reports what is wrong with a DATABASE_URL without connecting.
+func CheckURL(databaseURL string) error {
+	_, _, _, err := parseURL(databaseURL)
+	return err
+}
+
 func parseURL(raw string) (driver, dsn string, d dialect, err error) {
 	if raw == "" {
 		raw = "sqlite:" + DefaultSQLitePath

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"mime"
+	"net"
 	"net/http"
 	"time"
 
@@ -43,12 +44,7 @@ func handleBuy(pub Publisher, cust Customers, logger *slog.Logger, now func() ti
 		}
 		req, err := purchase.DecodeRequest(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
 		if err != nil {
-			var tooBig *http.MaxBytesError
-			if errors.As(err, &tooBig) {
-				httpjson.Error(w, http.StatusRequestEntityTooLarge, "request body larger than 64 KiB")
-				return
-			}
-			httpjson.Error(w, http.StatusBadRequest, err.Error())
+			answerBadBody(w, r, logger, err)
 			return
 		}
 		p := purchase.New(req, now())
@@ -75,6 +71,27 @@ func handleBuy(pub Publisher, cust Customers, logger *slog.Logger, now func() ti
 			return
 		}
 		httpjson.Write(w, http.StatusCreated, p)
+	}
+}
+
+// answerBadBody says what is wrong with a /buy body that did not decode:
+// the client's JSON mistakes in full, a body too large or too slow by
+// status; a failure to read it (a connection reset, say) without the
+// connection's addresses.
+func answerBadBody(w http.ResponseWriter, r *http.Request, logger *slog.Logger, err error) {
+	var tooBig *http.MaxBytesError
+	var field *purchase.FieldError
+	var netErr net.Error
+	switch {
+	case errors.As(err, &tooBig):
+		httpjson.Error(w, http.StatusRequestEntityTooLarge, "request body larger than 64 KiB")
+	case errors.As(err, &field) || errors.Is(err, purchase.ErrMalformed):
+		httpjson.Error(w, http.StatusBadRequest, err.Error())
+	case errors.As(err, &netErr) && netErr.Timeout():
+		httpjson.Error(w, http.StatusRequestTimeout, "request body not received in time")
+	default:
+		logger.Info("reading a request body failed", "request_id", httpjson.RequestIDOf(r.Context()), "err", err)
+		httpjson.Error(w, http.StatusBadRequest, "request body could not be read")
 	}
 }
 

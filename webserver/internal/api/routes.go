@@ -47,6 +47,7 @@ func NewServer(d Deps) http.Handler {
 	r := chi.NewRouter()
 	m := httpmetrics.New(d.Registry)
 	r.Use(httpjson.RequestID, m.Middleware)
+	httpjson.Unrouted(r)
 
 	r.Post("/buy", handleBuy(d.Publisher, d.Customers, d.Logger, d.Now))
 	r.Get("/getAllUserBuys/{userid}", handleGetAllUserBuys(d.Customers, d.Logger))

@@ -1,0 +1,149 @@
+package pipeline
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"net/url"
+	"testing"
+	"time"
+
+	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
+	_ "github.com/jackc/pgx/v5/stdlib"
+
+	"github.com/purchase-system/purchase-system/consumer/storetest"
+	pcontract "github.com/purchase-system/purchase-system/servicekit/purchase"
+	"github.com/purchase-system/purchase-system/testkit/faultproxy"
+	"github.com/purchase-system/purchase-system/testkit/realdeps"
+	"github.com/purchase-system/purchase-system/testkit/testkafka"
+	"github.com/purchase-system/purchase-system/testkit/testproc"
+)
+
+// TestRebalanceWithTheDatabaseDownLosesNothing runs, under every
+// assignment strategy librdkafka offers, a consumer that has read messages
+// it could not store yet (its database away) when a second consumer joins
+// the group and takes some of its partitions. The first consumer gives up
+// the revoked partitions' messages (their new owner reads them again) and
+// must keep the rest: under cooperative rebalancing it keeps its other
+// partitions and reads on past them. Once the database is back, every
+// message is stored, once.
+func TestRebalanceWithTheDatabaseDownLosesNothing(t *testing.T) {
+	bootstrap := testkafka.Real(t)
+	fast := "fetch.wait.max.ms=50"
+	for _, s := range []struct{ name, config string }{
+		{"range", fast + ",session.timeout.ms=6000,heartbeat.interval.ms=500,partition.assignment.strategy=range"},
+		{"roundrobin", fast + ",session.timeout.ms=6000,heartbeat.interval.ms=500,partition.assignment.strategy=roundrobin"},
+		{"cooperative-sticky", fast + ",session.timeout.ms=6000,heartbeat.interval.ms=500,partition.assignment.strategy=cooperative-sticky"},
+		// KIP-848: the broker assigns, incrementally.
+		{"consumer-protocol", fast + ",group.protocol=consumer"},
+	} {
+		t.Run(s.name, func(t *testing.T) { rebalanceWithDatabaseDown(t, bootstrap, s.config) })
+	}
+}
+
+func rebalanceWithDatabaseDown(t *testing.T, bootstrap, kafkaConfig string) {
+	const n = 1000
+	topic := fmt.Sprintf("rebalance-%d", time.Now().UnixNano())
+	group := topic + "-group"
+	a, err := kafka.NewAdminClient(&kafka.ConfigMap{"bootstrap.servers": bootstrap})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := a.CreateTopics(ctx, []kafka.TopicSpecification{{Topic: topic, NumPartitions: 6, ReplicationFactor: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	a.Close()
+	ids := producePurchases(t, bootstrap, topic, n)
+
+	dbURL := storetest.PostgresURL(t)
+	if dbURL == "" {
+		realdeps.Missing(t, "needs PostgreSQL: set %s (make test starts a server and sets it)", storetest.PostgresEnv)
+	}
+	u, _ := url.Parse(dbURL)
+	proxy := faultproxy.Start(t, u.Host)
+	viaProxy := *u
+	viaProxy.Host = proxy.Addr
+
+	env := func(port int, db string) []string {
+		return []string{fmt.Sprintf("HTTP_ADDR=127.0.0.1:%d", port), "DATABASE_URL=" + db, "KAFKA_BOOTSTRAP_SERVERS=" + bootstrap,
+			"KAFKA_TOPIC=" + topic, "KAFKA_GROUP_ID=" + group, "KAFKA_EXTRA_CONFIG=" + kafkaConfig,
+			// Everything read stays in hand for a while: the rebalance
+			// finds it unstored.
+			"BATCH_SIZE=5000", "BATCH_WAIT=20s"}
+	}
+	pa := testproc.FreePort(t)
+	first := testproc.Start(t, "consumer", env(pa, viaProxy.String())...)
+	testproc.WaitHTTP(t, fmt.Sprintf("http://127.0.0.1:%d/readyz", pa), 200, 30*time.Second)
+	time.Sleep(4 * time.Second) // it reads the whole topic into its batch
+	proxy.Cut()
+
+	// A second member joins (its own database connection works).
+	pb := testproc.FreePort(t)
+	testproc.Start(t, "consumer", env(pb, dbURL)...)
+	time.Sleep(12 * time.Second) // the rebalance, and the first member's failed store before giving partitions up
+	proxy.Restore()
+
+	db, err := sql.Open("pgx", dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var stored map[string]int
+	testproc.Eventually(t, 60*time.Second, "every message stored", func() error {
+		stored = map[string]int{}
+		rows, err := db.Query("SELECT id FROM purchases")
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var id string
+			_ = rows.Scan(&id)
+			stored[id]++
+		}
+		if len(stored) < n {
+			return fmt.Errorf("%d of %d stored", len(stored), n)
+		}
+		return nil
+	})
+	missing := 0
+	for _, id := range ids {
+		if stored[id] != 1 {
+			missing++
+		}
+	}
+	if missing > 0 || len(stored) != n {
+		t.Fatalf("%d messages missing, %d stored of %d\nfirst consumer's log:\n%s", missing, len(stored), n, first.Log())
+	}
+}
+
+// producePurchases writes n valid purchases to topic (keyed by user, so
+// they spread over the partitions) and returns their ids.
+func producePurchases(t *testing.T, bootstrap, topic string, n int) []string {
+	t.Helper()
+	p, err := kafka.NewProducer(&kafka.ConfigMap{"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	go func() {
+		for range p.Events() {
+		}
+	}()
+	var ids []string
+	for i := range n {
+		pu := pcontract.New(pcontract.Request{Username: "rb", UserID: fmt.Sprintf("user-%d", i%37), Price: 1}, time.Now())
+		b, _ := pcontract.Encode(pu)
+		if err := p.Produce(&kafka.Message{TopicPartition: kafka.TopicPartition{Topic: &topic, Partition: kafka.PartitionAny},
+			Key: []byte(pu.UserID), Value: b}, nil); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, pu.ID)
+	}
+	if left := p.Flush(30000); left != 0 {
+		t.Fatalf("%d purchases not delivered", left)
+	}
+	return ids
+}
