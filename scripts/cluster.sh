@@ -37,6 +37,9 @@ case "${1:-}" in
     # The images the node runs, built without Docker (seconds when nothing
     # changed).
     scripts/images.sh build
+    # Serving certificates of the adapter and metrics-server, whose CA
+    # their APIServices carry (kustomize reads them as Secrets).
+    scripts/certs.sh
     mapfile -t flags < <(cluster_flags)
     "$BIN/devcluster" up "${flags[@]}"
     ;;

@@ -44,6 +44,11 @@ func TestManifestsAreAcceptedByTheAPIServer(t *testing.T) {
 			if err != nil {
 				t.Fatalf("kubectl apply --dry-run=server -k %s: %v\n%s", dir, err, out)
 			}
+			// The namespaces are labelled warn=restricted: a workload
+			// whose pods Pod Security would refuse is flagged here.
+			if strings.Contains(string(out), "would violate PodSecurity") {
+				t.Fatalf("kubectl apply --dry-run=server -k %s: Pod Security warnings:\n%s", dir, out)
+			}
 			t.Logf("%s: %d objects accepted", dir, strings.Count(string(out), "(server dry run)"))
 		})
 	}

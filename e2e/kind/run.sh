@@ -48,6 +48,7 @@ for p in webserver consumer adapter; do
 done
 
 e2e/kind/secrets.sh
+scripts/certs.sh
 log "deploying ${OVERLAY}"
 # Namespaces first: the overlay's objects go into them.
 "${kubectl[@]}" apply -f manifests/base/namespace.yaml >/dev/null
