@@ -5,6 +5,8 @@
 # them as kafka:9092, postgres:5432 and prometheus.monitoring:9090.
 #
 #   scripts/infra.sh up | down | status
+#   scripts/infra.sh stop|start kafka|postgres|prometheus   (one of them,
+#       data kept: the fault suite restarts them under load)
 source "$(dirname "$0")/lib.sh"
 cd "$REPO_ROOT" || exit 1
 
@@ -52,10 +54,18 @@ case "${1:-}" in
     scripts/postgres.sh stop "$INFRA/postgres"
     rm -rf "$INFRA"
     ;;
+  stop | start)
+    case "${2:-}" in
+      kafka) if [[ $1 == stop ]]; then scripts/kafka.sh stop "$INFRA/kafka"; else scripts/kafka.sh start "$INFRA/kafka" 9092 "$HOST_IP"; fi ;;
+      postgres) if [[ $1 == stop ]]; then scripts/postgres.sh stop "$INFRA/postgres"; else scripts/postgres.sh start "$INFRA/postgres" 5432 "$HOST_IP"; fi ;;
+      prometheus) if [[ $1 == stop ]]; then prometheus_down; else prometheus_up; fi ;;
+      *) die "usage: $0 $1 kafka|postgres|prometheus" ;;
+    esac
+    ;;
   status)
     for f in "$INFRA"/prometheus/pid "$INFRA"/kafka/kafka.pid; do
       [[ -f "$f" ]] && kill -0 "$(cat "$f")" 2>/dev/null && echo "running: $f" || echo "stopped: $f"
     done
     ;;
-  *) die "usage: $0 up|down|status" ;;
+  *) die "usage: $0 up|down|status, or stop|start kafka|postgres|prometheus" ;;
 esac

@@ -145,14 +145,27 @@ func (s Settings) ProducerConfig(timeout time.Duration) *kafka.ConfigMap {
 // ConsumerConfig is a consumer that never commits on its own: offsets are
 // committed by the caller after the messages are stored.
 func (s Settings) ConsumerConfig() *kafka.ConfigMap {
-	return s.withLogs(kafka.ConfigMap{
+	m := kafka.ConfigMap{
 		"group.id":                 s.GroupID,
 		"enable.auto.commit":       false,
 		"enable.auto.offset.store": false,
 		"auto.offset.reset":        "earliest",
 		// Only committed transactional data, and no commit markers.
 		"isolation.level": "read_committed",
-	})
+	}
+	// A consumer that crashes (kill -9, OOM) holds its partitions until
+	// the group coordinator misses its heartbeats for session.timeout.ms:
+	// librdkafka's 45 s default is 45 s of a growing backlog the HPA scales
+	// on. Heartbeats come from librdkafka's own thread, not the poll loop,
+	// so a slow batch does not miss them; 10 s (the broker's minimum is 6 s)
+	// cut recovery after a crash to ~15 s here (docs/RELIABILITY.md). Under
+	// group.protocol=consumer (KIP-848) both are the broker's settings and
+	// a client may not set them.
+	if p, _ := s.Extra.Get("group.protocol", "classic"); p != "consumer" {
+		m["session.timeout.ms"] = 10000
+		m["heartbeat.interval.ms"] = 3000
+	}
+	return s.withLogs(m)
 }
 
 // AdminConfig is the configuration of an admin client.

@@ -53,3 +53,26 @@ func TestFromEnvRejectsNonsense(t *testing.T) {
 		}
 	}
 }
+
+func TestConsumerFailsOverInSecondsUnlessTheBrokerOwnsTheTimeouts(t *testing.T) {
+	for _, c := range []struct {
+		extra   string
+		session any
+	}{
+		{"", 10000},
+		{"session.timeout.ms=30000", "30000"}, // the operator's choice wins
+		{"group.protocol=consumer", nil},      // KIP-848: the broker's setting
+	} {
+		s, err := kafkaenv.FromEnv(env(map[string]string{"KAFKA_EXTRA_CONFIG": c.extra}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg := *s.ConsumerConfig()
+		if cfg["session.timeout.ms"] != c.session {
+			t.Errorf("KAFKA_EXTRA_CONFIG=%q: session.timeout.ms = %v, want %v", c.extra, cfg["session.timeout.ms"], c.session)
+		}
+		if _, set := cfg["heartbeat.interval.ms"]; set != (c.session != nil) {
+			t.Errorf("KAFKA_EXTRA_CONFIG=%q: heartbeat.interval.ms set = %v", c.extra, set)
+		}
+	}
+}

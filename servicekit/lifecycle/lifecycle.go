@@ -5,14 +5,17 @@ package lifecycle
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"sync/atomic"
 	"time"
 )
 
 // ShutdownGrace bounds how long in-flight requests may take after a stop
-// is asked for; Kubernetes' default termination grace period is 30 s.
+// is asked for and the shutdown delay has passed; with a 5 s delay both fit
+// Kubernetes' default termination grace period of 30 s.
 const ShutdownGrace = 20 * time.Second
 
 // Timeouts bound what one connection can hold: a slow client (headers or
@@ -33,6 +36,44 @@ func Serve(ctx context.Context, ln net.Listener, h http.Handler, logger *slog.Lo
 
 // ServeWith is Serve with other timeouts (tests use short ones).
 func ServeWith(ctx context.Context, ln net.Listener, h http.Handler, logger *slog.Logger, t Timeouts) error {
+	return (&Server{Timeouts: t}).Serve(ctx, ln, h, logger)
+}
+
+// Server serves HTTP until its context ends, then shuts down in two steps,
+// as kube-apiserver's --shutdown-delay-duration does: for ShutdownDelay it
+// keeps serving while Draining reports the stop (readiness fails, so the
+// endpoints controller and the Service proxies stop sending new
+// connections) and answers with "Connection: close" (so clients leave
+// their kept-alive connections instead of sending into one that is about
+// to close); then it stops accepting and lets in-flight requests finish.
+// Without the delay a request can reach a pod in the instant between its
+// listener closing and the proxy learning of it: a connection refused or
+// reset, not a clear answer.
+type Server struct {
+	Timeouts      Timeouts
+	ShutdownDelay time.Duration
+	draining      atomic.Bool
+}
+
+// ErrShuttingDown is what Draining reports once a stop was asked for.
+var ErrShuttingDown = errors.New("shutting down")
+
+// Draining is a readiness check: it fails from the moment a stop is asked
+// for.
+func (s *Server) Draining(context.Context) error {
+	if s.draining.Load() {
+		return ErrShuttingDown
+	}
+	return nil
+}
+
+// Serve serves h on ln until ctx is done, then drains. It returns nil after
+// a clean drain, or the error that stopped the server.
+func (s *Server) Serve(ctx context.Context, ln net.Listener, h http.Handler, logger *slog.Logger) error {
+	t := s.Timeouts
+	if t == (Timeouts{}) {
+		t = DefaultTimeouts
+	}
 	srv := &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: t.ReadHeader,
@@ -49,6 +90,16 @@ func ServeWith(ctx context.Context, ln net.Listener, h http.Handler, logger *slo
 	case err := <-errc:
 		return err
 	case <-ctx.Done():
+	}
+	s.draining.Store(true)
+	if s.ShutdownDelay > 0 {
+		logger.Info("stop asked for: still serving, not ready, while the Service forgets this pod", "shutdown_delay", s.ShutdownDelay.String())
+		srv.SetKeepAlivesEnabled(false)
+		select {
+		case err := <-errc:
+			return err
+		case <-time.After(s.ShutdownDelay):
+		}
 	}
 	logger.Info("shutting down HTTP server: draining in-flight requests")
 	sctx, cancel := context.WithTimeout(context.Background(), ShutdownGrace)
@@ -69,4 +120,22 @@ func Listen(addr string) (net.Listener, error) {
 		return nil, errors.New("cannot listen on " + addr + " (HTTP_ADDR): " + err.Error())
 	}
 	return ln, nil
+}
+
+// MaxShutdownDelay keeps the delay and the drain inside Kubernetes' default
+// termination grace period of 30 s.
+const MaxShutdownDelay = 10 * time.Second
+
+// ShutdownDelayFromEnv reads SHUTDOWN_DELAY (default 0: a process started
+// by hand stops at once; the manifests set 5s).
+func ShutdownDelayFromEnv(getenv func(string) string) (time.Duration, error) {
+	v := getenv("SHUTDOWN_DELAY")
+	if v == "" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d < 0 || d > MaxShutdownDelay {
+		return 0, fmt.Errorf("SHUTDOWN_DELAY: %q is not a duration from 0s to %s, such as 5s", v, MaxShutdownDelay)
+	}
+	return d, nil
 }

@@ -57,6 +57,7 @@ func mapper() apimeta.RESTMapper {
 	m := apimeta.NewDefaultRESTMapper([]schema.GroupVersion{{Version: "v1"}})
 	m.Add(schema.GroupVersionKind{Version: "v1", Kind: "Pod"}, apimeta.RESTScopeNamespace)
 	m.Add(schema.GroupVersionKind{Version: "v1", Kind: "Namespace"}, apimeta.RESTScopeRoot)
+	m.Add(schema.GroupVersionKind{Version: "v1", Kind: "Secret"}, apimeta.RESTScopeNamespace)
 	return m
 }
 
@@ -73,6 +74,7 @@ type fixture struct {
 	p       *metricsapi.Provider
 	catalog *catalog.Catalog
 	store   *store.Store
+	meta    *metadatafake.FakeMetadataClient
 }
 
 func newFixture(t testing.TB, maxAge time.Duration, series []promtest.Series, objects ...runtime.Object) *fixture {
@@ -95,7 +97,7 @@ func newFixture(t testing.TB, maxAge time.Duration, series []promtest.Series, ob
 	reg := prometheus.NewRegistry()
 	p := metricsapi.New(cat, st, mapper(), meta, stop, metricsapi.Options{MaxSampleAge: maxAge, Logger: logger, Metrics: metricsapi.NewMetrics(reg)})
 	cat.Discover(context.Background())
-	return &fixture{reg: reg, prom: prom, p: p, catalog: cat, store: st}
+	return &fixture{reg: reg, prom: prom, p: p, catalog: cat, store: st, meta: meta}
 }
 
 func TestPodValueIsTheSumOfItsSeries(t *testing.T) {
@@ -226,5 +228,24 @@ func TestAMetricThatAppearsLaterIsServedWithoutWaitingForTheRelist(t *testing.T)
 	v, err := f.p.GetMetricByName(context.Background(), types.NamespacedName{Namespace: "shop", Name: "web-1"}, podsInfo, labels.Everything())
 	if err != nil || v.Value.String() != "4" {
 		t.Fatalf("= %v %v, want the new series' value after an on-demand discovery", v, err)
+	}
+}
+
+// A request naming a resource no rule serves is answered from the catalog
+// alone: no watch starts for it (one the adapter may not list would cost
+// every such request its sync timeout and leave a reflector retrying
+// forever).
+func TestAMetricNoRuleServesStartsNoWatch(t *testing.T) {
+	f := newFixture(t, time.Minute, promtest.PodSeries("shop", "web-1", time.Now(), 4), pod("shop", "web-1", map[string]string{"app": "web"}))
+	info := cmprovider.CustomMetricInfo{GroupResource: schema.GroupResource{Resource: "secrets"}, Namespaced: true, Metric: "flask_http_request_per_second"}
+	_, err := f.p.GetMetricBySelector(context.Background(), "shop", labels.Everything(), info, labels.Everything())
+	if !apierrors.IsNotFound(err) {
+		t.Fatalf("secrets/flask_http_request_per_second = %v, want 404", err)
+	}
+	time.Sleep(100 * time.Millisecond) // a watch would have listed by now
+	for _, a := range f.meta.Actions() {
+		if a.GetResource().Resource == "secrets" {
+			t.Fatalf("a %s of secrets was made for a metric no rule serves", a.GetVerb())
+		}
 	}
 }

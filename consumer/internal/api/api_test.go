@@ -18,10 +18,11 @@ import (
 	"github.com/purchase-system/purchase-system/consumer/internal/api"
 	"github.com/purchase-system/purchase-system/consumer/internal/store"
 	"github.com/purchase-system/purchase-system/consumer/storetest"
+	"github.com/purchase-system/purchase-system/servicekit/health"
 	"github.com/purchase-system/purchase-system/servicekit/purchase"
 )
 
-func newServer(t *testing.T, checks ...api.Check) (*httptest.Server, *store.Store) {
+func newServer(t *testing.T, checks ...health.Check) (*httptest.Server, *store.Store) {
 	t.Helper()
 	st, err := store.Open(context.Background(), storetest.SQLite(t).URL)
 	if err != nil {
@@ -113,8 +114,8 @@ func TestBadQueriesAre400WithTheReason(t *testing.T) {
 func TestReadyzNamesTheFailingDependency(t *testing.T) {
 	kafkaDown := errors.New("kafka unreachable: kafka-0.data:9092: Local: Timed out")
 	srv, _ := newServer(t,
-		api.Check{Name: "database", Check: func(context.Context) error { return nil }},
-		api.Check{Name: "kafka", Check: func(context.Context) error { return kafkaDown }},
+		health.Check{Name: "database", Check: func(context.Context) error { return nil }},
+		health.Check{Name: "kafka", Check: func(context.Context) error { return kafkaDown }},
 	)
 	code, body := get(t, srv.URL+"/readyz", nil)
 	if code != 503 || !strings.Contains(body, "not ready: kafka unavailable") || strings.Contains(body, "database") {

@@ -1,15 +1,11 @@
 package api
 
 import (
-	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
 	"net/url"
 	"strconv"
-	"strings"
-	"time"
 
 	"github.com/go-chi/chi/v5"
 
@@ -112,33 +108,5 @@ func handlePage(s Store, logger *slog.Logger) http.HandlerFunc {
 			return
 		}
 		httpjson.Write(w, http.StatusOK, Page{Purchases: ps, Next: next.String()})
-	}
-}
-
-func handleHealthz() http.HandlerFunc {
-	return func(w http.ResponseWriter, _ *http.Request) {
-		httpjson.Write(w, http.StatusOK, map[string]string{"status": "ok"})
-	}
-}
-
-// handleReadyz checks every dependency and names each that fails (the
-// causes go to the log).
-func handleReadyz(checks []Check, logger *slog.Logger) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
-		defer cancel()
-		var failed []string
-		var errs []error
-		for _, c := range checks {
-			if err := c.Check(ctx); err != nil {
-				failed = append(failed, c.Name)
-				errs = append(errs, fmt.Errorf("%s: %w", c.Name, err))
-			}
-		}
-		if len(failed) > 0 {
-			httpjson.Fail(w, r, logger, http.StatusServiceUnavailable, "not ready: "+strings.Join(failed, ", ")+" unavailable", errors.Join(errs...))
-			return
-		}
-		httpjson.Write(w, http.StatusOK, map[string]string{"status": "ready"})
 	}
 }

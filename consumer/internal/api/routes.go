@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/purchase-system/purchase-system/consumer/internal/store"
+	"github.com/purchase-system/purchase-system/servicekit/health"
 	"github.com/purchase-system/purchase-system/servicekit/httpjson"
 	"github.com/purchase-system/purchase-system/servicekit/httpmetrics"
 	"github.com/purchase-system/purchase-system/servicekit/purchase"
@@ -23,16 +24,10 @@ type Store interface {
 	Page(ctx context.Context, after store.Cursor, limit int) ([]purchase.Purchase, store.Cursor, error)
 }
 
-// Check is one readiness dependency: nil means ready.
-type Check struct {
-	Name  string
-	Check func(ctx context.Context) error
-}
-
 // Deps are what the API needs from the rest of the program.
 type Deps struct {
 	Store     Store
-	Readiness []Check
+	Readiness []health.Check
 	Registry  *prometheus.Registry
 	Logger    *slog.Logger
 }
@@ -51,8 +46,8 @@ func NewServer(d Deps) http.Handler {
 	m.Expect(http.MethodGet, "/purchases/{userid}", http.StatusOK)
 	m.Expect(http.MethodGet, "/purchases", http.StatusOK)
 
-	r.Get("/healthz", handleHealthz())
-	r.Get("/readyz", handleReadyz(d.Readiness, d.Logger))
+	r.Get("/healthz", health.Healthz())
+	r.Get("/readyz", health.Readyz(d.Logger, d.Readiness...))
 	r.Method(http.MethodGet, "/metrics", httpmetrics.Handler(d.Registry))
 	return r
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/purchase-system/purchase-system/consumer/internal/api"
 	"github.com/purchase-system/purchase-system/consumer/internal/ingest"
 	"github.com/purchase-system/purchase-system/consumer/internal/store"
+	"github.com/purchase-system/purchase-system/servicekit/health"
 	"github.com/purchase-system/purchase-system/servicekit/httpjson"
 	"github.com/purchase-system/purchase-system/servicekit/kafkaenv"
 	"github.com/purchase-system/purchase-system/servicekit/lifecycle"
@@ -32,6 +33,8 @@ type Config struct {
 	LogLevel    string // LOG_LEVEL
 	Batch       ingest.Options
 	Kafka       kafkaenv.Settings
+	// ShutdownDelay is SHUTDOWN_DELAY, default 0 (see lifecycle.Server).
+	ShutdownDelay time.Duration
 }
 
 // ConfigFromEnv reads the configuration, failing on values it cannot use.
@@ -65,6 +68,9 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 		return Config{}, err
 	}
 	var err error
+	if c.ShutdownDelay, err = lifecycle.ShutdownDelayFromEnv(getenv); err != nil {
+		return Config{}, err
+	}
 	c.Kafka, err = kafkaenv.FromEnv(getenv)
 	return c, err
 }
@@ -91,7 +97,8 @@ func Run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 	// Kubernetes' growing restart back-off.
 	handler := &startingHandler{}
 	serveErr := make(chan error, 1)
-	go func() { serveErr <- lifecycle.Serve(ctx, ln, handler, logger); cancel() }()
+	srv := &lifecycle.Server{Timeouts: lifecycle.DefaultTimeouts, ShutdownDelay: c.ShutdownDelay}
+	go func() { serveErr <- srv.Serve(ctx, ln, handler, logger); cancel() }()
 
 	var st *store.Store
 	err = retry.Do(ctx, retry.Backoff{First: 500 * time.Millisecond, Max: 10 * time.Second}, logger,
@@ -113,7 +120,8 @@ func Run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 		Store:    st,
 		Registry: reg,
 		Logger:   logger,
-		Readiness: []api.Check{
+		Readiness: []health.Check{
+			{Name: "shutdown", Check: srv.Draining},
 			{Name: "database", Check: st.Ping},
 			{Name: "kafka", Check: in.Ready},
 		},
@@ -143,7 +151,7 @@ func (h *startingHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if r.URL.Path == "/healthz" {
-		httpjson.Write(w, http.StatusOK, map[string]string{"status": "ok"})
+		health.Healthz()(w, r)
 		return
 	}
 	httpjson.Error(w, http.StatusServiceUnavailable, "starting: waiting for the database")

@@ -21,6 +21,8 @@ import (
 type Purchase struct {
 	ID     string `json:"id"`
 	UserID string `json:"userid"`
+	// AckedAt is when the 201 arrived.
+	AckedAt time.Time `json:"-"`
 }
 
 // Generator sends purchases to URL at Rate per second.
@@ -37,6 +39,9 @@ type Generator struct {
 	// open loop into a closed one).
 	MaxInFlight int
 	Client      *http.Client
+	// OnAnswer, when set, is told of every request: when it was sent and
+	// its status (0: no answer). It is called from many goroutines.
+	OnAnswer func(sent time.Time, status int)
 
 	offered, acked, failed, dropped atomic.Int64
 
@@ -114,7 +119,15 @@ func (g *Generator) send(n int64) {
 	body := fmt.Sprintf(`{"username":"load","userid":%q,"price":%d}`, user, 1+n%100)
 	// Requests already sent are answered even after the load stops: the
 	// answer says whether the purchase was acknowledged.
+	sent := time.Now()
 	resp, err := g.Client.Post(g.URL, "application/json", bytes.NewBufferString(body))
+	status := 0
+	if err == nil {
+		status = resp.StatusCode
+	}
+	if g.OnAnswer != nil {
+		defer func() { g.OnAnswer(sent, status) }()
+	}
 	if err != nil {
 		g.failed.Add(1)
 		g.note(0, err.Error())
@@ -133,6 +146,7 @@ func (g *Generator) send(n int64) {
 		g.note(resp.StatusCode, "acknowledged without a purchase id: "+string(b))
 		return
 	}
+	p.AckedAt = time.Now()
 	g.acked.Add(1)
 	g.mu.Lock()
 	g.statuses[resp.StatusCode]++

@@ -1,7 +1,6 @@
 package api
 
 import (
-	"context"
 	"errors"
 	"log/slog"
 	"mime"
@@ -132,23 +131,5 @@ func handleGetAllUserBuys(c Customers, logger *slog.Logger) http.HandlerFunc {
 		}
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write(body)
-	}
-}
-
-func handleHealthz() http.HandlerFunc {
-	return func(w http.ResponseWriter, _ *http.Request) {
-		httpjson.Write(w, http.StatusOK, map[string]string{"status": "ok"})
-	}
-}
-
-func handleReadyz(pub Publisher, logger *slog.Logger) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
-		defer cancel()
-		if err := pub.Ready(ctx); err != nil {
-			httpjson.Fail(w, r, logger, http.StatusServiceUnavailable, "not ready: Kafka or its topic unavailable", err)
-			return
-		}
-		httpjson.Write(w, http.StatusOK, map[string]string{"status": "ready"})
 	}
 }

@@ -7,11 +7,13 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"slices"
 	"time"
 
 	"github.com/go-chi/chi/v5"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/purchase-system/purchase-system/servicekit/health"
 	"github.com/purchase-system/purchase-system/servicekit/httpjson"
 	"github.com/purchase-system/purchase-system/servicekit/httpmetrics"
 	"github.com/purchase-system/purchase-system/servicekit/purchase"
@@ -33,6 +35,9 @@ type Customers interface {
 type Deps struct {
 	Publisher Publisher
 	Customers Customers
+	// Readiness are checks /readyz runs before Kafka's (the server's own
+	// "shutdown").
+	Readiness []health.Check
 	Registry  *prometheus.Registry
 	Logger    *slog.Logger
 	Now       func() time.Time
@@ -56,8 +61,8 @@ func NewServer(d Deps) http.Handler {
 	m.Expect(http.MethodPost, "/buy", http.StatusCreated)
 	m.Expect(http.MethodGet, "/getAllUserBuys/{userid}", http.StatusOK)
 
-	r.Get("/healthz", handleHealthz())
-	r.Get("/readyz", handleReadyz(d.Publisher, d.Logger))
+	r.Get("/healthz", health.Healthz())
+	r.Get("/readyz", health.Readyz(d.Logger, slices.Concat(d.Readiness, []health.Check{{Name: "kafka", Check: d.Publisher.Ready}})...))
 	r.Method(http.MethodGet, "/metrics", httpmetrics.Handler(d.Registry))
 	return r
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/purchase-system/purchase-system/servicekit/health"
 	"github.com/purchase-system/purchase-system/servicekit/kafkaenv"
 	"github.com/purchase-system/purchase-system/servicekit/lifecycle"
 	"github.com/purchase-system/purchase-system/servicekit/logging"
@@ -27,6 +28,7 @@ type Config struct {
 	HTTPAddr              string        // HTTP_ADDR, default :8080
 	CustomerManagementURL string        // CUSTOMER_MANAGEMENT_URL, default http://localhost:8081
 	PublishTimeout        time.Duration // PUBLISH_TIMEOUT, default 5s
+	ShutdownDelay         time.Duration // SHUTDOWN_DELAY, default 0 (see lifecycle.Server)
 	LogLevel              string        // LOG_LEVEL
 	Kafka                 kafkaenv.Settings
 }
@@ -47,6 +49,9 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 		c.PublishTimeout = d
 	}
 	var err error
+	if c.ShutdownDelay, err = lifecycle.ShutdownDelayFromEnv(getenv); err != nil {
+		return Config{}, err
+	}
 	c.Kafka, err = kafkaenv.FromEnv(getenv)
 	return c, err
 }
@@ -68,7 +73,7 @@ type App struct {
 
 // New connects to Kafka and builds the API. Topic creation is retried in
 // the background: the server starts (not ready) while Kafka is down.
-func New(ctx context.Context, c Config, logger *slog.Logger) (*App, error) {
+func New(ctx context.Context, c Config, logger *slog.Logger, readiness ...health.Check) (*App, error) {
 	pub, err := publisher.New(c.Kafka, c.PublishTimeout, logger)
 	if err != nil {
 		return nil, err
@@ -86,7 +91,7 @@ func New(ctx context.Context, c Config, logger *slog.Logger) (*App, error) {
 		_ = retry.Do(bg, topicBackoff, logger, "ensuring Kafka topic", func() error { return pub.EnsureTopics(bg) })
 	}()
 	return &App{
-		Handler:   api.NewServer(api.Deps{Publisher: pub, Customers: cust, Registry: reg, Logger: logger}),
+		Handler:   api.NewServer(api.Deps{Publisher: pub, Customers: cust, Registry: reg, Logger: logger, Readiness: readiness}),
 		publisher: pub,
 		cancel:    cancel,
 	}, nil
@@ -115,7 +120,8 @@ func Run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 	if err != nil {
 		return err
 	}
-	a, err := New(ctx, c, logger)
+	srv := &lifecycle.Server{Timeouts: lifecycle.DefaultTimeouts, ShutdownDelay: c.ShutdownDelay}
+	a, err := New(ctx, c, logger, health.Check{Name: "shutdown", Check: srv.Draining})
 	if err != nil {
 		ln.Close()
 		return err
@@ -123,5 +129,5 @@ func Run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 	defer a.Close()
 	logger.Info("starting", "kafka", c.Kafka.BootstrapServers, "topic", c.Kafka.Topic,
 		"customer_management_url", c.CustomerManagementURL)
-	return lifecycle.Serve(ctx, ln, a.Handler, logger)
+	return srv.Serve(ctx, ln, a.Handler, logger)
 }

@@ -1,0 +1,655 @@
+// Package faults is the fault table: on the local Kubernetes with the
+// system deployed (overlays/e2e) and a steady POST /buy load, it breaks one
+// part at a time (then two at once) and checks what users are promised:
+// every purchase that got a 2xx is stored exactly once, every failure is a
+// clear 5xx (never a 2xx for something not kept), the system recovers
+// without help, the HPAs hold their replica counts while their metrics are
+// away, and Kafka lag is an error while Kafka is away, never 0. It writes
+// one table per run (_output/faults/table.md); docs/RELIABILITY.md
+// summarises it.
+//
+//	go test ./e2e/faults -args -kubeconfig ... -infra scripts/infra.sh
+//
+// scripts/e2e.sh runs it after the scenario. It acts on this machine's
+// processes (kill -9 of a pod's process, stopping the host's Kafka,
+// PostgreSQL and Prometheus), so it runs on the local Kubernetes only;
+// without -kubeconfig it is skipped.
+package faults
+
+import (
+	"context"
+	"database/sql"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	_ "github.com/jackc/pgx/v5/stdlib"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/purchase-system/purchase-system/e2e/internal/autoscaling"
+	"github.com/purchase-system/purchase-system/e2e/internal/load"
+	"github.com/purchase-system/purchase-system/testkit/testproc"
+)
+
+var (
+	kubeconfig  = flag.String("kubeconfig", os.Getenv("E2E_KUBECONFIG"), "kubeconfig of the local Kubernetes the system is deployed on")
+	webURL      = flag.String("web-url", "http://localhost:30080", "the web server's URL")
+	namespace   = flag.String("namespace", "purchase-system", "the system's namespace")
+	infraScript = flag.String("infra", "", "scripts/infra.sh of the checkout: stops and starts the host's Kafka, PostgreSQL and Prometheus")
+	databaseURL = flag.String("database-url", "postgres://postgres@10.88.0.1:5432/purchases?sslmode=disable", "the PostgreSQL the consumer stores into, as this machine reaches it")
+	rate        = flag.Float64("rate", 45, "purchases per second offered during each fault")
+	outDir      = flag.String("out", "", "where the table goes (default _output/faults in the checkout)")
+)
+
+// perPodTarget is the web server HPA's request-rate target during the
+// suite: low enough that the steady load holds it above its minimum, so
+// "the HPA holds its replica count" is a real check, not the floor.
+const perPodTarget = "15"
+
+// minObserved is how long the load runs after a fault's start at least.
+const minObserved = 20 * time.Second
+
+// env is what every fault acts on.
+type env struct {
+	t      *testing.T
+	client kubernetes.Interface
+	ns     string
+	db     *sql.DB
+}
+
+// fault is one row of the table. inject breaks something and returns how
+// to end it (nil when the fault ends by itself, as a killed pod that is
+// restarted); while it lasts, during is called every second.
+type fault struct {
+	name   string
+	inject func(e *env) (restore func())
+	away   time.Duration // how long a fault with a restore lasts
+	during func(e *env, since time.Duration) error
+	// hpaHold: the HPAs must keep their replica counts while it lasts,
+	// and act on their metrics again after.
+	hpaHold bool
+	// cutsConnections: the fault kills a web server process, so the
+	// requests it was serving get no answer (their connections reset), as
+	// on any cluster; they were never acknowledged. Every other fault
+	// must answer every request.
+	cutsConnections bool
+}
+
+// row is what one fault did.
+type row struct {
+	fault                  string
+	acked, stored, missing int
+	duplicates, unacked    int
+	status5xx, noAnswer    int
+	other                  map[int]int // any other non-201 status
+	answersAgain           float64     // seconds from the fault's start to the last failed answer
+	caughtUp               float64     // the longest an acknowledged purchase waited to be stored (s)
+	hpaHeld                string
+	notes                  []string
+}
+
+func TestFaultTable(t *testing.T) {
+	if *kubeconfig == "" || *infraScript == "" {
+		t.Skip("the fault table breaks the local Kubernetes' host processes: scripts/e2e.sh deploys the system and passes -kubeconfig and -infra")
+	}
+	cfg, err := clientcmd.BuildConfigFromFlags("", *kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &env{t: t, client: kubernetes.NewForConfigOrDie(cfg), ns: *namespace}
+	e.db, err = sql.Open("pgx", *databaseURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.db.Close()
+	out := *outDir
+	if out == "" {
+		root, err := testproc.RepoRoot()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = filepath.Join(root, "_output", "faults")
+	}
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		t.Fatal(err)
+	}
+
+	// The web server's HPA aims at 15 requests/s per pod for the suite:
+	// the steady load keeps it at 3 pods, above its minimum of 2.
+	restoreTarget := e.setWebTarget(perPodTarget)
+	defer restoreTarget()
+	warm := &load.Generator{URL: strings.TrimSuffix(*webURL, "/") + "/buy", Rate: *rate, Users: 50, UserPrefix: fmt.Sprintf("fault-warm-%d-", time.Now().Unix())}
+	warmCtx, stopWarm := context.WithCancel(context.Background())
+	warmDone := make(chan struct{})
+	go func() { defer close(warmDone); warm.Run(warmCtx) }()
+	testproc.Eventually(t, 4*time.Minute, "the web server at 3 Ready pods under the steady load", func() error {
+		s, err := autoscaling.Read(context.Background(), e.client, e.ns)
+		if err != nil {
+			return err
+		}
+		web := s.HPAs[autoscaling.WebServer]
+		if web.Current < 3 || web.Desired != web.Current {
+			return fmt.Errorf("web server %d/%d", web.Current, web.Desired)
+		}
+		return e.allReady()
+	})
+	stopWarm()
+	<-warmDone
+
+	faults := e.faults()
+	var rows []row
+	for _, f := range faults {
+		r := e.run(f)
+		rows = append(rows, r)
+		t.Logf("%s: %d acknowledged, %d stored, %d missing, %d duplicates, %d 5xx, %d no answer, last failure at %.0f s, longest wait to be stored %.0f s %s",
+			r.fault, r.acked, r.stored, r.missing, r.duplicates, r.status5xx, r.noAnswer, r.answersAgain, r.caughtUp, r.hpaHeld)
+		for _, n := range r.notes {
+			t.Logf("  %s", n)
+		}
+		if r.missing > 0 || r.duplicates > 0 {
+			t.Errorf("%s: %d acknowledged purchases missing, %d stored twice", r.fault, r.missing, r.duplicates)
+		}
+		if r.noAnswer > 0 && !f.cutsConnections {
+			t.Errorf("%s: %d requests got no answer (want a 201 or a 5xx saying why)", r.fault, r.noAnswer)
+		}
+		for status, n := range r.other {
+			if status >= 200 && status < 300 {
+				t.Errorf("%s: %d answers %d without a purchase", r.fault, n, status)
+			} else {
+				t.Errorf("%s: %d answers %d (want 201, or a 5xx saying why)", r.fault, n, status)
+			}
+		}
+	}
+	table := formatTable(rows)
+	path := filepath.Join(out, "table.md")
+	if err := os.WriteFile(path, []byte(table), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("fault table (%s):\n%s", path, table)
+}
+
+// faults lists the rows: each part alone, then two at once.
+func (e *env) faults() []fault {
+	lagIsAnError := func(e *env, since time.Duration) error {
+		// Past the adapter's refresh, the lag of a group whose broker is
+		// away is an error: an HPA must not read 0 and scale in.
+		if since < 15*time.Second {
+			return nil
+		}
+		s, err := autoscaling.Read(context.Background(), e.client, e.ns)
+		if err != nil {
+			return nil
+		}
+		if s.LagErr == nil {
+			return fmt.Errorf("lag read %v with Kafka away, want an error", s.Lag)
+		}
+		return nil
+	}
+	return []fault{
+		{name: "kill -9 a consumer pod", inject: func(e *env) func() { e.kill9("app=customer-management-api"); return nil }},
+		{name: "kill -9 a web server pod", cutsConnections: true, inject: func(e *env) func() { e.kill9("app=customer-web-server"); return nil }},
+		{name: "restart the Kafka broker", away: 20 * time.Second, during: lagIsAnError,
+			inject: func(e *env) func() { e.infra("stop", "kafka"); return func() { e.infra("start", "kafka") } }},
+		{name: "restart PostgreSQL", away: 15 * time.Second,
+			inject: func(e *env) func() { e.infra("stop", "postgres"); return func() { e.infra("start", "postgres") } }},
+		{name: "roll the web server Deployment", inject: func(e *env) func() { e.rollout("customer-web-server"); return nil }},
+		{name: "kill the adapter (kill -9, away 30 s)", away: 30 * time.Second, hpaHold: true,
+			inject: func(e *env) func() {
+				e.kill9In("monitoring", "app=purchase-metrics-adapter")
+				// Kept away: a killed container is restarted in seconds.
+				e.scale("monitoring", "purchase-metrics-adapter", 0)
+				return func() { e.scale("monitoring", "purchase-metrics-adapter", 1) }
+			}},
+		{name: "stop Prometheus (30 s)", away: 30 * time.Second, hpaHold: true,
+			inject: func(e *env) func() { e.infra("stop", "prometheus"); return func() { e.infra("start", "prometheus") } }},
+		{name: "a rebalance with the database down", away: 15 * time.Second,
+			inject: func(e *env) func() {
+				e.infra("stop", "postgres")
+				// A graceful stop: the consumer gives its partitions up
+				// while it cannot store what it holds.
+				e.deletePod("app=customer-management-api")
+				return func() { e.infra("start", "postgres") }
+			}},
+		{name: "kill -9 a consumer pod while PostgreSQL is down", away: 15 * time.Second,
+			inject: func(e *env) func() {
+				e.infra("stop", "postgres")
+				e.kill9("app=customer-management-api")
+				return func() { e.infra("start", "postgres") }
+			}},
+		{name: "restart Kafka while the web server rolls", away: 20 * time.Second, during: lagIsAnError,
+			inject: func(e *env) func() {
+				e.infra("stop", "kafka")
+				e.rolloutNoWait("customer-web-server")
+				return func() { e.infra("start", "kafka") }
+			}},
+	}
+}
+
+// answer is one request's outcome.
+type answer struct {
+	sent   time.Time
+	status int
+}
+
+func (e *env) run(f fault) row {
+	t := e.t
+	r := row{fault: f.name, other: map[int]int{}}
+	prefix := fmt.Sprintf("fault-%d-%s-", time.Now().UnixNano(), strings.Join(strings.Fields(strings.ToLower(f.name)), "-"))
+	var mu sync.Mutex
+	var answers []answer
+	gen := &load.Generator{URL: strings.TrimSuffix(*webURL, "/") + "/buy", Rate: *rate, Users: 50, UserPrefix: prefix,
+		OnAnswer: func(sent time.Time, status int) {
+			mu.Lock()
+			answers = append(answers, answer{sent, status})
+			mu.Unlock()
+		}}
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); gen.Run(ctx) }()
+	// When each purchase was first seen stored (to the second): how long
+	// an acknowledged purchase waited to be stored is the consumer side's
+	// recovery.
+	firstSeen := map[string]time.Time{}
+	watchCtx, stopWatch := context.WithCancel(context.Background())
+	watchDone := make(chan struct{})
+	go func() {
+		defer close(watchDone)
+		for watchCtx.Err() == nil {
+			if ids, err := e.storedByID(prefix); err == nil {
+				now := time.Now()
+				for id := range ids {
+					if _, ok := firstSeen[id]; !ok {
+						firstSeen[id] = now
+					}
+				}
+			}
+			select {
+			case <-watchCtx.Done():
+			case <-time.After(time.Second):
+			}
+		}
+	}()
+
+	time.Sleep(5 * time.Second) // steady state first
+	if f.hpaHold {
+		// Holding is only a check above the minimum: wait for the load to
+		// keep the web server at 3 again (an earlier row may have moved it).
+		testproc.Eventually(t, 3*time.Minute, f.name+": the web server back at 3 steady pods", func() error {
+			s, err := autoscaling.Read(context.Background(), e.client, e.ns)
+			if err != nil {
+				return err
+			}
+			if w := s.HPAs[autoscaling.WebServer]; w.Current < 3 || w.Desired != w.Current {
+				return fmt.Errorf("web server %d/%d", w.Current, w.Desired)
+			}
+			return e.allReady()
+		})
+	}
+	before, _ := autoscaling.Read(context.Background(), e.client, e.ns)
+	start := time.Now()
+	restore := f.inject(e)
+	var held []string
+	// The load goes on for at least minObserved whatever the fault: a
+	// killed pod's restart and its partitions' hand-over happen under it.
+	until := start.Add(max(f.away, minObserved))
+	for time.Now().Before(until) {
+		if restore != nil && time.Since(start) >= f.away {
+			restore()
+			restore = nil
+		}
+		if f.during != nil && restore != nil {
+			if err := f.during(e, time.Since(start)); err != nil {
+				t.Errorf("%s, %.0f s in: %v", f.name, time.Since(start).Seconds(), err)
+			}
+		}
+		if f.hpaHold && restore != nil {
+			held = append(held, e.checkHold(before)...)
+		}
+		time.Sleep(time.Second)
+	}
+	if restore != nil {
+		restore()
+	}
+	// Recovered: every workload Ready again and the web server answering
+	// 201 for 5 s in a row.
+	testproc.Eventually(t, 3*time.Minute, f.name+": every pod Ready again", e.allReady)
+	testproc.Eventually(t, 2*time.Minute, f.name+": 5 s of 201s", func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		cut := time.Now().Add(-5 * time.Second)
+		n := 0
+		for i := len(answers) - 1; i >= 0 && answers[i].sent.After(cut); i-- {
+			if answers[i].status != 201 {
+				return fmt.Errorf("a %d at %s", answers[i].status, answers[i].sent.Format(time.TimeOnly))
+			}
+			n++
+		}
+		if n == 0 {
+			return fmt.Errorf("no answers in 5 s")
+		}
+		return nil
+	})
+	if f.hpaHold {
+		r.hpaHeld = e.checkResumed(f.name, before, held)
+	}
+	stop()
+	<-done
+
+	mu.Lock()
+	sort.Slice(answers, func(i, j int) bool { return answers[i].sent.Before(answers[j].sent) })
+	for _, a := range answers {
+		switch {
+		case a.status == 201:
+		case a.status == 0:
+			r.noAnswer++
+		case a.status >= 500:
+			r.status5xx++
+		default:
+			r.other[a.status]++
+		}
+		if a.status != 201 && a.sent.After(start) {
+			r.answersAgain = a.sent.Sub(start).Seconds()
+		}
+	}
+	mu.Unlock()
+
+	acked := gen.Acknowledged()
+	r.acked = len(acked)
+	var stored map[string]int
+	testproc.Eventually(t, 3*time.Minute, f.name+": every acknowledged purchase stored", func() error {
+		var err error
+		stored, err = e.storedByID(prefix)
+		if err != nil {
+			return err
+		}
+		for _, p := range acked {
+			if stored[p.ID] == 0 {
+				return fmt.Errorf("%s (of user %s) not stored yet; %d of %d stored", p.ID, p.UserID, len(stored), len(acked))
+			}
+		}
+		return nil
+	})
+	stopWatch()
+	<-watchDone
+	seenAt := time.Now() // the ones the watch had not seen yet were seen now
+	for _, p := range acked {
+		at, ok := firstSeen[p.ID]
+		if !ok {
+			at = seenAt
+		}
+		r.caughtUp = max(r.caughtUp, at.Sub(p.AckedAt).Seconds())
+	}
+	ackedIDs := map[string]bool{}
+	for _, p := range acked {
+		ackedIDs[p.ID] = true
+		switch n := stored[p.ID]; {
+		case n == 0:
+			r.missing++
+		case n > 1:
+			r.duplicates += n - 1
+			r.stored++
+		default:
+			r.stored++
+		}
+	}
+	for id := range stored {
+		if !ackedIDs[id] {
+			r.unacked++
+		}
+	}
+	if len(r.other) > 0 {
+		r.notes = append(r.notes, fmt.Sprintf("statuses: %v; first errors: %v", gen.Statuses(), gen.Errors()))
+	}
+	return r
+}
+
+// storedByID counts the stored rows of the run's users by id.
+func (e *env) storedByID(prefix string) (map[string]int, error) {
+	rows, err := e.db.Query(`SELECT id, count(*) FROM purchases WHERE userid LIKE $1 GROUP BY id`, prefix+"%")
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := map[string]int{}
+	for rows.Next() {
+		var id string
+		var n int
+		if err := rows.Scan(&id, &n); err != nil {
+			return nil, err
+		}
+		out[id] = n
+	}
+	return out, rows.Err()
+}
+
+// checkHold reads the HPAs while their metrics are away: neither may go
+// below the replica count it had before the fault.
+func (e *env) checkHold(before autoscaling.Snapshot) []string {
+	s, err := autoscaling.Read(context.Background(), e.client, e.ns)
+	if err != nil {
+		return nil
+	}
+	var seen []string
+	for _, name := range []string{autoscaling.WebServer, autoscaling.Consumer} {
+		b, now := before.HPAs[name], s.HPAs[name]
+		if now.Desired < b.Current || now.Current < b.Current {
+			e.t.Errorf("HPA %s went from %d to %d/%d while its metrics were away", name, b.Current, now.Current, now.Desired)
+		}
+		if c := now.Conditions["ScalingActive"]; c.Status == "False" {
+			seen = append(seen, name+": "+c.Reason)
+		}
+	}
+	return seen
+}
+
+// checkResumed waits for both HPAs to compute from their metrics again
+// and says what they did meanwhile.
+func (e *env) checkResumed(name string, before autoscaling.Snapshot, held []string) string {
+	start := time.Now()
+	testproc.Eventually(e.t, 2*time.Minute, name+": both HPAs reading their metrics again", func() error {
+		s, err := autoscaling.Read(context.Background(), e.client, e.ns)
+		if err != nil {
+			return err
+		}
+		for _, n := range []string{autoscaling.WebServer, autoscaling.Consumer} {
+			if c := s.HPAs[n].Conditions["ScalingActive"]; c.Status != "True" {
+				return fmt.Errorf("%s ScalingActive %s: %s", n, c.Status, c.Message)
+			}
+		}
+		return nil
+	})
+	uniq := map[string]bool{}
+	for _, h := range held {
+		uniq[h] = true
+	}
+	var reasons []string
+	for h := range uniq {
+		reasons = append(reasons, h)
+	}
+	sort.Strings(reasons)
+	if len(reasons) == 0 {
+		reasons = []string{"no failed sync seen"}
+	}
+	return fmt.Sprintf("held %d web, %d consumer (%s); resumed %.0f s after", before.HPAs[autoscaling.WebServer].Current,
+		before.HPAs[autoscaling.Consumer].Current, strings.Join(reasons, ", "), time.Since(start).Seconds())
+}
+
+func (e *env) allReady() error {
+	for _, ns := range []string{e.ns, "monitoring"} {
+		pods, err := e.client.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{})
+		if err != nil {
+			return err
+		}
+		for _, p := range pods.Items {
+			if p.DeletionTimestamp != nil {
+				return fmt.Errorf("pod %s/%s terminating", ns, p.Name)
+			}
+			ready := false
+			for _, c := range p.Status.Conditions {
+				if c.Type == corev1.PodReady && c.Status == corev1.ConditionTrue {
+					ready = true
+				}
+			}
+			if !ready {
+				return fmt.Errorf("pod %s/%s not Ready", ns, p.Name)
+			}
+		}
+	}
+	return nil
+}
+
+func (e *env) pod(ns, selector string) corev1.Pod {
+	pods, err := e.client.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{LabelSelector: selector})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	for _, p := range pods.Items {
+		if p.DeletionTimestamp == nil && p.Status.Phase == corev1.PodRunning {
+			return p
+		}
+	}
+	e.t.Fatalf("no running pod %s in %s", selector, ns)
+	return corev1.Pod{}
+}
+
+func (e *env) kill9(selector string) { e.kill9In(e.ns, selector) }
+
+// kill9In kills a pod's container process with SIGKILL (on the local node
+// a container is a process of this machine, its id "process://<pid>") and
+// waits until the node has seen it die.
+func (e *env) kill9In(ns, selector string) {
+	p := e.pod(ns, selector)
+	for _, cs := range p.Status.ContainerStatuses {
+		if id, ok := strings.CutPrefix(cs.ContainerID, "process://"); ok {
+			pid, _ := strconv.Atoi(id)
+			if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+				e.t.Fatalf("kill -9 %d (%s): %v", pid, p.Name, err)
+			}
+			testproc.Eventually(e.t, time.Minute, p.Name+"'s kill seen by the node", func() error {
+				cur, err := e.client.CoreV1().Pods(ns).Get(context.Background(), p.Name, metav1.GetOptions{})
+				if err != nil {
+					return nil // gone: seen
+				}
+				for _, c := range cur.Status.ContainerStatuses {
+					if c.Name == cs.Name && (c.RestartCount > cs.RestartCount || !c.Ready) {
+						return nil
+					}
+				}
+				return fmt.Errorf("%s still reported running and ready", cs.Name)
+			})
+			return
+		}
+	}
+	e.t.Fatalf("pod %s has no process container id: %+v", p.Name, p.Status.ContainerStatuses)
+}
+
+func (e *env) deletePod(selector string) {
+	p := e.pod(e.ns, selector)
+	if err := e.client.CoreV1().Pods(e.ns).Delete(context.Background(), p.Name, metav1.DeleteOptions{}); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+func (e *env) infra(verb, what string) {
+	out, err := exec.Command(*infraScript, verb, what).CombinedOutput()
+	if err != nil {
+		e.t.Fatalf("%s %s %s: %v\n%s", *infraScript, verb, what, err, out)
+	}
+}
+
+func (e *env) scale(ns, deployment string, n int) {
+	patch := fmt.Sprintf(`{"spec":{"replicas":%d}}`, n)
+	if _, err := e.client.AppsV1().Deployments(ns).Patch(context.Background(), deployment, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+// rolloutNoWait restarts a Deployment's pods the way kubectl rollout
+// restart does.
+func (e *env) rolloutNoWait(deployment string) {
+	patch := fmt.Sprintf(`{"spec":{"template":{"metadata":{"annotations":{"kubectl.kubernetes.io/restartedAt":%q}}}}}`, time.Now().Format(time.RFC3339Nano))
+	if _, err := e.client.AppsV1().Deployments(e.ns).Patch(context.Background(), deployment, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+// rollout restarts a Deployment and waits for the new pods.
+func (e *env) rollout(deployment string) {
+	e.rolloutNoWait(deployment)
+	testproc.Eventually(e.t, 3*time.Minute, deployment+" rolled", func() error {
+		d, err := e.client.AppsV1().Deployments(e.ns).Get(context.Background(), deployment, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		st := d.Status
+		if st.ObservedGeneration < d.Generation || st.UpdatedReplicas != st.Replicas || st.ReadyReplicas != st.Replicas || st.Replicas != *d.Spec.Replicas {
+			return fmt.Errorf("%d updated, %d ready of %d", st.UpdatedReplicas, st.ReadyReplicas, st.Replicas)
+		}
+		return nil
+	})
+}
+
+// setWebTarget sets the web server HPA's request-rate target and returns
+// how to put the old one back.
+func (e *env) setWebTarget(v string) func() {
+	h, err := e.client.AutoscalingV2().HorizontalPodAutoscalers(e.ns).Get(context.Background(), autoscaling.WebServer, metav1.GetOptions{})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	old := h.DeepCopy()
+	for i, m := range h.Spec.Metrics {
+		if m.Pods != nil && m.Pods.Metric.Name == autoscaling.RequestRate {
+			q := m.Pods.Target.AverageValue.DeepCopy()
+			if err := q.UnmarshalJSON([]byte(strconv.Quote(v))); err != nil {
+				e.t.Fatal(err)
+			}
+			h.Spec.Metrics[i].Pods.Target.AverageValue = &q
+		}
+	}
+	if _, err := e.client.AutoscalingV2().HorizontalPodAutoscalers(e.ns).Update(context.Background(), h, metav1.UpdateOptions{}); err != nil {
+		e.t.Fatal(err)
+	}
+	return func() {
+		cur, err := e.client.AutoscalingV2().HorizontalPodAutoscalers(e.ns).Get(context.Background(), autoscaling.WebServer, metav1.GetOptions{})
+		if err != nil {
+			e.t.Error(err)
+			return
+		}
+		cur.Spec.Metrics = old.Spec.Metrics
+		if _, err := e.client.AutoscalingV2().HorizontalPodAutoscalers(e.ns).Update(context.Background(), cur, metav1.UpdateOptions{}); err != nil {
+			e.t.Error(err)
+		}
+	}
+}
+
+func formatTable(rows []row) string {
+	var b strings.Builder
+	b.WriteString("| fault | acknowledged | stored | lost | duplicates | stored, not acknowledged | 5xx | no answer | last failure (s after start) | longest 201 → stored (s) | HPAs |\n")
+	b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n")
+	for _, r := range rows {
+		hpa := r.hpaHeld
+		if hpa == "" {
+			hpa = "–"
+		}
+		lastFailure := "–"
+		if r.status5xx+r.noAnswer > 0 || len(r.other) > 0 {
+			lastFailure = fmt.Sprintf("%.0f", r.answersAgain)
+		}
+		fmt.Fprintf(&b, "| %s | %d | %d | %d | %d | %d | %d | %d | %s | %.0f | %s |\n", r.fault, r.acked, r.stored, r.missing,
+			r.duplicates, r.unacked, r.status5xx, r.noAnswer, lastFailure, r.caughtUp, hpa)
+	}
+	return b.String()
+}
