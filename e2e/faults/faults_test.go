@@ -24,6 +24,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -52,6 +53,7 @@ var (
 	databaseURL = flag.String("database-url", "postgres://postgres@10.88.0.1:5432/purchases?sslmode=disable", "the PostgreSQL the consumer stores into, as this machine reaches it")
 	rate        = flag.Float64("rate", 45, "purchases per second offered during each fault")
 	outDir      = flag.String("out", "", "where the table goes (default _output/faults in the checkout)")
+	only        = flag.String("faults", "", "run only the rows whose name matches this regular expression")
 )
 
 // perPodTarget is the web server HPA's request-rate target during the
@@ -149,9 +151,15 @@ func TestFaultTable(t *testing.T) {
 	stopWarm()
 	<-warmDone
 
-	faults := e.faults()
+	pick, err := regexp.Compile(*only)
+	if err != nil {
+		t.Fatalf("-faults: %v", err)
+	}
 	var rows []row
-	for _, f := range faults {
+	for _, f := range e.faults() {
+		if !pick.MatchString(f.name) {
+			continue
+		}
 		r := e.run(f)
 		rows = append(rows, r)
 		t.Logf("%s: %d acknowledged, %d stored, %d missing, %d duplicates, %d 5xx, %d no answer, last failure at %.0f s, longest wait to be stored %.0f s %s",

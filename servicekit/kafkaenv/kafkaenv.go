@@ -104,6 +104,11 @@ func (s Settings) with(m kafka.ConfigMap) *kafka.ConfigMap {
 		// librdkafka's producers (and admin clients) allow it by default.
 		// Topics are created by EnsureTopics, with their partition count.
 		"allow.auto.create.topics": false,
+		// librdkafka backs off reconnecting up to 10 s by default: after a
+		// broker restart the web server kept answering 503 for up to 10 s
+		// more (docs/RELIABILITY.md). One attempt per 2 s per broker
+		// while it is away costs nothing.
+		"reconnect.backoff.max.ms": 2000,
 	}
 	for k, v := range m {
 		out[k] = v
