@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"fmt"
 	"sort"
-	"strconv"
 	"strings"
 
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -158,7 +157,7 @@ func (r *Rule) Render(qp QueryParts) (string, error) {
 	}
 	out := b.String()
 	if !legacy {
-		q := strconv.Quote(series)
+		q := Quote(series)
 		out = strings.ReplaceAll(out, seriesToken+"{}", "{"+q+"}")
 		out = strings.ReplaceAll(out, seriesToken+"{", "{"+q+",")
 		out = strings.ReplaceAll(out, seriesToken, "{"+q+"}")

@@ -16,7 +16,16 @@ type Matcher struct {
 	Label, Op, Value string // Op is =, !=, =~ or !~
 }
 
-func (m Matcher) String() string { return QuoteLabel(m.Label) + m.Op + strconv.Quote(m.Value) }
+func (m Matcher) String() string { return QuoteLabel(m.Label) + m.Op + Quote(m.Value) }
+
+// Quote writes s as a PromQL string literal. strconv.Quote escapes what Go
+// needs, but leaves U+FFFD as the character, and Prometheus' lexer refuses
+// that character in a query ("invalid UTF-8 rune": it cannot tell it from a
+// decoding error); it is escaped as \uFFFD, which Prometheus reads back as
+// the same character. Found by FuzzSelectorStaysInsideItsMatchers.
+func Quote(s string) string {
+	return strings.ReplaceAll(strconv.Quote(s), "\uFFFD", `\uFFFD`)
+}
 
 // JoinMatchers renders matchers as the inside of a PromQL selector's braces.
 func JoinMatchers(ms []Matcher) string {
@@ -40,7 +49,7 @@ func QuoteLabel(l string) string {
 	if legacyLabel.MatchString(l) {
 		return l
 	}
-	return strconv.Quote(l)
+	return Quote(l)
 }
 
 // Selector writes a series selector: name{matchers}, or with a name that
@@ -49,7 +58,7 @@ func Selector(name string, ms []Matcher) string {
 	if IsLegacyName(name) {
 		return name + "{" + JoinMatchers(ms) + "}"
 	}
-	inner := strconv.Quote(name)
+	inner := Quote(name)
 	if len(ms) > 0 {
 		inner += "," + JoinMatchers(ms)
 	}
