@@ -12,6 +12,8 @@ import (
 	"github.com/go-chi/chi/v5/middleware"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/purchase-system/purchase-system/servicekit/httpjson"
 )
 
 // methods are the label values of the method label; any other method a
@@ -113,4 +115,14 @@ func Handler(reg *prometheus.Registry) http.Handler {
 		EnableOpenMetrics:                   true,
 		EnableOpenMetricsTextCreatedSamples: true,
 	})
+}
+
+// Only serves GET /metrics and nothing else, for a listener of its own: a
+// NetworkPolicy can then let the scraper reach the metrics port without
+// reaching the API (policies see ports, not paths).
+func Only(reg *prometheus.Registry) http.Handler {
+	r := chi.NewRouter()
+	httpjson.Unrouted(r)
+	r.Method(http.MethodGet, "/metrics", Handler(reg))
+	return r
 }

@@ -141,3 +141,21 @@ flask_http_unmatched_request_total{method="other",status="405"} 20
 		t.Fatal(err)
 	}
 }
+
+func TestOnlyServesMetrics(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(prometheus.NewCounter(prometheus.CounterOpts{Name: "purchases_stored_total", Help: "h"}))
+	srv := httptest.NewServer(httpmetrics.Only(reg))
+	t.Cleanup(srv.Close)
+	if body := do(t, "GET", srv.URL+"/metrics"); !strings.Contains(body, "purchases_stored_total 0") {
+		t.Fatalf("/metrics = %.200s", body)
+	}
+	resp, err := http.Get(srv.URL + "/purchases")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("/purchases on the metrics listener = %d, want 404", resp.StatusCode)
+	}
+}

@@ -20,6 +20,7 @@ import (
 	"github.com/purchase-system/purchase-system/consumer/internal/store"
 	"github.com/purchase-system/purchase-system/servicekit/health"
 	"github.com/purchase-system/purchase-system/servicekit/httpjson"
+	"github.com/purchase-system/purchase-system/servicekit/httpmetrics"
 	"github.com/purchase-system/purchase-system/servicekit/kafkaenv"
 	"github.com/purchase-system/purchase-system/servicekit/lifecycle"
 	"github.com/purchase-system/purchase-system/servicekit/logging"
@@ -28,7 +29,11 @@ import (
 
 // Config is everything the consumer reads from its environment.
 type Config struct {
-	HTTPAddr    string // HTTP_ADDR, default :8081
+	HTTPAddr string // HTTP_ADDR, default :8081
+	// MetricsAddr is METRICS_ADDR: when set, /metrics is also served on a
+	// listener of its own (the manifests' NetworkPolicy lets Prometheus
+	// reach that port only, not the API).
+	MetricsAddr string
 	DatabaseURL string // DATABASE_URL; empty means the embedded SQLite file
 	LogLevel    string // LOG_LEVEL
 	Batch       ingest.Options
@@ -41,6 +46,7 @@ type Config struct {
 func ConfigFromEnv(getenv func(string) string) (Config, error) {
 	c := Config{
 		HTTPAddr:    getenv("HTTP_ADDR"),
+		MetricsAddr: getenv("METRICS_ADDR"),
 		DatabaseURL: getenv("DATABASE_URL"),
 		LogLevel:    getenv("LOG_LEVEL"),
 		Batch:       ingest.DefaultOptions,
@@ -91,6 +97,19 @@ func Run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metricsErr := make(chan error, 1)
+	if c.MetricsAddr == "" {
+		metricsErr <- nil
+	} else {
+		mln, err := lifecycle.Listen(c.MetricsAddr)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("METRICS_ADDR: %w", err)
+		}
+		go func() { metricsErr <- lifecycle.Serve(ctx, mln, httpmetrics.Only(reg), logger); cancel() }()
+	}
 	// Serving starts before the database answers: a pod whose database
 	// is away (restarting, failing over) stays alive and unready and
 	// starts the moment it is back, instead of crash-looping into
@@ -104,17 +123,15 @@ func Run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 	err = retry.Do(ctx, retry.Backoff{First: 500 * time.Millisecond, Max: 10 * time.Second}, logger,
 		"opening the database", func() (err error) { st, err = store.Open(ctx, c.DatabaseURL); return err })
 	if err != nil { // stopped before the database answered
-		return <-serveErr
+		return errors.Join(<-serveErr, <-metricsErr)
 	}
 	defer st.Close()
 	logger.Info("store ready", "backend", st.Dialect())
 
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	in, err := ingest.New(c.Kafka, st, ingest.NewMetrics(reg), c.Batch, logger)
 	if err != nil {
 		cancel()
-		return errors.Join(err, <-serveErr)
+		return errors.Join(err, <-serveErr, <-metricsErr)
 	}
 	handler.ready(api.NewServer(api.Deps{
 		Store:    st,
@@ -135,7 +152,7 @@ func Run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 	// Either half failing stops the other; both finish their drain.
 	ingestErr := in.Run(ctx)
 	cancel()
-	return errors.Join(ingestErr, <-serveErr)
+	return errors.Join(ingestErr, <-serveErr, <-metricsErr)
 }
 
 // startingHandler answers while the database is not open yet: alive

@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 
@@ -71,6 +72,13 @@ func Load(path string) (Spec, error) {
 // Run assembles the container and executes its program; it returns only
 // on failure.
 func Run(s Spec) error {
+	// Capabilities and the bounding set are a thread's, not the process's
+	// (Setuid and Setgid are applied to every thread by Go; Capset and
+	// PR_CAPBSET_DROP are not), and execve takes the credentials of the
+	// thread that calls it. Everything below, up to the exec, must run on
+	// one thread: without this lock the program was now and then started
+	// from another thread, with every capability.
+	runtime.LockOSThread()
 	// Mounts made here must not reach the host (ip netns exec gives a
 	// mount namespace of its own; keep its mounts from propagating back),
 	// and pivot_root wants a private parent.

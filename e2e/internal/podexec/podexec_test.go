@@ -2,6 +2,7 @@ package podexec_test
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -171,28 +172,35 @@ func TestAWritableRootWritesToTheContainersLayer(t *testing.T) {
 	base := t.TempDir()
 	image := filepath.Join(base, "image")
 	buildProbe(t, image)
-	c := filepath.Join(base, "container")
-	spec := podexec.Spec{Rootfs: image, Upper: filepath.Join(c, "upper"), Work: filepath.Join(c, "work"), Root: filepath.Join(c, "root"),
-		Capabilities: []string{"NET_BIND_SERVICE"}, Argv: []string{"/usr/local/bin/probe"}}
-	specFile := filepath.Join(base, "spec.json")
-	b, _ := json.Marshal(spec)
-	_ = os.WriteFile(specFile, b, 0o644)
-	cmd := exec.Command(testproc.Binary(t, "devcluster"), "pod-exec", "--spec", specFile)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNS | syscall.CLONE_NEWPID | syscall.CLONE_NEWUTS}
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("pod-exec: %v\n%s", err, out)
-	}
-	var r map[string]any
-	_ = json.Unmarshal(out, &r)
-	// Root (uid 0) with only NET_BIND_SERVICE (bit 10).
-	if r["uid"] != 0.0 || r["root_write"] != "ok" || r["CapEff"] != "0000000000000400" || r["CapBnd"] != "0000000000000400" {
-		t.Fatalf("seen from inside: %v", r)
-	}
-	if _, err := os.Stat(filepath.Join(c, "upper", "written")); err != nil {
-		t.Errorf("the write is not in the container's layer: %v", err)
-	}
-	if _, err := os.Stat(filepath.Join(image, "written")); err == nil {
-		t.Error("the container wrote into the image's root")
+	devcluster := testproc.Binary(t, "devcluster")
+	// Capabilities are a thread's, and a Go program has many threads: a
+	// pod-exec that dropped them on one thread and executed the program
+	// from another ran it with every capability, now and then (1 run in
+	// many under make test). Many runs make that visible.
+	for i := range 40 {
+		c := filepath.Join(base, fmt.Sprintf("container-%d", i))
+		spec := podexec.Spec{Rootfs: image, Upper: filepath.Join(c, "upper"), Work: filepath.Join(c, "work"), Root: filepath.Join(c, "root"),
+			Capabilities: []string{"NET_BIND_SERVICE"}, Argv: []string{"/usr/local/bin/probe"}}
+		specFile := filepath.Join(base, fmt.Sprintf("spec-%d.json", i))
+		b, _ := json.Marshal(spec)
+		_ = os.WriteFile(specFile, b, 0o644)
+		cmd := exec.Command(devcluster, "pod-exec", "--spec", specFile)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNS | syscall.CLONE_NEWPID | syscall.CLONE_NEWUTS}
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("pod-exec: %v\n%s", err, out)
+		}
+		var r map[string]any
+		_ = json.Unmarshal(out, &r)
+		// Root (uid 0) with only NET_BIND_SERVICE (bit 10).
+		if r["uid"] != 0.0 || r["root_write"] != "ok" || r["CapEff"] != "0000000000000400" || r["CapBnd"] != "0000000000000400" {
+			t.Fatalf("run %d, seen from inside: %v", i, r)
+		}
+		if _, err := os.Stat(filepath.Join(c, "upper", "written")); err != nil {
+			t.Errorf("the write is not in the container's layer: %v", err)
+		}
+		if _, err := os.Stat(filepath.Join(image, "written")); err == nil {
+			t.Fatal("the container wrote into the image's root")
+		}
 	}
 }
