@@ -38,7 +38,7 @@ run_scenario "$KUBECONFIG_FILE" http://localhost:30080 http://10.88.0.1:9090
 # process, the host's Kafka, PostgreSQL and Prometheus stopped under load):
 # it runs on the local Kubernetes only. E2E_FAULTS=0 skips it.
 if [[ "${E2E_FAULTS:-1}" != 0 ]]; then
-  log "running the fault table (about 15 min): each fault under steady load, every acknowledged purchase checked"
+  log "running the fault table (about 10 min): each fault under steady load, every acknowledged purchase checked"
   start=$SECONDS
   go test -count=1 -v -timeout 45m ./e2e/faults -args \
     -kubeconfig "$KUBECONFIG_FILE" -web-url http://localhost:30080 -infra "${REPO_ROOT}/scripts/infra.sh" \
