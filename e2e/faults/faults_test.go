@@ -137,17 +137,7 @@ func TestFaultTable(t *testing.T) {
 	warmCtx, stopWarm := context.WithCancel(context.Background())
 	warmDone := make(chan struct{})
 	go func() { defer close(warmDone); warm.Run(warmCtx) }()
-	testproc.Eventually(t, 4*time.Minute, "the web server at 3 Ready pods under the steady load", func() error {
-		s, err := autoscaling.Read(context.Background(), e.client, e.ns)
-		if err != nil {
-			return err
-		}
-		web := s.HPAs[autoscaling.WebServer]
-		if web.Current < 3 || web.Desired != web.Current {
-			return fmt.Errorf("web server %d/%d", web.Current, web.Desired)
-		}
-		return e.allReady()
-	})
+	testproc.Eventually(t, 4*time.Minute, "the web server at 3 Ready pods under the steady load", e.webSteadyAbove2)
 	stopWarm()
 	<-warmDone
 
@@ -295,16 +285,7 @@ func (e *env) run(f fault) row {
 	if f.hpaHold {
 		// Holding is only a check above the minimum: wait for the load to
 		// keep the web server at 3 again (an earlier row may have moved it).
-		testproc.Eventually(t, 3*time.Minute, f.name+": the web server back at 3 steady pods", func() error {
-			s, err := autoscaling.Read(context.Background(), e.client, e.ns)
-			if err != nil {
-				return err
-			}
-			if w := s.HPAs[autoscaling.WebServer]; w.Current < 3 || w.Desired != w.Current {
-				return fmt.Errorf("web server %d/%d", w.Current, w.Desired)
-			}
-			return e.allReady()
-		})
+		testproc.Eventually(t, 3*time.Minute, f.name+": the web server back at 3 steady pods", e.webSteadyAbove2)
 	}
 	before, _ := autoscaling.Read(context.Background(), e.client, e.ns)
 	start := time.Now()
@@ -493,6 +474,19 @@ func (e *env) checkResumed(name string, before autoscaling.Snapshot, held []stri
 	}
 	return fmt.Sprintf("held %d web, %d consumer (%s); resumed %.0f s after", before.HPAs[autoscaling.WebServer].Current,
 		before.HPAs[autoscaling.Consumer].Current, strings.Join(reasons, ", "), time.Since(start).Seconds())
+}
+
+// webSteadyAbove2: the web server at 3 or more pods, as many as its HPA
+// wants, every pod Ready.
+func (e *env) webSteadyAbove2() error {
+	s, err := autoscaling.Read(context.Background(), e.client, e.ns)
+	if err != nil {
+		return err
+	}
+	if w := s.HPAs[autoscaling.WebServer]; w.Current < 3 || w.Desired != w.Current {
+		return fmt.Errorf("web server %d/%d", w.Current, w.Desired)
+	}
+	return e.allReady()
 }
 
 func (e *env) allReady() error {
