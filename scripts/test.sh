@@ -60,8 +60,9 @@ export REQUIRE_REAL_DEPS=1
 log "unit, integration and cluster tests"
 # One package at a time: the integration tests measure rates and start
 # clusters, and two of them at once on two cores would skew each other.
-# The scenario runs on a deployed system: scripts/e2e.sh below.
-mapfile -t TEST_PKGS < <(go list "${PKGS[@]}" | grep -v '/e2e/scenario$')
+# The scenario and the fault table run on a deployed system: scripts/e2e.sh
+# below deploys it and runs both with their flags (here they would skip).
+mapfile -t TEST_PKGS < <(go list "${PKGS[@]}" | grep -v -E '/e2e/(scenario|faults)$')
 go test -count=1 -p 1 -timeout 40m "${TEST_PKGS[@]}"
 
 log "the end-to-end autoscaling scenario"
