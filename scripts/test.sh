@@ -28,6 +28,8 @@ PKGS=("${MODULES[@]/%//...}"); PKGS=("${PKGS[@]/#/./}")
 log "tools: Kafka, etcd, Kubernetes, metrics-server, kube-state-metrics, Prometheus (built once into ${TOOLS_DIR})"
 scripts/tools.sh ensure all
 
+scripts/check-binaries.sh
+
 log "go vet, staticcheck and gofmt"
 go vet "${PKGS[@]}"
 for m in "${MODULES[@]}"; do

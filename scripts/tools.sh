@@ -51,19 +51,27 @@ go_build_tools() {
   log "${mod}: built in $((SECONDS - start)) s into ${out}"
 }
 
+# Every binary the cache must hold: a machine that has an older cache entry
+# without one of them (say, before the node ran a kubelet) builds again.
+KUBERNETES_BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy)
+
+# have_all DIR NAME...: every NAME is an executable in DIR.
+have_all() {
+  local dir="$1" b; shift
+  for b in "$@"; do [[ -x "$dir/$b" ]] || return 1; done
+}
+
 ensure_kubernetes() {
   local out; out="$(kubernetes_dir)"
-  [[ -x "$out/kube-apiserver" && -x "$out/kubectl" ]] && return 0
-  log "kubernetes ${KUBERNETES_VERSION}: building kube-apiserver, kube-controller-manager, kube-scheduler, kubectl (about 15-20 min the first time on 2 cores; cached afterwards in ${out})"
+  have_all "$out" "${KUBERNETES_BINARIES[@]}" && return 0
+  log "kubernetes ${KUBERNETES_VERSION}: building ${KUBERNETES_BINARIES[*]} (about 20-25 min the first time on 2 cores; cached afterwards in ${out})"
   local major minor rest
   IFS=. read -r major minor rest <<<"${KUBERNETES_VERSION#v}"
   local v="k8s.io/component-base/version"
   # Without these the servers report v0.0.0-master+$Format:%H$, which kubectl cannot parse.
   local ldflags="-s -w -X ${v}.gitVersion=${KUBERNETES_VERSION} -X ${v}.gitMajor=${major} -X ${v}.gitMinor=${minor} -X ${v}.gitTreeState=clean -X ${v}.buildDate=1970-01-01T00:00:00Z"
   ldflags+=" -X k8s.io/client-go/pkg/version.gitVersion=${KUBERNETES_VERSION} -X k8s.io/client-go/pkg/version.gitMajor=${major} -X k8s.io/client-go/pkg/version.gitMinor=${minor}"
-  go_build_tools kubernetes "$out" "$ldflags" \
-    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
-    k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl
+  go_build_tools kubernetes "$out" "$ldflags" "${KUBERNETES_BINARIES[@]/#/k8s.io/kubernetes/cmd/}"
 }
 
 ensure_etcd() {
