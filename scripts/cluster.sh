@@ -12,6 +12,9 @@ source "$(dirname "$0")/lib.sh"
 cd "$REPO_ROOT" || exit 1
 
 CLUSTER_DIR="${STATE_DIR}/devcluster"
+# NODE=kubelet: the upstream node (kubelet, containerd, runc); process: the
+# project's process node, until the switch is complete.
+NODE="${NODE:-process}"
 BIN="${REPO_ROOT}/bin"
 
 cluster_flags() {
@@ -23,8 +26,23 @@ cluster_flags() {
   echo "--kube-scheduler=${k8s}/kube-scheduler"
   echo "--kubectl=${k8s}/kubectl"
   echo "--hpa-sync-period=${HPA_SYNC_PERIOD:-15s}"
-  # The node runs containers from this store: make images fills it.
-  echo "--image-store=${STATE_DIR}/images"
+  echo "--node=${NODE}"
+  if [[ $NODE == kubelet ]]; then
+    echo "--kubelet=${k8s}/kubelet"
+    echo "--kube-proxy=${k8s}/kube-proxy"
+    echo "--containerd-dir=$(scripts/tools.sh path containerd)"
+    echo "--runc=$(scripts/tools.sh path runc)"
+    echo "--cni-dir=$(scripts/tools.sh path cni-plugins)"
+    echo "--kube-router=$(scripts/tools.sh path kube-router)"
+    echo "--crictl=$(scripts/tools.sh path crictl)"
+    # Images and snapshots survive cluster down: a warm start unpacks nothing.
+    echo "--containerd-root=${STATE_DIR}/containerd"
+    echo "--images=${REPO_ROOT}/_output/images"
+    echo "--addon=${REPO_ROOT}/manifests/addons/coredns"
+  else
+    # The node runs containers from this store: make images fills it.
+    echo "--image-store=${STATE_DIR}/images"
+  fi
   echo "--addon=${REPO_ROOT}/manifests/addons/metrics-server"
   echo "--addon=${REPO_ROOT}/manifests/addons/kube-state-metrics"
 }
@@ -33,6 +51,7 @@ case "${1:-}" in
   up)
     [[ $(id -u) == 0 ]] || die "the local cluster needs root: it gives each pod a network namespace (run it as root, e.g. sudo make run)"
     scripts/tools.sh ensure etcd kubernetes metrics-server kube-state-metrics
+    [[ $NODE == kubelet ]] && scripts/tools.sh ensure node
     [[ -x "$BIN/devcluster" ]] || die "bin/devcluster is missing: run make build"
     # The images the node runs, built without Docker (seconds when nothing
     # changed).
@@ -45,7 +64,10 @@ case "${1:-}" in
     ;;
   down)
     if [[ -x "$BIN/devcluster" ]]; then
-      "$BIN/devcluster" down --state="${CLUSTER_DIR}"
+      # The node's own cleanup modes (kube-proxy --cleanup, kube-router
+      # --cleanup-config, crictl) need the same binaries as up.
+      mapfile -t flags < <(cluster_flags)
+      "$BIN/devcluster" down "${flags[@]}"
     elif [[ -d "$CLUSTER_DIR" ]]; then
       die "bin/devcluster is missing: run make build, then make cluster-down"
     fi

@@ -86,7 +86,38 @@ build() {
   upstream "$ms" metrics-server "registry.k8s.io/metrics-server/metrics-server:${METRICS_SERVER_VERSION}" 10250
   upstream "$ksm" kube-state-metrics "registry.k8s.io/kube-state-metrics/kube-state-metrics:${KUBE_STATE_METRICS_VERSION}" 8080 \
     --entrypoint --port=8080 --entrypoint --telemetry-port=8081
+  scripts/tools.sh ensure coredns
+  upstream "$(scripts/tools.sh path coredns)" coredns "registry.k8s.io/coredns/coredns:${COREDNS_VERSION}" 53 --user 65532:65532
+  pause
+  nodeprobe "$v"
   "$BIN/devcluster" load-image --store "$STORE" "$OUT"/*.tar
+}
+
+# nodeprobe: the node tests' image. Like Debian's and Alpine's images it
+# has /var/run as a symlink to /run, below which the kubelet mounts the
+# service account token.
+nodeprobe() {
+  local dir="$OUT/rootfs/nodeprobe"
+  rm -rf "$dir"; mkdir -p "$dir/usr/local/bin" "$dir/run" "$dir/var" "$dir/tmp"
+  chmod 1777 "$dir/tmp"
+  ln -s /run "$dir/var/run"
+  CGO_ENABLED=0 go build -trimpath -buildvcs=false -ldflags "-s -w" -o "$dir/usr/local/bin/nodeprobe" ./e2e/cmd/nodeprobe
+  printf 'root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n' >"$dir/etc/passwd" 2>/dev/null \
+    || { mkdir -p "$dir/etc"; printf 'root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n' >"$dir/etc/passwd"; }
+  image purchase-system/nodeprobe "$OUT/nodeprobe.tar" "$dir" /usr/local/bin/nodeprobe 65532:65532 \
+    --tag "purchase-system/nodeprobe:dev" --tag "purchase-system/nodeprobe:$1"
+}
+
+# pause: the pod sandbox image (images/pause/pause.c, static with musl),
+# under the name containerd's configuration pins.
+pause() {
+  ensure_musl
+  local dir="$OUT/rootfs/pause"
+  rm -rf "$dir"; mkdir -p "$dir"
+  musl-gcc -static -Os -s -Wall -Wextra -Werror -o "$dir/pause" images/pause/pause.c
+  chmod 0755 "$dir/pause"
+  "$BIN/imagebuild" --root "$dir" --out "$OUT/pause.tar" --user 65535:65535 --entrypoint /pause \
+    --created 0 --tag "registry.k8s.io/pause:3.10.2" --label "org.opencontainers.image.title=pause"
 }
 
 # upstream BINARY NAME REF PORT [imagebuild args]: an upstream program at

@@ -18,6 +18,13 @@ KAFKA_VERSION="4.1.1"
 METRICS_SERVER_VERSION="v0.8.0"
 KUBE_STATE_METRICS_VERSION="v2.20.0"
 PROMETHEUS_VERSION="v0.316.0"
+# The node (with kubelet and kube-proxy of KUBERNETES_VERSION).
+CONTAINERD_VERSION="v2.2.9"
+RUNC_VERSION="v1.3.7"
+CNI_PLUGINS_VERSION="v1.9.1"
+CRICTL_VERSION="v1.37.0"
+KUBE_ROUTER_VERSION="v2.1.0"
+COREDNS_VERSION="v1.14.6"
 
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }

@@ -2,7 +2,8 @@
 # Installs the tools the project runs, once per version, into TOOLS_DIR
 # (outside the checkout), and prints where they are.
 #
-#   scripts/tools.sh ensure kubernetes|etcd|metrics-server|kube-state-metrics|kafka|prometheus|all
+#   scripts/tools.sh ensure kubernetes|etcd|metrics-server|kube-state-metrics|kafka|prometheus|node|all
+#     (node: containerd, runc, cni-plugins, crictl, kube-router, coredns; each also by name)
 #   scripts/tools.sh path   kubernetes|etcd|metrics-server|kube-state-metrics|kafka|prometheus|promtool
 #
 # A built tool is moved into place only when complete, so an interrupted
@@ -36,8 +37,8 @@ go_build_tools() {
   local tmp="${out}.tmp.$$"
   rm -rf "$tmp"; mkdir -p "$tmp"
   local start=$SECONDS
-  (cd "${REPO_ROOT}/tools/${mod}" && GOWORK=off CGO_ENABLED=0 \
-    go build -trimpath -ldflags "$ldflags" -o "$tmp/" "$@") &
+  (cd "${REPO_ROOT}/tools/${mod}" && GOWORK=off CGO_ENABLED="${TOOL_CGO:-0}" \
+    go build -trimpath -tags "${TOOL_TAGS:-}" -ldflags "$ldflags" -o "$tmp/" "$@") &
   local pid=$!
   heartbeat "$mod" "$pid" &
   local hb=$!
@@ -139,6 +140,80 @@ ensure_prometheus() {
     github.com/prometheus/prometheus/cmd/prometheus github.com/prometheus/prometheus/cmd/promtool
 }
 
+# The node: containerd and runc run the pods' containers, the CNI plugins
+# give them the bridge network, crictl inspects them, kube-router enforces
+# NetworkPolicies, CoreDNS answers cluster names (kube-proxy and the kubelet
+# come with the kubernetes build above).
+containerd_dir()  { echo "${TOOLS_DIR}/containerd-${CONTAINERD_VERSION}"; }
+runc_dir()        { echo "${TOOLS_DIR}/runc-${RUNC_VERSION}"; }
+cni_dir()         { echo "${TOOLS_DIR}/cni-plugins-${CNI_PLUGINS_VERSION}"; }
+crictl_dir()      { echo "${TOOLS_DIR}/crictl-${CRICTL_VERSION}"; }
+kube_router_dir() { echo "${TOOLS_DIR}/kube-router-${KUBE_ROUTER_VERSION}"; }
+coredns_dir()     { echo "${TOOLS_DIR}/coredns-${COREDNS_VERSION}"; }
+
+# need_packages PKG...: Debian packages the node's programs call (iptables,
+# ipset) or link (libseccomp), installed when missing.
+need_packages() {
+  local missing=() p
+  for p in "$@"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p"); done
+  (( ${#missing[@]} )) || return 0
+  command -v apt-get >/dev/null || die "these packages are needed: ${missing[*]}"
+  log "installing Debian packages: ${missing[*]}"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null \
+    || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null; } \
+    || die "apt-get install ${missing[*]} failed"
+}
+
+ensure_containerd() {
+  local out; out="$(containerd_dir)"
+  have_all "$out" containerd ctr containerd-shim-runc-v2 && return 0
+  log "containerd ${CONTAINERD_VERSION}: building containerd, ctr, containerd-shim-runc-v2 (about 2-3 min the first time)"
+  local x="github.com/containerd/containerd/v2/version"
+  # no_btrfs: the btrfs snapshotter needs kernel headers the node does not use.
+  TOOL_TAGS=no_btrfs go_build_tools containerd "$out" "-s -w -X ${x}.Version=${CONTAINERD_VERSION} -X ${x}.Package=github.com/containerd/containerd/v2" \
+    github.com/containerd/containerd/v2/cmd/containerd github.com/containerd/containerd/v2/cmd/ctr \
+    github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2
+}
+
+ensure_runc() {
+  local out; out="$(runc_dir)"
+  have_all "$out" runc && return 0
+  need_packages libseccomp-dev pkg-config
+  log "runc ${RUNC_VERSION}: building with seccomp (about 1 min the first time)"
+  TOOL_CGO=1 TOOL_TAGS=seccomp go_build_tools runc "$out" "-s -w -X main.version=${RUNC_VERSION#v}" github.com/opencontainers/runc
+}
+
+ensure_cni_plugins() {
+  local out; out="$(cni_dir)"
+  have_all "$out" bridge host-local loopback portmap && return 0
+  log "CNI plugins ${CNI_PLUGINS_VERSION}: building bridge, host-local, loopback, portmap"
+  local p="github.com/containernetworking/plugins/plugins"
+  go_build_tools cni-plugins "$out" "-s -w" "$p/main/bridge" "$p/main/loopback" "$p/ipam/host-local" "$p/meta/portmap"
+}
+
+ensure_crictl() {
+  local out; out="$(crictl_dir)"
+  have_all "$out" crictl && return 0
+  log "crictl ${CRICTL_VERSION}: building (about 1-2 min the first time)"
+  go_build_tools cri-tools "$out" "-s -w -X sigs.k8s.io/cri-tools/pkg/version.Version=${CRICTL_VERSION}" sigs.k8s.io/cri-tools/cmd/crictl
+}
+
+ensure_kube_router() {
+  local out; out="$(kube_router_dir)"
+  have_all "$out" kube-router && return 0
+  need_packages iptables ipset conntrack
+  log "kube-router ${KUBE_ROUTER_VERSION}: building (the NetworkPolicy firewall; a few minutes the first time)"
+  go_build_tools kube-router "$out" "-s -w -X github.com/cloudnativelabs/kube-router/v2/pkg/version.Version=${KUBE_ROUTER_VERSION}" \
+    github.com/cloudnativelabs/kube-router/v2/cmd/kube-router
+}
+
+ensure_coredns() {
+  local out; out="$(coredns_dir)"
+  have_all "$out" coredns && return 0
+  log "CoreDNS ${COREDNS_VERSION}: building (a few minutes the first time)"
+  go_build_tools coredns "$out" "-s -w -X github.com/coredns/coredns/coremain.GitCommit=${COREDNS_VERSION}" github.com/coredns/coredns
+}
+
 tool_path() {
   case "$1" in
     kubernetes) kubernetes_dir ;;
@@ -148,6 +223,12 @@ tool_path() {
     kafka) kafka_dir ;;
     prometheus) echo "$(prometheus_dir)/prometheus" ;;
     promtool) echo "$(prometheus_dir)/promtool" ;;
+    containerd) containerd_dir ;;
+    runc) echo "$(runc_dir)/runc" ;;
+    cni-plugins) cni_dir ;;
+    crictl) echo "$(crictl_dir)/crictl" ;;
+    kube-router) echo "$(kube_router_dir)/kube-router" ;;
+    coredns) echo "$(coredns_dir)/coredns" ;;
     *) die "unknown tool: $1" ;;
   esac
 }
@@ -155,8 +236,9 @@ tool_path() {
 ensure() {
   local t="$1"
   case "$t" in
-    all) for x in etcd kafka prometheus metrics-server kube-state-metrics kubernetes; do ensure "$x"; done ;;
-    kubernetes|etcd|metrics-server|kube-state-metrics|kafka|prometheus)
+    all) for x in etcd kafka prometheus metrics-server kube-state-metrics kubernetes node; do ensure "$x"; done ;;
+    node) for x in containerd runc cni-plugins crictl kube-router coredns; do ensure "$x"; done ;;
+    kubernetes|etcd|metrics-server|kube-state-metrics|kafka|prometheus|containerd|runc|cni-plugins|crictl|kube-router|coredns)
       with_lock "${TOOLS_DIR}/${t}" "ensure_${t//-/_}" ;;
     *) die "unknown tool: $t" ;;
   esac

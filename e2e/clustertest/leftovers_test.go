@@ -1,6 +1,8 @@
 package clustertest
 
 import (
+	"github.com/purchase-system/purchase-system/e2e/internal/kubenode"
+
 	"bufio"
 	"fmt"
 	"os"
@@ -50,6 +52,9 @@ func leftovers() []string {
 	if routes, _ := exec.Command("ip", "route", "show", "table", "local").Output(); strings.Contains(string(routes), "10.96.0.0/16") {
 		out = append(out, "local route 10.96.0.0/16")
 	}
+	// The upstream node's host state: processes, mounts, cgroups, network
+	// namespaces, netfilter chains and sets, veths, host paths, sysctls.
+	out = append(out, kubenode.Leftovers(filepath.Join(stateDir, "devcluster"))...)
 	for _, d := range []string{"devcluster", "infra"} {
 		if _, err := os.Stat(filepath.Join(stateDir, d)); err == nil {
 			out = append(out, "directory .cache/"+d)

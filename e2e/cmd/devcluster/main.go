@@ -6,6 +6,7 @@
 //	devcluster down --state .cache/devcluster
 //	devcluster status --state .cache/devcluster
 //	devcluster load-image --store DIR ARCHIVE...   add image archives to the node's image store
+//	devcluster leftovers --state DIR   what of the node is still on the host (exit 1 if anything)
 //	devcluster node ...       the node daemon (started by up)
 //	devcluster pod-exec ...   the container start helper (run by the node)
 package main
@@ -16,11 +17,14 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/purchase-system/purchase-system/e2e/internal/controlplane"
+	"github.com/purchase-system/purchase-system/e2e/internal/daemon"
+	"github.com/purchase-system/purchase-system/e2e/internal/kubenode"
 	"github.com/purchase-system/purchase-system/e2e/internal/devcluster"
 	"github.com/purchase-system/purchase-system/e2e/internal/nodeagent"
 	"github.com/purchase-system/purchase-system/e2e/internal/podexec"
@@ -44,6 +48,8 @@ func main() {
 		err = podExec(os.Args[2:])
 	case "load-image":
 		err = loadImage(os.Args[2:])
+	case "leftovers":
+		err = leftovers(os.Args[2:])
 	default:
 		usage()
 	}
@@ -54,7 +60,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: devcluster up|down|status|load-image|node|pod-exec [flags]")
+	fmt.Fprintln(os.Stderr, "usage: devcluster up|down|status|leftovers|load-image|node|pod-exec [flags]")
 	os.Exit(2)
 }
 
@@ -76,8 +82,20 @@ func cluster(ctx context.Context, cmd string, args []string) error {
 	fs.DurationVar(&c.HPASyncPeriod, "hpa-sync-period", 15*time.Second, "how often the HPA controller re-evaluates")
 	fs.StringVar(&c.ImageStore, "image-store", ".cache/images", "the image store containers run from (make images fills it)")
 	fs.Var(&addons, "addon", "kustomize directory to apply once the node is Ready (repeatable)")
+	var images list
+	fs.StringVar(&c.Node, "node", "process", "the node: kubelet (kubelet, containerd, runc, CNI, kube-proxy, kube-router) or process")
+	fs.StringVar(&c.NodeBin.Kubelet, "kubelet", "", "kubelet binary")
+	fs.StringVar(&c.NodeBin.KubeProxy, "kube-proxy", "", "kube-proxy binary")
+	fs.StringVar(&c.NodeBin.ContainerdDir, "containerd-dir", "", "directory of containerd, ctr and containerd-shim-runc-v2")
+	fs.StringVar(&c.NodeBin.Runc, "runc", "", "runc binary")
+	fs.StringVar(&c.NodeBin.CNIDir, "cni-dir", "", "directory of the CNI plugins")
+	fs.StringVar(&c.NodeBin.KubeRouter, "kube-router", "", "kube-router binary (the NetworkPolicy firewall)")
+	fs.StringVar(&c.NodeBin.Crictl, "crictl", "", "crictl binary")
+	fs.StringVar(&c.ImageDir, "containerd-root", ".cache/containerd", "containerd's root: images and snapshots, kept across down")
+	fs.Var(&images, "images", "image archive, or directory of them, to import into containerd at start (repeatable)")
 	_ = fs.Parse(args)
 	c.Addons = addons
+	c.Images = images
 	self, err := os.Executable()
 	if err != nil {
 		return err
@@ -89,10 +107,16 @@ func cluster(ctx context.Context, cmd string, args []string) error {
 	case "down":
 		return devcluster.Down(c, os.Stdout)
 	}
-	cp := controlplane.Config{Dir: c.StateDir}
+	dirs := map[string]daemon.Dir{}
 	for _, name := range append(controlplane.Components, devcluster.NodeName) {
+		dirs[name] = controlplane.Config{Dir: c.StateDir}.Daemons()
+	}
+	for _, name := range kubenode.Components {
+		dirs[name] = daemon.Dir(filepath.Join(c.StateDir, "node"))
+	}
+	for _, name := range append(append(controlplane.Components, kubenode.Components...), devcluster.NodeName) {
 		state := "stopped"
-		if pid, ok := cp.Daemons().Running(name); ok {
+		if pid, ok := dirs[name].Running(name); ok {
 			state = fmt.Sprintf("running (pid %d)", pid)
 		}
 		fmt.Printf("%-24s %s\n", name, state)
@@ -152,6 +176,21 @@ func loadImage(args []string) error {
 			return err
 		}
 		fmt.Printf("loaded %s: %s\n", a, strings.Join(refs, ", "))
+	}
+	return nil
+}
+
+// leftovers prints what of the node is still on the host after down.
+func leftovers(args []string) error {
+	fs := flag.NewFlagSet("leftovers", flag.ExitOnError)
+	state := fs.String("state", ".cache/devcluster", "the cluster's state directory")
+	_ = fs.Parse(args)
+	left := kubenode.Leftovers(filepath.Join(*state, "node"))
+	for _, l := range left {
+		fmt.Println(l)
+	}
+	if len(left) > 0 {
+		return fmt.Errorf("%d things of the node are left on the host", len(left))
 	}
 	return nil
 }

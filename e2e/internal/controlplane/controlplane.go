@@ -103,6 +103,8 @@ var (
 	// ProxyIdentity is the service proxy's: bound to system:node-proxier by
 	// the API server's bootstrap policy.
 	ProxyIdentity = Identity{"proxy", "system:kube-proxy", nil}
+	// KubeRouterIdentity is the NetworkPolicy firewall's.
+	KubeRouterIdentity = Identity{"kube-router", "system:kube-router", nil}
 )
 
 // NodeIdentity is the identity of the kubelet of the node called name.

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -22,6 +23,7 @@ import (
 
 	"github.com/purchase-system/purchase-system/e2e/internal/controlplane"
 	"github.com/purchase-system/purchase-system/e2e/internal/daemon"
+	"github.com/purchase-system/purchase-system/e2e/internal/kubenode"
 	"github.com/purchase-system/purchase-system/e2e/internal/podnet"
 )
 
@@ -38,10 +40,40 @@ type Config struct {
 	ImageStore    string
 	HPASyncPeriod time.Duration
 	Addons        []string // kustomize directories applied once the node is ready
+
+	// Node picks the node: "kubelet" (kubelet, containerd, runc, CNI,
+	// kube-proxy, kube-router) or "process" (the process node, while the
+	// switch is in progress).
+	Node     string
+	NodeBin  kubenode.Binaries
+	ImageDir string // containerd's root (images, snapshots): kept across down
+	// Images are archives (or directories of them) imported into
+	// containerd at start.
+	Images []string
+}
+
+// KubeletNode is the real node's name.
+const KubeletNode = "devcluster-node"
+
+func (c Config) nodeName() string {
+	if c.Node == "kubelet" {
+		return KubeletNode
+	}
+	return NodeName
+}
+
+func (c Config) kubeNode() kubenode.Config {
+	cp := c.controlPlane()
+	return kubenode.Config{
+		Name: KubeletNode, Dir: filepath.Join(c.StateDir, "node"), ImageDir: c.ImageDir, Bin: c.NodeBin,
+		CAFile:      cp.CAFile(),
+		ServingCert: filepath.Join(c.StateDir, "pki", "kubelet.crt"), ServingKey: filepath.Join(c.StateDir, "pki", "kubelet.key"),
+		KubeletConfig: cp.Kubeconfig("node"), ProxyConfig: cp.Kubeconfig("proxy"), KubeRouterConfig: cp.Kubeconfig("kube-router"),
+	}
 }
 
 func (c Config) controlPlane() controlplane.Config {
-	return controlplane.Config{Dir: c.StateDir, Bin: c.Bin, HPASyncPeriod: c.HPASyncPeriod, NodeName: NodeName}
+	return controlplane.Config{Dir: c.StateDir, Bin: c.Bin, HPASyncPeriod: c.HPASyncPeriod, NodeName: c.nodeName()}
 }
 
 // Kubeconfig is the admin kubeconfig.
@@ -64,6 +96,12 @@ func (c Config) NodeArgs() []string {
 
 // Up starts whatever is not running and waits until the node is Ready.
 func Up(ctx context.Context, c Config, out io.Writer) error {
+	if err := c.recordNode(); err != nil {
+		return err
+	}
+	if c.Node == "kubelet" {
+		return upKubelet(ctx, c, out)
+	}
 	start := time.Now()
 	if err := podnet.CheckPrivileges(); err != nil {
 		return err
@@ -88,7 +126,7 @@ func Up(ctx context.Context, c Config, out io.Writer) error {
 			return err
 		}
 	}
-	if err := waitNodeReady(ctx, cs, 90*time.Second, func() bool { _, ok := cp.Daemons().Running(NodeName); return ok }); err != nil {
+	if err := waitNodeReady(ctx, cs, NodeName, 90*time.Second, func() bool { _, ok := cp.Daemons().Running(NodeName); return ok }); err != nil {
 		return fmt.Errorf("%w (log: %s)", err, cp.Daemons().LogFile(NodeName))
 	}
 	fmt.Fprintf(out, "==> node %s Ready\n", NodeName)
@@ -106,8 +144,126 @@ func Up(ctx context.Context, c Config, out io.Writer) error {
 	return nil
 }
 
+// recordNode remembers which node Up starts, so Down stops that one; a
+// cluster of the other kind that is still up must come down first.
+func (c Config) recordNode() error {
+	f := filepath.Join(c.StateDir, "node-kind")
+	if b, err := os.ReadFile(f); err == nil && strings.TrimSpace(string(b)) != c.Node {
+		return fmt.Errorf("a cluster with the %s node is up in %s: make cluster-down first", strings.TrimSpace(string(b)), c.StateDir)
+	}
+	if err := os.MkdirAll(c.StateDir, 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(f, []byte(c.Node+"\n"), 0o644)
+}
+
+// upKubelet brings up the control plane and the real node.
+func upKubelet(ctx context.Context, c Config, out io.Writer) error {
+	start := time.Now()
+	node := c.kubeNode()
+	if err := kubenode.CheckHost(node.Bin); err != nil {
+		return err
+	}
+	if err := kubenode.SetUpHost(node.Dir); err != nil {
+		return fmt.Errorf("setting up the host network: %w", err)
+	}
+	cp := c.controlPlane()
+	if err := controlplane.Up(ctx, cp, out, controlplane.NodeIdentity(KubeletNode), controlplane.ProxyIdentity, controlplane.KubeRouterIdentity); err != nil {
+		return err
+	}
+	cs, err := adminClient(c.Kubeconfig())
+	if err != nil {
+		return err
+	}
+	if err := grantKubeRouter(ctx, cs); err != nil {
+		return fmt.Errorf("granting kube-router its permissions: %w", err)
+	}
+	if err := kubenode.Up(ctx, node, out); err != nil {
+		return err
+	}
+	if err := node.ImportImages(ctx, out, c.Images...); err != nil {
+		return err
+	}
+	if err := waitNodeReady(ctx, cs, KubeletNode, 90*time.Second, func() bool { _, ok := node.Daemons().Running(kubenode.Kubelet); return ok }); err != nil {
+		return fmt.Errorf("%w (log: %s)", err, node.Daemons().LogFile(kubenode.Kubelet))
+	}
+	fmt.Fprintf(out, "==> node %s Ready\n", KubeletNode)
+	if err := waitServiceAccount(ctx, cs, "default", 60*time.Second); err != nil {
+		return err
+	}
+	if err := applyAddons(ctx, c, out); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "==> cluster up in %.1fs; kubeconfig: %s\n", time.Since(start).Seconds(), c.Kubeconfig())
+	return nil
+}
+
+func applyAddons(ctx context.Context, c Config, out io.Writer) error {
+	for _, dir := range c.Addons {
+		fmt.Fprintf(out, "==> applying %s\n", dir)
+		cmd := exec.CommandContext(ctx, c.Kubectl, "--kubeconfig", c.Kubeconfig(), "apply", "-k", dir)
+		if b, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("kubectl apply -k %s: %v\n%s", dir, err, b)
+		}
+	}
+	return nil
+}
+
+// downKubelet stops the node (its pods get their grace), then the control
+// plane, and removes the cluster's state; containerd's image store stays.
+func downKubelet(c Config, out io.Writer) error {
+	node := c.kubeNode()
+	fmt.Fprintf(out, "==> stopping the node and its pods\n")
+	errs := []error{kubenode.Down(node, 30*time.Second, out)}
+	fmt.Fprintf(out, "==> stopping the control plane\n")
+	errs = append(errs, controlplane.Down(c.controlPlane()))
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	if err := os.RemoveAll(c.StateDir); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "==> cluster down\n")
+	return nil
+}
+
+// grantKubeRouter lets kube-router's firewall read what it enforces.
+func grantKubeRouter(ctx context.Context, cs kubernetes.Interface) error {
+	role := &rbacv1.ClusterRole{
+		ObjectMeta: metav1.ObjectMeta{Name: "devcluster:kube-router"},
+		Rules: []rbacv1.PolicyRule{
+			{APIGroups: []string{""}, Resources: []string{"namespaces", "pods", "services", "nodes", "endpoints"}, Verbs: []string{"get", "list", "watch"}},
+			{APIGroups: []string{"networking.k8s.io"}, Resources: []string{"networkpolicies"}, Verbs: []string{"get", "list", "watch"}},
+			{APIGroups: []string{"discovery.k8s.io"}, Resources: []string{"endpointslices"}, Verbs: []string{"get", "list", "watch"}},
+			{APIGroups: []string{""}, Resources: []string{"events"}, Verbs: []string{"create", "patch", "update"}},
+		},
+	}
+	return ensureClusterRole(ctx, cs, role, rbacv1.Subject{APIGroup: "rbac.authorization.k8s.io", Kind: "User", Name: controlplane.KubeRouterIdentity.User})
+}
+
+func ensureClusterRole(ctx context.Context, cs kubernetes.Interface, role *rbacv1.ClusterRole, subject rbacv1.Subject) error {
+	binding := &rbacv1.ClusterRoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: role.Name},
+		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: role.Name},
+		Subjects:   []rbacv1.Subject{subject},
+	}
+	if _, err := cs.RbacV1().ClusterRoles().Create(ctx, role, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return err
+	}
+	if _, err := cs.RbacV1().ClusterRoleBindings().Create(ctx, binding, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return err
+	}
+	return nil
+}
+
 // Down stops everything Up started and removes its files and network.
 func Down(c Config, out io.Writer) error {
+	if b, err := os.ReadFile(filepath.Join(c.StateDir, "node-kind")); err == nil {
+		c.Node = strings.TrimSpace(string(b)) // what Up started, whatever down is told
+	}
+	if c.Node == "kubelet" {
+		return downKubelet(c, out)
+	}
 	cp := c.controlPlane()
 	var errs []error
 	if _, ok := cp.Daemons().Running(NodeName); ok {
@@ -165,14 +321,14 @@ func grantNode(ctx context.Context, cs kubernetes.Interface) error {
 	return nil
 }
 
-func waitNodeReady(ctx context.Context, cs kubernetes.Interface, timeout time.Duration, alive func() bool) error {
+func waitNodeReady(ctx context.Context, cs kubernetes.Interface, name string, timeout time.Duration, alive func() bool) error {
 	deadline := time.Now().Add(timeout)
 	last := "not registered"
 	for time.Now().Before(deadline) {
 		if !alive() {
-			return errors.New("the process node exited during start")
+			return errors.New("the node exited during start")
 		}
-		n, err := cs.CoreV1().Nodes().Get(ctx, NodeName, metav1.GetOptions{})
+		n, err := cs.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
 		if err == nil {
 			for _, c := range n.Status.Conditions {
 				if c.Type == corev1.NodeReady {
@@ -191,7 +347,7 @@ func waitNodeReady(ctx context.Context, cs kubernetes.Interface, timeout time.Du
 		case <-time.After(250 * time.Millisecond):
 		}
 	}
-	return fmt.Errorf("node %s not Ready within %s: %s", NodeName, timeout, last)
+	return fmt.Errorf("node %s not Ready within %s: %s", name, timeout, last)
 }
 
 // waitServiceAccount waits for the controller-manager to create a

@@ -1,0 +1,219 @@
+package kubenode
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/purchase-system/purchase-system/e2e/internal/daemon"
+)
+
+// writeConfigs writes containerd's, the CNI network's, the kubelet's and
+// kube-proxy's configuration files into the node's directory.
+func (c Config) writeConfigs() error {
+	for _, d := range []string{"cni", "cni-ipam", "kubelet", "pod-logs", "containerd-state"} {
+		if err := os.MkdirAll(c.path(d), 0o755); err != nil {
+			return err
+		}
+	}
+	if err := os.MkdirAll(c.ImageDir, 0o711); err != nil {
+		return err
+	}
+	files := map[string]string{
+		"containerd.toml":           c.containerdConfig(),
+		"cni/10-devcluster.conflist": c.cniConfig(),
+		"kubelet.yaml":              c.kubeletConfig(),
+		"kube-proxy.yaml":           c.kubeProxyConfig(),
+		// Pods with dnsPolicy Default (CoreDNS itself) get no upstream
+		// resolver: nothing outside the cluster is to be resolved from here.
+		"resolv.conf": "",
+	}
+	for name, body := range files {
+		if err := os.WriteFile(c.path(name), []byte(body), 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// containerdConfig: the CRI plugin with runc, the CNI bridge network, the
+// pinned pause image, and the two settings this kind of VM needs.
+func (c Config) containerdConfig() string {
+	return fmt.Sprintf(`# Written by the local cluster's launcher (e2e/internal/kubenode).
+version = 3
+root = %q
+state = "/run/containerd"
+disabled_plugins = [
+  "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.zfs",
+  "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.blockfile",
+  "io.containerd.snapshotter.v1.erofs",
+  "io.containerd.differ.v1.erofs",
+  "io.containerd.tracing.processor.v1.otlp",
+  "io.containerd.internal.v1.tracing",
+]
+
+[grpc]
+  address = %q
+
+[plugins.'io.containerd.cri.v1.runtime']
+  # The VM's capability bounding set lacks CAP_SYS_RESOURCE: runc cannot
+  # lower a container's oom_score_adj below its parent's, and every
+  # sandbox would fail to start.
+  restrict_oom_score_adj = true
+  netns_mounts_under_state_dir = true
+  [plugins.'io.containerd.cri.v1.runtime'.containerd]
+    default_runtime_name = "runc"
+    [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
+        BinaryName = %q
+        SystemdCgroup = false
+  [plugins.'io.containerd.cri.v1.runtime'.cni]
+    bin_dirs = [%q]
+    conf_dir = %q
+    max_conf_num = 1
+
+[plugins.'io.containerd.cri.v1.images']
+  snapshotter = "overlayfs"
+  [plugins.'io.containerd.cri.v1.images'.pinned_images]
+    sandbox = %q
+`, c.ImageDir, Socket, c.Bin.Runc, c.Bin.CNIDir, c.path("cni"), PauseImage)
+}
+
+// cniConfig: every pod on the bridge with an address of 10.88.1.0 and up.
+// Pods get routes to the cluster's ranges only, no default route: nothing
+// in a pod can reach past this machine.
+func (c Config) cniConfig() string {
+	return fmt.Sprintf(`{
+  "cniVersion": "1.0.0",
+  "name": "devcluster",
+  "plugins": [
+    {
+      "type": "bridge",
+      "bridge": %q,
+      "isGateway": true,
+      "ipMasq": false,
+      "hairpinMode": true,
+      "ipam": {
+        "type": "host-local",
+        "dataDir": %q,
+        "ranges": [[{"subnet": %q, "rangeStart": "10.88.1.1", "rangeEnd": "10.88.255.254", "gateway": %q}]],
+        "routes": [{"dst": %q}]
+      }
+    },
+    {"type": "portmap", "capabilities": {"portMappings": true}}
+  ]
+}
+`, Bridge, c.path("cni-ipam"), PodCIDR, HostIP, ServiceCIDR)
+}
+
+// kubeletConfig: a KubeletConfiguration for this machine (cgroup v1
+// hybrid, no systemd, no swap accounting) serving its API on the bridge
+// address with client certificates and webhook authorization.
+func (c Config) kubeletConfig() string {
+	return fmt.Sprintf(`# Written by the local cluster's launcher (e2e/internal/kubenode).
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+address: %s
+port: 10250
+readOnlyPort: 0
+healthzBindAddress: 127.0.0.1
+healthzPort: 10248
+tlsCertFile: %s
+tlsPrivateKeyFile: %s
+authentication:
+  anonymous: {enabled: false}
+  webhook: {enabled: true}
+  x509: {clientCAFile: %s}
+authorization:
+  mode: Webhook
+containerRuntimeEndpoint: unix://%s
+# This VM mounts cgroup v1 (v2 only beside it) and has no systemd as PID 1.
+failCgroupV1: false
+cgroupDriver: cgroupfs
+failSwapOn: false
+clusterDomain: cluster.local
+clusterDNS: [%s]
+resolvConf: %s
+podLogsDir: %s
+staticPodPath: ""
+serializeImagePulls: false
+# Nothing to pull from: images are imported (make images) or pulled from
+# the local registry; garbage collection would delete imported ones.
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+imageMinimumGCAge: 87600h
+# A dev machine's disk is shared: evict only when it is really full.
+evictionHard:
+  memory.available: "100Mi"
+  nodefs.available: "2%%"
+  imagefs.available: "2%%"
+# The kubelet must not tune kernel settings the host owns.
+protectKernelDefaults: false
+`, HostIP, c.ServingCert, c.ServingKey, c.CAFile, Socket, ClusterDNS, c.path("resolv.conf"), c.path("pod-logs"))
+}
+
+// kubeProxyConfig: iptables mode, NodePorts on 127.0.0.1 (the seed's
+// localhost:30080) and the bridge address only; conntrack left as the host
+// has it.
+func (c Config) kubeProxyConfig() string {
+	return fmt.Sprintf(`# Written by the local cluster's launcher (e2e/internal/kubenode).
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+mode: iptables
+hostnameOverride: %s
+bindAddress: %s
+clusterCIDR: %s
+healthzBindAddress: 127.0.0.1:10256
+metricsBindAddress: 127.0.0.1:10249
+nodePortAddresses: ["127.0.0.1/32", "%s/32"]
+clientConnection:
+  kubeconfig: %s
+iptables:
+  localhostNodePorts: true
+  masqueradeAll: false
+  syncPeriod: 10s
+  minSyncPeriod: 0s
+# 0: leave the host's conntrack table size and timeouts alone.
+conntrack:
+  maxPerCore: 0
+  min: 0
+  tcpEstablishedTimeout: 0s
+  tcpCloseWaitTimeout: 0s
+`, c.Name, HostIP, PodCIDR, HostIP, c.ProxyConfig)
+}
+
+func (c Config) specs() map[string]daemon.Spec {
+	path := strings.Join([]string{c.Bin.ContainerdDir, filepath.Dir(c.Bin.Runc), c.Bin.CNIDir, os.Getenv("PATH")}, ":")
+	return map[string]daemon.Spec{
+		Containerd: {Name: Containerd, Path: filepath.Join(c.Bin.ContainerdDir, "containerd"),
+			Args: []string{"--config", c.path("containerd.toml"), "--log-level", "warn"},
+			// The shim is found on PATH.
+			Env: []string{"PATH=" + path}},
+		Kubelet: {Name: Kubelet, Path: c.Bin.Kubelet, Args: []string{
+			"--config=" + c.path("kubelet.yaml"),
+			"--kubeconfig=" + c.KubeletConfig,
+			"--root-dir=" + c.path("kubelet"),
+			"--cert-dir=" + c.path("kubelet", "pki"),
+			"--hostname-override=" + c.Name,
+			"--node-ip=" + HostIP,
+			"--v=1",
+		}, Env: []string{"PATH=" + path}},
+		KubeProxy: {Name: KubeProxy, Path: c.Bin.KubeProxy, Args: []string{
+			"--config=" + c.path("kube-proxy.yaml"), "--v=1",
+		}},
+		KubeRouter: {Name: KubeRouter, Path: c.Bin.KubeRouter, Args: []string{
+			"--kubeconfig=" + c.KubeRouterConfig,
+			"--hostname-override=" + c.Name,
+			// NetworkPolicies only: kube-proxy serves Services and the
+			// bridge routes pods.
+			"--run-firewall=true", "--run-router=false", "--run-service-proxy=false",
+			"--service-cluster-ip-range=" + ServiceCIDR,
+			"--health-port=20244",
+			"--v=1",
+		}},
+	}
+}

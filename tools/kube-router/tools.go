@@ -1,0 +1,9 @@
+//go:build tools
+
+// Package tools records the commands this module builds, so that
+// `go mod tidy` keeps their dependencies.
+package tools
+
+import (
+	_ "github.com/cloudnativelabs/kube-router/v2/cmd/kube-router"
+)
