@@ -24,8 +24,8 @@ import (
 
 	"github.com/purchase-system/purchase-system/e2e/internal/controlplane"
 	"github.com/purchase-system/purchase-system/e2e/internal/daemon"
-	"github.com/purchase-system/purchase-system/e2e/internal/kubenode"
 	"github.com/purchase-system/purchase-system/e2e/internal/devcluster"
+	"github.com/purchase-system/purchase-system/e2e/internal/kubenode"
 	"github.com/purchase-system/purchase-system/e2e/internal/nodeagent"
 	"github.com/purchase-system/purchase-system/e2e/internal/podexec"
 	"github.com/purchase-system/purchase-system/images/oci"

@@ -21,10 +21,10 @@ func (c Config) writeConfigs() error {
 		return err
 	}
 	files := map[string]string{
-		"containerd.toml":           c.containerdConfig(),
+		"containerd.toml":            c.containerdConfig(),
 		"cni/10-devcluster.conflist": c.cniConfig(),
-		"kubelet.yaml":              c.kubeletConfig(),
-		"kube-proxy.yaml":           c.kubeProxyConfig(),
+		"kubelet.yaml":               c.kubeletConfig(),
+		"kube-proxy.yaml":            c.kubeProxyConfig(),
 		// Pods with dnsPolicy Default (CoreDNS itself) get no upstream
 		// resolver: nothing outside the cluster is to be resolved from here.
 		"resolv.conf": "",
