@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The local Kubernetes (no Docker needed): a control plane built from
-# source and a node whose pods are processes of this machine.
+# The local Kubernetes (no Docker needed): a control plane and one node
+# (kubelet, containerd with runc, CNI bridge, kube-proxy, kube-router's
+# NetworkPolicy firewall, CoreDNS), all built from source into the tools
+# cache.
 #
 #   scripts/cluster.sh up      start it (builds tools into the cache the first time)
 #   scripts/cluster.sh down    stop it and remove every process and file it started
@@ -12,9 +14,6 @@ source "$(dirname "$0")/lib.sh"
 cd "$REPO_ROOT" || exit 1
 
 CLUSTER_DIR="${STATE_DIR}/devcluster"
-# NODE=kubelet: the upstream node (kubelet, containerd, runc); process: the
-# project's process node, until the switch is complete.
-NODE="${NODE:-process}"
 BIN="${REPO_ROOT}/bin"
 
 cluster_flags() {
@@ -26,32 +25,27 @@ cluster_flags() {
   echo "--kube-scheduler=${k8s}/kube-scheduler"
   echo "--kubectl=${k8s}/kubectl"
   echo "--hpa-sync-period=${HPA_SYNC_PERIOD:-15s}"
-  echo "--node=${NODE}"
-  if [[ $NODE == kubelet ]]; then
-    echo "--kubelet=${k8s}/kubelet"
-    echo "--kube-proxy=${k8s}/kube-proxy"
-    echo "--containerd-dir=$(scripts/tools.sh path containerd)"
-    echo "--runc=$(scripts/tools.sh path runc)"
-    echo "--cni-dir=$(scripts/tools.sh path cni-plugins)"
-    echo "--kube-router=$(scripts/tools.sh path kube-router)"
-    echo "--crictl=$(scripts/tools.sh path crictl)"
-    # Images and snapshots survive cluster down: a warm start unpacks nothing.
-    echo "--containerd-root=${STATE_DIR}/containerd"
-    echo "--images=${REPO_ROOT}/_output/images"
-    echo "--addon=${REPO_ROOT}/manifests/addons/coredns"
-  else
-    # The node runs containers from this store: make images fills it.
-    echo "--image-store=${STATE_DIR}/images"
-  fi
+  echo "--kubelet=${k8s}/kubelet"
+  echo "--kube-proxy=${k8s}/kube-proxy"
+  echo "--containerd-dir=$(scripts/tools.sh path containerd)"
+  echo "--runc=$(scripts/tools.sh path runc)"
+  echo "--cni-dir=$(scripts/tools.sh path cni-plugins)"
+  echo "--kube-router=$(scripts/tools.sh path kube-router)"
+  echo "--crictl=$(scripts/tools.sh path crictl)"
+  # Images and snapshots survive cluster down: a warm start unpacks nothing.
+  echo "--containerd-root=${STATE_DIR}/containerd"
+  # make images' archives, imported into containerd at every start (a
+  # second import of unchanged content only re-tags).
+  echo "--images=${REPO_ROOT}/_output/images"
+  echo "--addon=${REPO_ROOT}/manifests/addons/coredns"
   echo "--addon=${REPO_ROOT}/manifests/addons/metrics-server"
   echo "--addon=${REPO_ROOT}/manifests/addons/kube-state-metrics"
 }
 
 case "${1:-}" in
   up)
-    [[ $(id -u) == 0 ]] || die "the local cluster needs root: it gives each pod a network namespace (run it as root, e.g. sudo make run)"
-    scripts/tools.sh ensure etcd kubernetes metrics-server kube-state-metrics
-    [[ $NODE == kubelet ]] && scripts/tools.sh ensure node
+    [[ $(id -u) == 0 ]] || die "the local cluster needs root: containerd, runc and the kubelet manage namespaces, cgroups and iptables (run it as root, e.g. sudo make run)"
+    scripts/tools.sh ensure etcd kubernetes metrics-server kube-state-metrics node
     [[ -x "$BIN/devcluster" ]] || die "bin/devcluster is missing: run make build"
     # The images the node runs, built without Docker (seconds when nothing
     # changed).
@@ -73,6 +67,7 @@ case "${1:-}" in
     fi
     ;;
   status) "$BIN/devcluster" status --state="${CLUSTER_DIR}" ;;
+  leftovers) "$BIN/devcluster" leftovers --state="${CLUSTER_DIR}" ;;
   kubeconfig) echo "${CLUSTER_DIR}/kubeconfig" ;;
-  *) die "usage: $0 up|down|status|kubeconfig" ;;
+  *) die "usage: $0 up|down|status|leftovers|kubeconfig" ;;
 esac

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's container images, built without a Docker engine.
 #
-#   scripts/images.sh build         every image into _output/images/*.tar and the local image store
+#   scripts/images.sh build         every image into _output/images/*.tar (the local node imports them at start)
 #   scripts/images.sh binary P OUT  P's fully static binary (webserver, consumer, adapter)
 #   scripts/images.sh rootfs P DIR  P's image filesystem laid out in DIR (the Dockerfile uses this too)
 #   scripts/images.sh version       the version images are tagged with (git describe)
@@ -17,7 +17,6 @@ source "$(dirname "$0")/lib.sh"
 cd "$REPO_ROOT" || exit 1
 
 OUT="${REPO_ROOT}/_output/images"
-STORE="${STATE_DIR}/images"
 SOURCE_URL="https://github.com/purchase-system/purchase-system"
 
 version() { git describe --tags --always --dirty 2>/dev/null || echo dev; }
@@ -69,7 +68,7 @@ image() {
 
 build() {
   mkdir -p "$OUT" "$OUT/rootfs"
-  go build -o "$BIN/" ./images/cmd/imagebuild ./e2e/cmd/devcluster
+  go build -o "$BIN/" ./images/cmd/imagebuild
   local v; v="$(version)"
   log "images ${v}: static binaries (first time about 1 min each) and archives in ${OUT}"
   local p port
@@ -90,7 +89,6 @@ build() {
   upstream "$(scripts/tools.sh path coredns)" coredns "registry.k8s.io/coredns/coredns:${COREDNS_VERSION}" 53 --user 65532:65532
   pause
   nodeprobe "$v"
-  "$BIN/devcluster" load-image --store "$STORE" "$OUT"/*.tar
 }
 
 # nodeprobe: the node tests' image. Like Debian's and Alpine's images it
@@ -98,12 +96,11 @@ build() {
 # service account token.
 nodeprobe() {
   local dir="$OUT/rootfs/nodeprobe"
-  rm -rf "$dir"; mkdir -p "$dir/usr/local/bin" "$dir/run" "$dir/var" "$dir/tmp"
+  rm -rf "$dir"; mkdir -p "$dir/usr/local/bin" "$dir/run" "$dir/var" "$dir/tmp" "$dir/etc"
   chmod 1777 "$dir/tmp"
   ln -s /run "$dir/var/run"
   CGO_ENABLED=0 go build -trimpath -buildvcs=false -ldflags "-s -w" -o "$dir/usr/local/bin/nodeprobe" ./e2e/cmd/nodeprobe
-  printf 'root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n' >"$dir/etc/passwd" 2>/dev/null \
-    || { mkdir -p "$dir/etc"; printf 'root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n' >"$dir/etc/passwd"; }
+  printf 'root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n' >"$dir/etc/passwd"
   image purchase-system/nodeprobe "$OUT/nodeprobe.tar" "$dir" /usr/local/bin/nodeprobe 65532:65532 \
     --tag "purchase-system/nodeprobe:dev" --tag "purchase-system/nodeprobe:$1"
 }

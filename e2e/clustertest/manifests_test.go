@@ -26,6 +26,7 @@ func TestManifestsAreAcceptedByTheAPIServer(t *testing.T) {
 		"manifests/monitoring",
 		"manifests/addons/metrics-server",
 		"manifests/addons/kube-state-metrics",
+		"manifests/addons/coredns",
 	} {
 		t.Run(strings.ReplaceAll(dir, "/", "_"), func(t *testing.T) {
 			path := filepath.Join(repoRoot, dir)

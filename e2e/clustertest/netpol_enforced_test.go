@@ -3,6 +3,7 @@ package clustertest
 import (
 	"context"
 	"fmt"
+	"os/exec"
 	"strings"
 	"sync"
 	"testing"
@@ -86,20 +87,21 @@ func podAddress(t *testing.T, ns, selector string, port int) string {
 	return fmt.Sprintf("%s:%d", pods[0].Status.PodIP, port)
 }
 
-// dialFrom runs nodeprobe dial in a pod of the flow's namespace and labels
-// and reports whether it connected.
+// dialFrom starts a pod with the flow's namespace and labels, waits until
+// the firewall has rules for it (kube-router programs a new pod's address
+// a moment after it starts; before that its traffic is not yet judged),
+// then runs nodeprobe dial in it through kubectl exec.
 func dialFrom(f flow, name string) (bool, string, error) {
 	ctx := context.Background()
 	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: f.namespace, Labels: f.labels},
 		Spec: corev1.PodSpec{
-			RestartPolicy:                 corev1.RestartPolicyNever,
 			TerminationGracePeriodSeconds: ptr.To(int64(0)),
 			SecurityContext:               restrictedPod(),
 			AutomountServiceAccountToken:  ptr.To(false),
 			Containers: []corev1.Container{{
-				Name: "dial", Image: probeImage, ImagePullPolicy: corev1.PullNever,
-				Args: []string{"dial", f.dest}, SecurityContext: restrictedContainer(),
+				Name: "probe", Image: probeImage, ImagePullPolicy: corev1.PullNever,
+				Args: []string{"sleep"}, SecurityContext: restrictedContainer(),
 			}},
 		},
 	}
@@ -110,16 +112,29 @@ func dialFrom(f flow, name string) (bool, string, error) {
 		_ = client.CoreV1().Pods(f.namespace).Delete(context.Background(), name, metav1.DeleteOptions{GracePeriodSeconds: ptr.To(int64(0))})
 	}()
 	deadline := time.Now().Add(90 * time.Second)
-	for time.Now().Before(deadline) {
+	for {
+		if time.Now().After(deadline) {
+			return false, "", fmt.Errorf("pod %s/%s: not running with firewall rules within 90 s", f.namespace, name)
+		}
 		p, err := client.CoreV1().Pods(f.namespace).Get(ctx, name, metav1.GetOptions{})
 		if err != nil {
 			return false, "", err
 		}
-		if p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
-			out, _ := execKubectl("-n", f.namespace, "logs", name)
-			return p.Status.Phase == corev1.PodSucceeded, out, nil
+		if p.Status.Phase == corev1.PodRunning && p.Status.PodIP != "" && firewallKnows(p.Status.PodIP) {
+			break
 		}
-		time.Sleep(500 * time.Millisecond)
+		time.Sleep(300 * time.Millisecond)
 	}
-	return false, "", fmt.Errorf("pod %s/%s did not finish within 90 s", f.namespace, name)
+	out, err := execKubectl("-n", f.namespace, "exec", name, "--", "/usr/local/bin/nodeprobe", "dial", f.dest)
+	if err != nil && !strings.Contains(err.Error(), "exit status 1") {
+		return false, out, fmt.Errorf("kubectl exec: %v: %s", err, out)
+	}
+	return err == nil, out, nil
+}
+
+// firewallKnows reports whether kube-router's rules name the pod's address
+// (its per-pod chains are jumped to by source and destination address).
+func firewallKnows(ip string) bool {
+	out, err := exec.Command("iptables-save", "-t", "filter").Output()
+	return err == nil && strings.Contains(string(out), " "+ip+"/32 ")
 }

@@ -23,7 +23,7 @@ import (
 func TestEveryWorkloadIsRestricted(t *testing.T) {
 	for _, dir := range []string{
 		"manifests/overlays/local", "manifests/overlays/e2e", "manifests/overlays/kind", "manifests/overlays/kind-e2e",
-		"manifests/monitoring", "manifests/addons/metrics-server", "manifests/addons/kube-state-metrics",
+		"manifests/monitoring", "manifests/addons/metrics-server", "manifests/addons/kube-state-metrics", "manifests/addons/coredns",
 	} {
 		t.Run(strings.ReplaceAll(dir, "/", "_"), func(t *testing.T) {
 			rendered := kubectl(t, "kustomize", filepath.Join(repoRoot, dir))

@@ -21,6 +21,7 @@ import (
 	"database/sql"
 	"flag"
 	"fmt"
+	"github.com/purchase-system/purchase-system/e2e/internal/kubenode"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -531,14 +532,13 @@ func (e *env) pod(ns, selector string) corev1.Pod {
 
 func (e *env) kill9(selector string) { e.kill9In(e.ns, selector) }
 
-// kill9In kills a pod's container process with SIGKILL (on the local node
-// a container is a process of this machine, its id "process://<pid>") and
-// waits until the node has seen it die.
+// kill9In kills a pod's container process with SIGKILL (the container's
+// first process, found through its cgroup on the local node) and waits
+// until the node has seen it die.
 func (e *env) kill9In(ns, selector string) {
 	p := e.pod(ns, selector)
 	for _, cs := range p.Status.ContainerStatuses {
-		if id, ok := strings.CutPrefix(cs.ContainerID, "process://"); ok {
-			pid, _ := strconv.Atoi(id)
+		if pid, err := kubenode.ContainerPID(string(p.UID), cs.ContainerID); err == nil {
 			if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 				e.t.Fatalf("kill -9 %d (%s): %v", pid, p.Name, err)
 			}
@@ -557,7 +557,7 @@ func (e *env) kill9In(ns, selector string) {
 			return
 		}
 	}
-	e.t.Fatalf("pod %s has no process container id: %+v", p.Name, p.Status.ContainerStatuses)
+	e.t.Fatalf("pod %s has no container process on this node: %+v", p.Name, p.Status.ContainerStatuses)
 }
 
 func (e *env) deletePod(selector string) {

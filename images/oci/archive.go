@@ -40,7 +40,7 @@ func WriteArchive(path string, img v1.Image, refs ...string) error {
 		tags = append(tags, r)
 		if err := p.AppendImage(img, layout.WithAnnotations(map[string]string{
 			"org.opencontainers.image.ref.name": ref.Name(),
-			"io.containerd.image.name":          ref.Name(),
+			"io.containerd.image.name":          ContainerdName(ref),
 		})); err != nil {
 			return err
 		}
@@ -121,4 +121,15 @@ func Normalize(ref string) (string, error) {
 		return "", err
 	}
 	return r.Name(), nil
+}
+
+// ContainerdName is ref as containerd and the kubelet name it: Docker Hub
+// is "docker.io" (go-containerregistry says "index.docker.io", which
+// containerd's import keeps verbatim, so a pod's "purchase-system/x:dev"
+// would not find it).
+func ContainerdName(ref name.Reference) string {
+	if ref.Context().RegistryStr() == name.DefaultRegistry {
+		return "docker.io/" + strings.TrimPrefix(ref.Name(), name.DefaultRegistry+"/")
+	}
+	return ref.Name()
 }

@@ -1,7 +1,7 @@
 package oci
 
 import (
-	"errors"
+	"github.com/google/go-containerregistry/pkg/name"
 	"os"
 	"path/filepath"
 	"strings"
@@ -82,54 +82,18 @@ func TestBuildsAreReproducible(t *testing.T) {
 	}
 }
 
-func TestArchiveLoadsIntoTheStoreAndRuns(t *testing.T) {
-	img, err := Build(spec(rootfs(t)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	archive := filepath.Join(t.TempDir(), "prog.tar")
-	if err := WriteArchive(archive, img, "example/prog:dev", "example/prog:v1"); err != nil {
-		t.Fatal(err)
-	}
-	st, err := OpenStore(filepath.Join(t.TempDir(), "images"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	refs, err := st.Load(archive)
-	if err != nil || len(refs) != 2 {
-		t.Fatalf("loaded %v, %v", refs, err)
-	}
-	want, _ := img.Digest()
-	for _, ref := range []string{"example/prog:dev", "docker.io/example/prog:v1", "example/prog@" + want.String()} {
-		got, err := st.Resolve(ref)
+func TestContainerdNameIsDockerHubsShortHost(t *testing.T) {
+	for in, want := range map[string]string{
+		"purchase-system/webserver:dev":        "docker.io/purchase-system/webserver:dev",
+		"registry.k8s.io/pause:3.10.2":         "registry.k8s.io/pause:3.10.2",
+		"localhost:5001/purchase-system/x:dev": "localhost:5001/purchase-system/x:dev",
+	} {
+		ref, err := name.ParseReference(in)
 		if err != nil {
-			t.Fatalf("%s: %v", ref, err)
+			t.Fatal(err)
 		}
-		if got.Digest != want || got.Config.User != "65532:65532" || got.Config.Entrypoint[0] != "/usr/local/bin/prog" {
-			t.Fatalf("%s: %+v", ref, got)
+		if got := ContainerdName(ref); got != want {
+			t.Errorf("ContainerdName(%s) = %s, want %s", in, got, want)
 		}
-		b, err := os.ReadFile(filepath.Join(got.Rootfs, "usr/local/bin/prog"))
-		if err != nil || string(b) != "#!binary" {
-			t.Fatalf("%s: unpacked program %q %v", ref, b, err)
-		}
-		if l, err := os.Readlink(filepath.Join(got.Rootfs, "usr/local/bin/alias")); err != nil || l != "prog" {
-			t.Fatalf("symlink %q %v", l, err)
-		}
-		fi, _ := os.Stat(filepath.Join(got.Rootfs, "usr/local/bin/prog"))
-		if fi.Mode().Perm() != 0o755 {
-			t.Fatalf("program mode %v", fi.Mode())
-		}
-	}
-	// Loading again replaces, not duplicates.
-	if _, err := st.Load(archive); err != nil {
-		t.Fatal(err)
-	}
-	list, _ := st.List()
-	if len(list) != 2 {
-		t.Fatalf("store lists %v", list)
-	}
-	_, err = st.Resolve("example/other:dev")
-	if !errors.Is(err, ErrNotFound) || !strings.Contains(err.Error(), "index.docker.io/example/prog:dev") {
-		t.Fatalf("missing image: %v, want ErrNotFound naming what the store has", err)
 	}
 }

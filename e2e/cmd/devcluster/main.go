@@ -1,14 +1,14 @@
 // Command devcluster runs a real Kubernetes on this machine without
-// Docker: etcd, kube-apiserver, kube-controller-manager and kube-scheduler
-// from locally built binaries, and one node whose pods are processes.
+// Docker: etcd, kube-apiserver, kube-controller-manager and kube-scheduler,
+// and one node of kubelet, containerd with runc, the CNI bridge,
+// kube-proxy and kube-router's NetworkPolicy firewall, all built from
+// source into the tools cache (scripts/tools.sh).
 //
-//	devcluster up --state .cache/devcluster --etcd ... --image-store .cache/images
-//	devcluster down --state .cache/devcluster
+//	devcluster up --state .cache/devcluster --etcd ... --kubelet ...
+//	devcluster down --state .cache/devcluster ...   (the same flags: the node's cleanup uses its binaries)
 //	devcluster status --state .cache/devcluster
-//	devcluster load-image --store DIR ARCHIVE...   add image archives to the node's image store
-//	devcluster leftovers --state DIR   what of the node is still on the host (exit 1 if anything)
-//	devcluster node ...       the node daemon (started by up)
-//	devcluster pod-exec ...   the container start helper (run by the node)
+//	devcluster load-image --containerd-dir DIR ARCHIVE...   import image archives into the node (kind load image-archive's twin)
+//	devcluster leftovers --state .cache/devcluster          what of the node is still on the host (exit 1 if anything)
 package main
 
 import (
@@ -26,10 +26,6 @@ import (
 	"github.com/purchase-system/purchase-system/e2e/internal/daemon"
 	"github.com/purchase-system/purchase-system/e2e/internal/devcluster"
 	"github.com/purchase-system/purchase-system/e2e/internal/kubenode"
-	"github.com/purchase-system/purchase-system/e2e/internal/nodeagent"
-	"github.com/purchase-system/purchase-system/e2e/internal/podexec"
-	"github.com/purchase-system/purchase-system/images/oci"
-	"github.com/purchase-system/purchase-system/servicekit/logging"
 )
 
 func main() {
@@ -42,12 +38,8 @@ func main() {
 	switch os.Args[1] {
 	case "up", "down", "status":
 		err = cluster(ctx, os.Args[1], os.Args[2:])
-	case "node":
-		err = node(ctx, os.Args[2:])
-	case "pod-exec":
-		err = podExec(os.Args[2:])
 	case "load-image":
-		err = loadImage(os.Args[2:])
+		err = loadImage(ctx, os.Args[2:])
 	case "leftovers":
 		err = leftovers(os.Args[2:])
 	default:
@@ -60,7 +52,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: devcluster up|down|status|leftovers|load-image|node|pod-exec [flags]")
+	fmt.Fprintln(os.Stderr, "usage: devcluster up|down|status|load-image|leftovers [flags]")
 	os.Exit(2)
 }
 
@@ -72,7 +64,7 @@ func (l *list) Set(v string) error { *l = append(*l, v); return nil }
 func cluster(ctx context.Context, cmd string, args []string) error {
 	fs := flag.NewFlagSet(cmd, flag.ExitOnError)
 	var c devcluster.Config
-	var addons list
+	var addons, images list
 	fs.StringVar(&c.StateDir, "state", ".cache/devcluster", "directory for the cluster's certificates, data, logs and kubeconfig")
 	fs.StringVar(&c.Bin.Etcd, "etcd", "", "etcd binary")
 	fs.StringVar(&c.Bin.APIServer, "kube-apiserver", "", "kube-apiserver binary")
@@ -80,10 +72,7 @@ func cluster(ctx context.Context, cmd string, args []string) error {
 	fs.StringVar(&c.Bin.Scheduler, "kube-scheduler", "", "kube-scheduler binary")
 	fs.StringVar(&c.Kubectl, "kubectl", "kubectl", "kubectl binary, for applying addons")
 	fs.DurationVar(&c.HPASyncPeriod, "hpa-sync-period", 15*time.Second, "how often the HPA controller re-evaluates")
-	fs.StringVar(&c.ImageStore, "image-store", ".cache/images", "the image store containers run from (make images fills it)")
 	fs.Var(&addons, "addon", "kustomize directory to apply once the node is Ready (repeatable)")
-	var images list
-	fs.StringVar(&c.Node, "node", "process", "the node: kubelet (kubelet, containerd, runc, CNI, kube-proxy, kube-router) or process")
 	fs.StringVar(&c.NodeBin.Kubelet, "kubelet", "", "kubelet binary")
 	fs.StringVar(&c.NodeBin.KubeProxy, "kube-proxy", "", "kube-proxy binary")
 	fs.StringVar(&c.NodeBin.ContainerdDir, "containerd-dir", "", "directory of containerd, ctr and containerd-shim-runc-v2")
@@ -94,13 +83,16 @@ func cluster(ctx context.Context, cmd string, args []string) error {
 	fs.StringVar(&c.ImageDir, "containerd-root", ".cache/containerd", "containerd's root: images and snapshots, kept across down")
 	fs.Var(&images, "images", "image archive, or directory of them, to import into containerd at start (repeatable)")
 	_ = fs.Parse(args)
-	c.Addons = addons
-	c.Images = images
-	self, err := os.Executable()
-	if err != nil {
-		return err
+	c.Addons, c.Images = addons, images
+	// Kubeconfigs and configuration files name these paths: they must not
+	// depend on the directory a later command runs in.
+	for _, p := range []*string{&c.StateDir, &c.ImageDir} {
+		abs, err := filepath.Abs(*p)
+		if err != nil {
+			return err
+		}
+		*p = abs
 	}
-	c.Self = self
 	switch cmd {
 	case "up":
 		return devcluster.Up(ctx, c, os.Stdout)
@@ -108,13 +100,13 @@ func cluster(ctx context.Context, cmd string, args []string) error {
 		return devcluster.Down(c, os.Stdout)
 	}
 	dirs := map[string]daemon.Dir{}
-	for _, name := range append(controlplane.Components, devcluster.NodeName) {
+	for _, name := range controlplane.Components {
 		dirs[name] = controlplane.Config{Dir: c.StateDir}.Daemons()
 	}
 	for _, name := range kubenode.Components {
-		dirs[name] = daemon.Dir(filepath.Join(c.StateDir, "node"))
+		dirs[name] = c.Node().Daemons()
 	}
-	for _, name := range append(append(controlplane.Components, kubenode.Components...), devcluster.NodeName) {
+	for _, name := range append(append([]string{}, controlplane.Components...), kubenode.Components...) {
 		state := "stopped"
 		if pid, ok := dirs[name].Running(name); ok {
 			state = fmt.Sprintf("running (pid %d)", pid)
@@ -124,60 +116,18 @@ func cluster(ctx context.Context, cmd string, args []string) error {
 	return nil
 }
 
-func node(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("node", flag.ExitOnError)
-	c := nodeagent.Config{}
-	fs.StringVar(&c.NodeName, "name", devcluster.NodeName, "node name")
-	fs.StringVar(&c.NodeKubeconfig, "kubeconfig", "", "kubeconfig of the node's identity")
-	fs.StringVar(&c.ProxyKubeconfig, "proxy-kubeconfig", "", "kubeconfig of the service proxy's identity")
-	fs.StringVar(&c.CAFile, "ca", "", "CA that signs client certificates")
-	fs.StringVar(&c.ServingCert, "serving-cert", "", "kubelet API serving certificate")
-	fs.StringVar(&c.ServingKey, "serving-key", "", "kubelet API serving key")
-	fs.StringVar(&c.StateDir, "state", "", "directory for pods' volumes and logs")
-	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", 30*time.Second, "how long pods get to stop when the node stops")
-	fs.StringVar(&c.ImageStore, "image-store", "", "the image store containers run from")
-	_ = fs.Parse(args)
-	self, err := os.Executable()
-	if err != nil {
-		return err
-	}
-	c.PodExec = []string{self, "pod-exec"}
-	c.Logger = logging.New(os.Stdout, "process-node", os.Getenv("LOG_LEVEL"))
-	return nodeagent.Run(ctx, c)
-}
-
-func podExec(args []string) error {
-	fs := flag.NewFlagSet("pod-exec", flag.ExitOnError)
-	spec := fs.String("spec", "", "the container's spec (JSON), written by the node")
-	_ = fs.Parse(args)
-	s, err := podexec.Load(*spec)
-	if err != nil {
-		return err
-	}
-	return podexec.Run(s)
-}
-
-// loadImage adds archives (make images', or docker save's) to the image
-// store the node runs containers from: the twin of kind load image-archive.
-func loadImage(args []string) error {
+// loadImage imports archives (make images', or docker save's) into the
+// node's containerd, where the kubelet finds them: the twin of kind load
+// image-archive.
+func loadImage(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("load-image", flag.ExitOnError)
-	dir := fs.String("store", ".cache/images", "the node's image store")
+	var node kubenode.Config
+	fs.StringVar(&node.Bin.ContainerdDir, "containerd-dir", "", "directory of containerd's ctr")
 	_ = fs.Parse(args)
-	if fs.NArg() == 0 {
-		return fmt.Errorf("load-image: name at least one archive")
+	if fs.NArg() == 0 || node.Bin.ContainerdDir == "" {
+		return fmt.Errorf("load-image: give --containerd-dir and at least one archive")
 	}
-	st, err := oci.OpenStore(*dir)
-	if err != nil {
-		return err
-	}
-	for _, a := range fs.Args() {
-		refs, err := st.Load(a)
-		if err != nil {
-			return err
-		}
-		fmt.Printf("loaded %s: %s\n", a, strings.Join(refs, ", "))
-	}
-	return nil
+	return node.ImportImages(ctx, os.Stdout, fs.Args()...)
 }
 
 // leftovers prints what of the node is still on the host after down.

@@ -1,6 +1,7 @@
 // Package devcluster brings the whole local Kubernetes up and down: the
-// pod network, the control plane, the process node, and the addons
-// (metrics-server) applied from manifests.
+// control plane (controlplane), the node (kubenode: kubelet, containerd,
+// runc, CNI, kube-proxy, kube-router) and the addons (CoreDNS,
+// metrics-server, kube-state-metrics) applied from manifests.
 package devcluster
 
 import (
@@ -11,7 +12,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -22,29 +22,20 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/purchase-system/purchase-system/e2e/internal/controlplane"
-	"github.com/purchase-system/purchase-system/e2e/internal/daemon"
 	"github.com/purchase-system/purchase-system/e2e/internal/kubenode"
-	"github.com/purchase-system/purchase-system/e2e/internal/podnet"
 )
 
 // NodeName is the one node of the dev cluster.
-const NodeName = "process-node"
+const NodeName = "devcluster-node"
 
 // Config is what the cluster is made of.
 type Config struct {
-	StateDir string // everything the cluster writes; the kubeconfig is StateDir/kubeconfig
-	Bin      controlplane.Binaries
-	Kubectl  string
-	Self     string // this program, run again as the node daemon and the pod-exec helper
-	// ImageStore is the directory of the node's image store.
-	ImageStore    string
+	StateDir      string // everything the cluster writes; the kubeconfig is StateDir/kubeconfig
+	Bin           controlplane.Binaries
+	Kubectl       string
 	HPASyncPeriod time.Duration
 	Addons        []string // kustomize directories applied once the node is ready
 
-	// Node picks the node: "kubelet" (kubelet, containerd, runc, CNI,
-	// kube-proxy, kube-router) or "process" (the process node, while the
-	// switch is in progress).
-	Node     string
 	NodeBin  kubenode.Binaries
 	ImageDir string // containerd's root (images, snapshots): kept across down
 	// Images are archives (or directories of them) imported into
@@ -52,115 +43,28 @@ type Config struct {
 	Images []string
 }
 
-// KubeletNode is the real node's name.
-const KubeletNode = "devcluster-node"
-
-func (c Config) nodeName() string {
-	if c.Node == "kubelet" {
-		return KubeletNode
-	}
-	return NodeName
+func (c Config) controlPlane() controlplane.Config {
+	return controlplane.Config{Dir: c.StateDir, Bin: c.Bin, HPASyncPeriod: c.HPASyncPeriod, NodeName: NodeName}
 }
 
-func (c Config) kubeNode() kubenode.Config {
+// Kubeconfig is the admin kubeconfig.
+func (c Config) Kubeconfig() string { return c.controlPlane().AdminKubeconfig() }
+
+// Node is the node's configuration.
+func (c Config) Node() kubenode.Config {
 	cp := c.controlPlane()
 	return kubenode.Config{
-		Name: KubeletNode, Dir: filepath.Join(c.StateDir, "node"), ImageDir: c.ImageDir, Bin: c.NodeBin,
+		Name: NodeName, Dir: filepath.Join(c.StateDir, "node"), ImageDir: c.ImageDir, Bin: c.NodeBin,
 		CAFile:      cp.CAFile(),
 		ServingCert: filepath.Join(c.StateDir, "pki", "kubelet.crt"), ServingKey: filepath.Join(c.StateDir, "pki", "kubelet.key"),
 		KubeletConfig: cp.Kubeconfig("node"), ProxyConfig: cp.Kubeconfig("proxy"), KubeRouterConfig: cp.Kubeconfig("kube-router"),
 	}
 }
 
-func (c Config) controlPlane() controlplane.Config {
-	return controlplane.Config{Dir: c.StateDir, Bin: c.Bin, HPASyncPeriod: c.HPASyncPeriod, NodeName: c.nodeName()}
-}
-
-// Kubeconfig is the admin kubeconfig.
-func (c Config) Kubeconfig() string { return c.controlPlane().AdminKubeconfig() }
-
-// NodeArgs is the node daemon's command line.
-func (c Config) NodeArgs() []string {
-	cp := c.controlPlane()
-	args := []string{"node",
-		"--name=" + NodeName,
-		"--kubeconfig=" + cp.Kubeconfig("node"),
-		"--proxy-kubeconfig=" + cp.Kubeconfig("proxy"),
-		"--ca=" + cp.CAFile(),
-		"--serving-cert=" + filepath.Join(c.StateDir, "pki", "kubelet.crt"),
-		"--serving-key=" + filepath.Join(c.StateDir, "pki", "kubelet.key"),
-		"--state=" + filepath.Join(c.StateDir, "node"),
-	}
-	return append(args, "--image-store="+c.ImageStore)
-}
-
 // Up starts whatever is not running and waits until the node is Ready.
 func Up(ctx context.Context, c Config, out io.Writer) error {
-	if err := c.recordNode(); err != nil {
-		return err
-	}
-	if c.Node == "kubelet" {
-		return upKubelet(ctx, c, out)
-	}
 	start := time.Now()
-	if err := podnet.CheckPrivileges(); err != nil {
-		return err
-	}
-	if err := podnet.SetUpHost(); err != nil {
-		return fmt.Errorf("setting up the pod network: %w", err)
-	}
-	cp := c.controlPlane()
-	if err := controlplane.Up(ctx, cp, out, controlplane.NodeIdentity(NodeName), controlplane.ProxyIdentity); err != nil {
-		return err
-	}
-	cs, err := adminClient(c.Kubeconfig())
-	if err != nil {
-		return err
-	}
-	if err := grantNode(ctx, cs); err != nil {
-		return fmt.Errorf("granting the node its permissions: %w", err)
-	}
-	if _, running := cp.Daemons().Running(NodeName); !running {
-		fmt.Fprintf(out, "==> starting the process node\n")
-		if _, err := cp.Daemons().Start(daemonSpec(c)); err != nil {
-			return err
-		}
-	}
-	if err := waitNodeReady(ctx, cs, NodeName, 90*time.Second, func() bool { _, ok := cp.Daemons().Running(NodeName); return ok }); err != nil {
-		return fmt.Errorf("%w (log: %s)", err, cp.Daemons().LogFile(NodeName))
-	}
-	fmt.Fprintf(out, "==> node %s Ready\n", NodeName)
-	if err := waitServiceAccount(ctx, cs, "default", 60*time.Second); err != nil {
-		return err
-	}
-	for _, dir := range c.Addons {
-		fmt.Fprintf(out, "==> applying %s\n", dir)
-		cmd := exec.CommandContext(ctx, c.Kubectl, "--kubeconfig", c.Kubeconfig(), "apply", "-k", dir)
-		if b, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("kubectl apply -k %s: %v\n%s", dir, err, b)
-		}
-	}
-	fmt.Fprintf(out, "==> cluster up in %.1fs; kubeconfig: %s\n", time.Since(start).Seconds(), c.Kubeconfig())
-	return nil
-}
-
-// recordNode remembers which node Up starts, so Down stops that one; a
-// cluster of the other kind that is still up must come down first.
-func (c Config) recordNode() error {
-	f := filepath.Join(c.StateDir, "node-kind")
-	if b, err := os.ReadFile(f); err == nil && strings.TrimSpace(string(b)) != c.Node {
-		return fmt.Errorf("a cluster with the %s node is up in %s: make cluster-down first", strings.TrimSpace(string(b)), c.StateDir)
-	}
-	if err := os.MkdirAll(c.StateDir, 0o755); err != nil {
-		return err
-	}
-	return os.WriteFile(f, []byte(c.Node+"\n"), 0o644)
-}
-
-// upKubelet brings up the control plane and the real node.
-func upKubelet(ctx context.Context, c Config, out io.Writer) error {
-	start := time.Now()
-	node := c.kubeNode()
+	node := c.Node()
 	if err := kubenode.CheckHost(node.Bin); err != nil {
 		return err
 	}
@@ -168,7 +72,7 @@ func upKubelet(ctx context.Context, c Config, out io.Writer) error {
 		return fmt.Errorf("setting up the host network: %w", err)
 	}
 	cp := c.controlPlane()
-	if err := controlplane.Up(ctx, cp, out, controlplane.NodeIdentity(KubeletNode), controlplane.ProxyIdentity, controlplane.KubeRouterIdentity); err != nil {
+	if err := controlplane.Up(ctx, cp, out, controlplane.NodeIdentity(NodeName), controlplane.ProxyIdentity, controlplane.KubeRouterIdentity); err != nil {
 		return err
 	}
 	cs, err := adminClient(c.Kubeconfig())
@@ -184,10 +88,10 @@ func upKubelet(ctx context.Context, c Config, out io.Writer) error {
 	if err := node.ImportImages(ctx, out, c.Images...); err != nil {
 		return err
 	}
-	if err := waitNodeReady(ctx, cs, KubeletNode, 90*time.Second, func() bool { _, ok := node.Daemons().Running(kubenode.Kubelet); return ok }); err != nil {
+	if err := waitNodeReady(ctx, cs, NodeName, 90*time.Second, func() bool { _, ok := node.Daemons().Running(kubenode.Kubelet); return ok }); err != nil {
 		return fmt.Errorf("%w (log: %s)", err, node.Daemons().LogFile(kubenode.Kubelet))
 	}
-	fmt.Fprintf(out, "==> node %s Ready\n", KubeletNode)
+	fmt.Fprintf(out, "==> node %s Ready\n", NodeName)
 	if err := waitServiceAccount(ctx, cs, "default", 60*time.Second); err != nil {
 		return err
 	}
@@ -209,10 +113,10 @@ func applyAddons(ctx context.Context, c Config, out io.Writer) error {
 	return nil
 }
 
-// downKubelet stops the node (its pods get their grace), then the control
-// plane, and removes the cluster's state; containerd's image store stays.
-func downKubelet(c Config, out io.Writer) error {
-	node := c.kubeNode()
+// Down stops the node (its pods get their grace), then the control plane,
+// and removes the cluster's state; containerd's image store stays.
+func Down(c Config, out io.Writer) error {
+	node := c.Node()
 	fmt.Fprintf(out, "==> stopping the node and its pods\n")
 	errs := []error{kubenode.Down(node, 30*time.Second, out)}
 	fmt.Fprintf(out, "==> stopping the control plane\n")
@@ -256,69 +160,12 @@ func ensureClusterRole(ctx context.Context, cs kubernetes.Interface, role *rbacv
 	return nil
 }
 
-// Down stops everything Up started and removes its files and network.
-func Down(c Config, out io.Writer) error {
-	if b, err := os.ReadFile(filepath.Join(c.StateDir, "node-kind")); err == nil {
-		c.Node = strings.TrimSpace(string(b)) // what Up started, whatever down is told
-	}
-	if c.Node == "kubelet" {
-		return downKubelet(c, out)
-	}
-	cp := c.controlPlane()
-	var errs []error
-	if _, ok := cp.Daemons().Running(NodeName); ok {
-		fmt.Fprintf(out, "==> stopping the process node and its pods\n")
-	}
-	// The node stops its pods (SIGTERM, grace period, SIGKILL) first.
-	errs = append(errs, cp.Daemons().Stop(NodeName, 60*time.Second))
-	fmt.Fprintf(out, "==> stopping the control plane\n")
-	errs = append(errs, controlplane.Down(cp))
-	errs = append(errs, podnet.TearDownHost())
-	if err := errors.Join(errs...); err != nil {
-		return err
-	}
-	if err := os.RemoveAll(c.StateDir); err != nil {
-		return err
-	}
-	fmt.Fprintf(out, "==> cluster down\n")
-	return nil
-}
-
-func daemonSpec(c Config) daemon.Spec {
-	return daemon.Spec{Name: NodeName, Path: c.Self, Args: c.NodeArgs()}
-}
-
 func adminClient(kubeconfig string) (*kubernetes.Clientset, error) {
 	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
 	if err != nil {
 		return nil, err
 	}
 	return kubernetes.NewForConfig(cfg)
-}
-
-// grantNode lets the node read what virtual-kubelet watches cluster-wide
-// (Secrets, ConfigMaps, Services) and mint service account tokens for its
-// pods; the Node authorizer covers the rest of a kubelet's needs.
-func grantNode(ctx context.Context, cs kubernetes.Interface) error {
-	role := &rbacv1.ClusterRole{
-		ObjectMeta: metav1.ObjectMeta{Name: "devcluster:process-node"},
-		Rules: []rbacv1.PolicyRule{
-			{APIGroups: []string{""}, Resources: []string{"secrets", "configmaps", "services"}, Verbs: []string{"get", "list", "watch"}},
-			{APIGroups: []string{""}, Resources: []string{"serviceaccounts/token"}, Verbs: []string{"create"}},
-		},
-	}
-	binding := &rbacv1.ClusterRoleBinding{
-		ObjectMeta: metav1.ObjectMeta{Name: "devcluster:process-node"},
-		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: role.Name},
-		Subjects:   []rbacv1.Subject{{APIGroup: "rbac.authorization.k8s.io", Kind: "User", Name: "system:node:" + NodeName}},
-	}
-	if _, err := cs.RbacV1().ClusterRoles().Create(ctx, role, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-		return err
-	}
-	if _, err := cs.RbacV1().ClusterRoleBindings().Create(ctx, binding, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-		return err
-	}
-	return nil
 }
 
 func waitNodeReady(ctx context.Context, cs kubernetes.Interface, name string, timeout time.Duration, alive func() bool) error {

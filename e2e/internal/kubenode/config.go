@@ -12,7 +12,7 @@ import (
 // writeConfigs writes containerd's, the CNI network's, the kubelet's and
 // kube-proxy's configuration files into the node's directory.
 func (c Config) writeConfigs() error {
-	for _, d := range []string{"cni", "cni-ipam", "kubelet", "pod-logs", "containerd-state"} {
+	for _, d := range []string{"cni", "cni-ipam", "kubelet", "pod-logs", "certs.d/_default"} {
 		if err := os.MkdirAll(c.path(d), 0o755); err != nil {
 			return err
 		}
@@ -30,6 +30,11 @@ func (c Config) writeConfigs() error {
 		"resolv.conf": "",
 	}
 	for name, body := range files {
+		// Unchanged files are left alone: kube-proxy exits when its
+		// configuration file is written while it runs.
+		if old, err := os.ReadFile(c.path(name)); err == nil && string(old) == body {
+			continue
+		}
 		if err := os.WriteFile(c.path(name), []byte(body), 0o644); err != nil {
 			return err
 		}
@@ -78,9 +83,13 @@ disabled_plugins = [
 
 [plugins.'io.containerd.cri.v1.images']
   snapshotter = "overlayfs"
+  # Registries: certs.d/_default sends every pull to this machine, never
+  # to the internet (an image that was not imported fails at once).
+  [plugins.'io.containerd.cri.v1.images'.registry]
+    config_path = %q
   [plugins.'io.containerd.cri.v1.images'.pinned_images]
     sandbox = %q
-`, c.ImageDir, Socket, c.Bin.Runc, c.Bin.CNIDir, c.path("cni"), PauseImage)
+`, c.ImageDir, Socket, c.Bin.Runc, c.Bin.CNIDir, c.path("cni"), c.path("certs.d"), PauseImage)
 }
 
 // cniConfig: every pod on the bridge with an address of 10.88.1.0 and up.
@@ -135,6 +144,9 @@ containerRuntimeEndpoint: unix://%s
 failCgroupV1: false
 cgroupDriver: cgroupfs
 failSwapOn: false
+# Every container gets the runtime's default seccomp profile unless its pod
+# asks otherwise (a pod that says nothing is not left unconfined).
+seccompDefault: true
 clusterDomain: cluster.local
 clusterDNS: [%s]
 resolvConf: %s

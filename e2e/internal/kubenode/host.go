@@ -233,3 +233,29 @@ func removeVeths() error {
 	}
 	return errors.Join(errs...)
 }
+
+// ContainerPID is the host pid of the first process of a pod's container,
+// read from the container's cgroup (the kubelet with the cgroupfs driver
+// puts it at kubepods/[<qos>/]pod<uid>/<container id>). containerID is the
+// pod status' "containerd://<id>".
+func ContainerPID(podUID, containerID string) (int, error) {
+	id, ok := strings.CutPrefix(containerID, "containerd://")
+	if !ok {
+		return 0, fmt.Errorf("container %q is not run by containerd", containerID)
+	}
+	var files []string
+	for _, pattern := range []string{"/sys/fs/cgroup/pids/kubepods/pod%s/%s/cgroup.procs", "/sys/fs/cgroup/pids/kubepods/*/pod%s/%s/cgroup.procs"} {
+		m, _ := filepath.Glob(fmt.Sprintf(pattern, podUID, id))
+		files = append(files, m...)
+	}
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		if fields := strings.Fields(string(b)); len(fields) > 0 {
+			return strconv.Atoi(fields[0])
+		}
+	}
+	return 0, fmt.Errorf("no process in the cgroup of container %s of pod %s", id, podUID)
+}

@@ -52,6 +52,9 @@ const (
 	// Socket is containerd's: at the path cAdvisor probes for containerd,
 	// so the kubelet's container stats carry the pods' labels.
 	Socket = "/run/containerd/containerd.sock"
+	// LocalRegistry is where containerd sends every pull: an address on
+	// this machine, so nothing is fetched from the internet.
+	LocalRegistry = "127.0.0.1:5000"
 )
 
 // Component names, as daemons and in logs.
