@@ -1,8 +1,6 @@
 package clustertest
 
 import (
-	"github.com/purchase-system/purchase-system/e2e/internal/kubenode"
-
 	"bufio"
 	"fmt"
 	"os"
@@ -10,6 +8,9 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
+
+	"github.com/purchase-system/purchase-system/e2e/internal/kubenode"
 )
 
 // leftovers lists what the dev cluster and its host services left running
@@ -96,4 +97,29 @@ func listeningPorts() []int {
 		fh.Close()
 	}
 	return ports
+}
+
+// killCluster SIGKILLs every process of the cluster: the control plane and
+// node daemons (by their binaries in the tools cache) and everything in
+// the pods' cgroups, shims included. It returns how many it killed.
+func killCluster() int {
+	toolsDir := filepath.Join(cacheHome(), "purchase-system")
+	stateDir := filepath.Join(repoRoot, ".cache", "devcluster")
+	var pids []int
+	procs, _ := filepath.Glob("/proc/[0-9]*")
+	for _, p := range procs {
+		pid, _ := strconv.Atoi(filepath.Base(p))
+		exe, _ := os.Readlink(p + "/exe")
+		cmdline, _ := os.ReadFile(p + "/cmdline")
+		cg, _ := os.ReadFile(p + "/cgroup")
+		// The host's Prometheus (also from the tools cache) is not the cluster's.
+		cluster := strings.HasPrefix(exe, toolsDir) && !strings.Contains(exe, "/prometheus-")
+		if cluster || strings.Contains(string(cmdline), stateDir) || strings.Contains(string(cg), ":/kubepods/") {
+			pids = append(pids, pid)
+		}
+	}
+	for _, pid := range pids {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+	return len(pids)
 }

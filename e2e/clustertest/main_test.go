@@ -84,6 +84,19 @@ func run(m *testing.M) int {
 		fmt.Println("clustertest: the cluster was already up before the tests: leaving it running (down check not run)")
 		return code
 	}
+	// A machine whose cluster was killed (SIGKILL to every process of it,
+	// containers and shims included, as an OOM killer or a crash would):
+	// cluster up must bring it back, and down must still leave nothing.
+	if n := killCluster(); n == 0 {
+		fmt.Fprintln(os.Stderr, "FAIL: found no process of the cluster to kill")
+		code = 1
+	} else {
+		fmt.Printf("clustertest: killed %d processes of the cluster with SIGKILL; starting it again\n", n)
+	}
+	if err := script("cluster.sh", "up"); err != nil {
+		fmt.Fprintln(os.Stderr, "FAIL: cluster up after SIGKILL:", err)
+		code = 1
+	}
 	// The cluster first: its pods drain while Kafka is still there.
 	if err := script("cluster.sh", "down"); err != nil {
 		fmt.Fprintln(os.Stderr, err)
