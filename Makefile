@@ -25,7 +25,7 @@ help:
 build:
 	@echo "==> building $(PROGRAMS) into bin/"
 	@go build -o $(BIN)/ ./webserver/cmd/webserver ./consumer/cmd/consumer ./adapter/cmd/adapter \
-		./e2e/cmd/loadgen ./e2e/cmd/devcluster ./images/cmd/imagebuild
+		./e2e/cmd/loadgen ./devcluster/cmd/devcluster ./images/cmd/imagebuild
 
 # Container images without Docker: _output/images/*.tar (OCI archives that
 # docker load and kind load image-archive take) and the local node's store.

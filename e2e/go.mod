@@ -80,6 +80,7 @@ require (
 	golang.org/x/net v0.61.0 // indirect
 	golang.org/x/oauth2 v0.37.0 // indirect
 	golang.org/x/sync v0.24.0 // indirect
+	golang.org/x/sys v0.49.0 // indirect
 	golang.org/x/term v0.47.0 // indirect
 	golang.org/x/text v0.43.0 // indirect
 	golang.org/x/time v0.15.0 // indirect
@@ -99,10 +100,10 @@ require (
 	github.com/confluentinc/confluent-kafka-go/v2 v2.11.1
 	github.com/jackc/pgx/v5 v5.12.0
 	github.com/purchase-system/purchase-system/consumer v0.0.0
+	github.com/purchase-system/purchase-system/devcluster v0.0.0
 	github.com/purchase-system/purchase-system/servicekit v0.0.0
 	github.com/purchase-system/purchase-system/testkit v0.0.0
 	github.com/twmb/franz-go/pkg/kadm v1.18.0
-	golang.org/x/sys v0.49.0
 	gonum.org/v1/plot v0.17.0
 	k8s.io/api v0.37.1
 	k8s.io/apimachinery v0.37.1
@@ -119,3 +120,5 @@ replace (
 	github.com/purchase-system/purchase-system/servicekit => ../servicekit
 	github.com/purchase-system/purchase-system/testkit => ../testkit
 )
+
+replace github.com/purchase-system/purchase-system/devcluster => ../devcluster

@@ -99,7 +99,7 @@ nodeprobe() {
   rm -rf "$dir"; mkdir -p "$dir/usr/local/bin" "$dir/run" "$dir/var" "$dir/tmp" "$dir/etc"
   chmod 1777 "$dir/tmp"
   ln -s /run "$dir/var/run"
-  CGO_ENABLED=0 go build -trimpath -buildvcs=false -ldflags "-s -w" -o "$dir/usr/local/bin/nodeprobe" ./e2e/cmd/nodeprobe
+  CGO_ENABLED=0 go build -trimpath -buildvcs=false -ldflags "-s -w" -o "$dir/usr/local/bin/nodeprobe" ./devcluster/cmd/nodeprobe
   printf 'root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n' >"$dir/etc/passwd"
   image purchase-system/nodeprobe "$OUT/nodeprobe.tar" "$dir" /usr/local/bin/nodeprobe 65532:65532 \
     --tag "purchase-system/nodeprobe:dev" --tag "purchase-system/nodeprobe:$1"

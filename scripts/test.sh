@@ -22,7 +22,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-MODULES=(servicekit webserver consumer adapter testkit images e2e)
+MODULES=(servicekit webserver consumer adapter testkit images devcluster e2e)
 PKGS=("${MODULES[@]/%//...}"); PKGS=("${PKGS[@]/#/./}")
 
 log "tools: Kafka, etcd, Kubernetes, metrics-server, kube-state-metrics, Prometheus (built once into ${TOOLS_DIR})"

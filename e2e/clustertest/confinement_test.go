@@ -16,11 +16,11 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 
-	"github.com/purchase-system/purchase-system/e2e/internal/kubenode"
+	"github.com/purchase-system/purchase-system/devcluster/node"
 	"github.com/purchase-system/purchase-system/testkit/testproc"
 )
 
-// probeImage is e2e/cmd/nodeprobe's image (scripts/images.sh): /var/run is
+// probeImage is devcluster/cmd/nodeprobe's image (scripts/images.sh): /var/run is
 // a symlink to /run in it, as in Debian's and Alpine's images.
 const probeImage = "purchase-system/nodeprobe:dev"
 
@@ -69,7 +69,7 @@ func containerPid(t *testing.T, p *corev1.Pod) int {
 	var pid int
 	testproc.Eventually(t, 10*time.Second, "the container's process", func() error {
 		var err error
-		pid, err = kubenode.ContainerPID(string(p.UID), p.Status.ContainerStatuses[0].ContainerID)
+		pid, err = node.ContainerPID(string(p.UID), p.Status.ContainerStatuses[0].ContainerID)
 		return err
 	})
 	return pid

@@ -10,7 +10,7 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/purchase-system/purchase-system/e2e/internal/kubenode"
+	"github.com/purchase-system/purchase-system/devcluster/node"
 )
 
 // leftovers lists what the dev cluster and its host services left running
@@ -55,7 +55,7 @@ func leftovers() []string {
 	}
 	// The upstream node's host state: processes, mounts, cgroups, network
 	// namespaces, netfilter chains and sets, veths, host paths, sysctls.
-	out = append(out, kubenode.Leftovers(filepath.Join(stateDir, "devcluster"))...)
+	out = append(out, node.Leftovers(filepath.Join(stateDir, "devcluster"))...)
 	for _, d := range []string{"devcluster", "infra"} {
 		if _, err := os.Stat(filepath.Join(stateDir, d)); err == nil {
 			out = append(out, "directory .cache/"+d)

@@ -20,7 +20,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
 
-	"github.com/purchase-system/purchase-system/e2e/internal/kubenode"
+	"github.com/purchase-system/purchase-system/devcluster/node"
 	"github.com/purchase-system/purchase-system/testkit/testproc"
 )
 
@@ -123,7 +123,7 @@ func pidOf(p corev1.Pod) int {
 		if cs.State.Running == nil {
 			continue
 		}
-		if pid, err := kubenode.ContainerPID(string(p.UID), cs.ContainerID); err == nil {
+		if pid, err := node.ContainerPID(string(p.UID), cs.ContainerID); err == nil {
 			return pid
 		}
 	}
@@ -242,7 +242,7 @@ func TestUnknownImageSaysWhy(t *testing.T) {
 			// never to the internet: the reason names the image and where
 			// it was looked for.
 			if w := cs.State.Waiting; w != nil && (w.Reason == "ErrImagePull" || w.Reason == "ImagePullBackOff") &&
-				strings.Contains(w.Message, "docker.io/library/nginx:1.27") && strings.Contains(w.Message, kubenode.LocalRegistry) {
+				strings.Contains(w.Message, "docker.io/library/nginx:1.27") && strings.Contains(w.Message, node.LocalRegistry) {
 				return nil
 			}
 		}

@@ -21,7 +21,7 @@ import (
 	"database/sql"
 	"flag"
 	"fmt"
-	"github.com/purchase-system/purchase-system/e2e/internal/kubenode"
+	"github.com/purchase-system/purchase-system/devcluster/node"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -538,7 +538,7 @@ func (e *env) kill9(selector string) { e.kill9In(e.ns, selector) }
 func (e *env) kill9In(ns, selector string) {
 	p := e.pod(ns, selector)
 	for _, cs := range p.Status.ContainerStatuses {
-		if pid, err := kubenode.ContainerPID(string(p.UID), cs.ContainerID); err == nil {
+		if pid, err := node.ContainerPID(string(p.UID), cs.ContainerID); err == nil {
 			if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 				e.t.Fatalf("kill -9 %d (%s): %v", pid, p.Name, err)
 			}

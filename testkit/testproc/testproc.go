@@ -49,7 +49,7 @@ var Programs = map[string]string{
 	"webserver":  "./webserver/cmd/webserver",
 	"consumer":   "./consumer/cmd/consumer",
 	"adapter":    "./adapter/cmd/adapter",
-	"devcluster": "./e2e/cmd/devcluster",
+	"devcluster": "./devcluster/cmd/devcluster",
 }
 
 // Binary returns the path of a program's binary. With BIN_DIR set (make

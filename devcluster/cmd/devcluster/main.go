@@ -22,10 +22,10 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/purchase-system/purchase-system/e2e/internal/controlplane"
-	"github.com/purchase-system/purchase-system/e2e/internal/daemon"
-	"github.com/purchase-system/purchase-system/e2e/internal/devcluster"
-	"github.com/purchase-system/purchase-system/e2e/internal/kubenode"
+	"github.com/purchase-system/purchase-system/devcluster/internal/cluster"
+	"github.com/purchase-system/purchase-system/devcluster/internal/controlplane"
+	"github.com/purchase-system/purchase-system/devcluster/internal/daemon"
+	"github.com/purchase-system/purchase-system/devcluster/node"
 )
 
 func main() {
@@ -37,7 +37,7 @@ func main() {
 	var err error
 	switch os.Args[1] {
 	case "up", "down", "status":
-		err = cluster(ctx, os.Args[1], os.Args[2:])
+		err = clusterCmd(ctx, os.Args[1], os.Args[2:])
 	case "load-image":
 		err = loadImage(ctx, os.Args[2:])
 	case "leftovers":
@@ -61,9 +61,9 @@ type list []string
 func (l *list) String() string     { return strings.Join(*l, ",") }
 func (l *list) Set(v string) error { *l = append(*l, v); return nil }
 
-func cluster(ctx context.Context, cmd string, args []string) error {
+func clusterCmd(ctx context.Context, cmd string, args []string) error {
 	fs := flag.NewFlagSet(cmd, flag.ExitOnError)
-	var c devcluster.Config
+	var c cluster.Config
 	var addons, images list
 	fs.StringVar(&c.StateDir, "state", ".cache/devcluster", "directory for the cluster's certificates, data, logs and kubeconfig")
 	fs.StringVar(&c.Bin.Etcd, "etcd", "", "etcd binary")
@@ -95,18 +95,18 @@ func cluster(ctx context.Context, cmd string, args []string) error {
 	}
 	switch cmd {
 	case "up":
-		return devcluster.Up(ctx, c, os.Stdout)
+		return cluster.Up(ctx, c, os.Stdout)
 	case "down":
-		return devcluster.Down(c, os.Stdout)
+		return cluster.Down(c, os.Stdout)
 	}
 	dirs := map[string]daemon.Dir{}
 	for _, name := range controlplane.Components {
 		dirs[name] = controlplane.Config{Dir: c.StateDir}.Daemons()
 	}
-	for _, name := range kubenode.Components {
+	for _, name := range node.Components {
 		dirs[name] = c.Node().Daemons()
 	}
-	for _, name := range append(append([]string{}, controlplane.Components...), kubenode.Components...) {
+	for _, name := range append(append([]string{}, controlplane.Components...), node.Components...) {
 		state := "stopped"
 		if pid, ok := dirs[name].Running(name); ok {
 			state = fmt.Sprintf("running (pid %d)", pid)
@@ -121,13 +121,13 @@ func cluster(ctx context.Context, cmd string, args []string) error {
 // image-archive.
 func loadImage(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("load-image", flag.ExitOnError)
-	var node kubenode.Config
-	fs.StringVar(&node.Bin.ContainerdDir, "containerd-dir", "", "directory of containerd's ctr")
+	var n node.Config
+	fs.StringVar(&n.Bin.ContainerdDir, "containerd-dir", "", "directory of containerd's ctr")
 	_ = fs.Parse(args)
-	if fs.NArg() == 0 || node.Bin.ContainerdDir == "" {
+	if fs.NArg() == 0 || n.Bin.ContainerdDir == "" {
 		return fmt.Errorf("load-image: give --containerd-dir and at least one archive")
 	}
-	return node.ImportImages(ctx, os.Stdout, fs.Args()...)
+	return n.ImportImages(ctx, os.Stdout, fs.Args()...)
 }
 
 // leftovers prints what of the node is still on the host after down.
@@ -135,7 +135,7 @@ func leftovers(args []string) error {
 	fs := flag.NewFlagSet("leftovers", flag.ExitOnError)
 	state := fs.String("state", ".cache/devcluster", "the cluster's state directory")
 	_ = fs.Parse(args)
-	left := kubenode.Leftovers(filepath.Join(*state, "node"))
+	left := node.Leftovers(filepath.Join(*state, "node"))
 	for _, l := range left {
 		fmt.Println(l)
 	}

@@ -1,4 +1,4 @@
-package kubenode
+package node
 
 import (
 	"reflect"

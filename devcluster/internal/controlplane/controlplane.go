@@ -22,9 +22,9 @@ import (
 
 	"k8s.io/client-go/tools/clientcmd"
 
-	"github.com/purchase-system/purchase-system/e2e/internal/daemon"
-	"github.com/purchase-system/purchase-system/e2e/internal/kubenode"
-	"github.com/purchase-system/purchase-system/e2e/internal/pki"
+	"github.com/purchase-system/purchase-system/devcluster/internal/daemon"
+	"github.com/purchase-system/purchase-system/devcluster/internal/pki"
+	"github.com/purchase-system/purchase-system/devcluster/node"
 )
 
 // Binaries are the control plane programs to run.
@@ -36,7 +36,7 @@ type Binaries struct {
 type Config struct {
 	Dir           string // state: pki/, etcd/, kubeconfigs, logs/, pids/
 	Bin           Binaries
-	APIServerPort int           // on kubenode.HostIP; default 6443
+	APIServerPort int           // on node.HostIP; default 6443
 	EtcdPort      int           // client port on 127.0.0.1 (peer port is +1); default 2379
 	HPASyncPeriod time.Duration // default 15s
 	NodeName      string        // the node whose kubelet the apiserver talks to
@@ -81,7 +81,7 @@ func (c Config) CAFile() string { return filepath.Join(c.pkiDir(), "ca.crt") }
 
 // ServerURL is the API server's address.
 func (c Config) ServerURL() string {
-	return "https://" + net.JoinHostPort(kubenode.HostIP, strconv.Itoa(c.APIServerPort))
+	return "https://" + net.JoinHostPort(node.HostIP, strconv.Itoa(c.APIServerPort))
 }
 
 // Daemons is where the control plane's processes are tracked.
@@ -130,9 +130,9 @@ func (c Config) certs(ids ...Identity) error {
 	}{
 		{ca, pki.Leaf{Name: "apiserver", CommonName: "kube-apiserver", Server: true,
 			DNSNames: []string{"kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local", "localhost"},
-			IPs:      []net.IP{net.ParseIP(kubenode.HostIP), net.ParseIP("10.96.0.1"), net.ParseIP("127.0.0.1")}}},
+			IPs:      []net.IP{net.ParseIP(node.HostIP), net.ParseIP("10.96.0.1"), net.ParseIP("127.0.0.1")}}},
 		{ca, pki.Leaf{Name: "apiserver-kubelet-client", CommonName: "kube-apiserver-kubelet-client", Organization: []string{"system:masters"}, Client: true}},
-		{ca, pki.Leaf{Name: "kubelet", CommonName: c.NodeName, Server: true, IPs: []net.IP{net.ParseIP(kubenode.HostIP)}, DNSNames: []string{c.NodeName}}},
+		{ca, pki.Leaf{Name: "kubelet", CommonName: c.NodeName, Server: true, IPs: []net.IP{net.ParseIP(node.HostIP)}, DNSNames: []string{c.NodeName}}},
 		{frontProxyCA, pki.Leaf{Name: "front-proxy-client", CommonName: "front-proxy-client", Client: true}},
 	}
 	for _, id := range ids {
@@ -193,14 +193,14 @@ func (c Config) specs() map[string]daemon.Spec {
 		}},
 		APIServer: {Name: APIServer, Path: c.Bin.APIServer, Args: []string{
 			"--etcd-servers=" + etcdURL,
-			"--bind-address=" + kubenode.HostIP, "--advertise-address=" + kubenode.HostIP,
+			"--bind-address=" + node.HostIP, "--advertise-address=" + node.HostIP,
 			"--secure-port=" + strconv.Itoa(c.APIServerPort),
 			"--tls-cert-file=" + p("apiserver.crt"), "--tls-private-key-file=" + p("apiserver.key"),
 			"--client-ca-file=" + p("ca.crt"),
 			"--authorization-mode=Node,RBAC",
 			"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
 			"--service-account-key-file=" + p("sa.pub"), "--service-account-signing-key-file=" + p("sa.key"),
-			"--service-cluster-ip-range=" + kubenode.ServiceCIDR,
+			"--service-cluster-ip-range=" + node.ServiceCIDR,
 			"--kubelet-client-certificate=" + p("apiserver-kubelet-client.crt"),
 			"--kubelet-client-key=" + p("apiserver-kubelet-client.key"),
 			"--kubelet-certificate-authority=" + p("ca.crt"),
@@ -228,7 +228,7 @@ func (c Config) specs() map[string]daemon.Spec {
 			"--service-account-private-key-file=" + p("sa.key"),
 			"--root-ca-file=" + p("ca.crt"),
 			"--cluster-signing-cert-file=" + p("ca.crt"), "--cluster-signing-key-file=" + p("ca.key"),
-			"--service-cluster-ip-range=" + kubenode.ServiceCIDR,
+			"--service-cluster-ip-range=" + node.ServiceCIDR,
 			"--horizontal-pod-autoscaler-sync-period=" + c.HPASyncPeriod.String(),
 			"--controllers=*",
 			"--profiling=false",

@@ -1,4 +1,4 @@
-package kubenode
+package node
 
 import (
 	"fmt"
@@ -6,7 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/purchase-system/purchase-system/e2e/internal/daemon"
+	"github.com/purchase-system/purchase-system/devcluster/internal/daemon"
 )
 
 // writeConfigs writes containerd's, the CNI network's, the kubelet's and
@@ -45,7 +45,7 @@ func (c Config) writeConfigs() error {
 // containerdConfig: the CRI plugin with runc, the CNI bridge network, the
 // pinned pause image, and the two settings this kind of VM needs.
 func (c Config) containerdConfig() string {
-	return fmt.Sprintf(`# Written by the local cluster's launcher (e2e/internal/kubenode).
+	return fmt.Sprintf(`# Written by the local cluster's launcher (devcluster/node).
 version = 3
 root = %q
 state = "/run/containerd"
@@ -123,7 +123,7 @@ func (c Config) cniConfig() string {
 // hybrid, no systemd, no swap accounting) serving its API on the bridge
 // address with client certificates and webhook authorization.
 func (c Config) kubeletConfig() string {
-	return fmt.Sprintf(`# Written by the local cluster's launcher (e2e/internal/kubenode).
+	return fmt.Sprintf(`# Written by the local cluster's launcher (devcluster/node).
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 address: %s
@@ -172,7 +172,7 @@ protectKernelDefaults: false
 // localhost:30080) and the bridge address only; conntrack left as the host
 // has it.
 func (c Config) kubeProxyConfig() string {
-	return fmt.Sprintf(`# Written by the local cluster's launcher (e2e/internal/kubenode).
+	return fmt.Sprintf(`# Written by the local cluster's launcher (devcluster/node).
 apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
 mode: iptables

@@ -1,8 +1,8 @@
-// Package devcluster brings the whole local Kubernetes up and down: the
-// control plane (controlplane), the node (kubenode: kubelet, containerd,
+// Package cluster brings the whole local Kubernetes up and down: the
+// control plane (controlplane), the node (package node: kubelet, containerd,
 // runc, CNI, kube-proxy, kube-router) and the addons (CoreDNS,
 // metrics-server, kube-state-metrics) applied from manifests.
-package devcluster
+package cluster
 
 import (
 	"context"
@@ -21,8 +21,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
-	"github.com/purchase-system/purchase-system/e2e/internal/controlplane"
-	"github.com/purchase-system/purchase-system/e2e/internal/kubenode"
+	"github.com/purchase-system/purchase-system/devcluster/internal/controlplane"
+	"github.com/purchase-system/purchase-system/devcluster/node"
 )
 
 // NodeName is the one node of the dev cluster.
@@ -36,7 +36,7 @@ type Config struct {
 	HPASyncPeriod time.Duration
 	Addons        []string // kustomize directories applied once the node is ready
 
-	NodeBin  kubenode.Binaries
+	NodeBin  node.Binaries
 	ImageDir string // containerd's root (images, snapshots): kept across down
 	// Images are archives (or directories of them) imported into
 	// containerd at start.
@@ -51,9 +51,9 @@ func (c Config) controlPlane() controlplane.Config {
 func (c Config) Kubeconfig() string { return c.controlPlane().AdminKubeconfig() }
 
 // Node is the node's configuration.
-func (c Config) Node() kubenode.Config {
+func (c Config) Node() node.Config {
 	cp := c.controlPlane()
-	return kubenode.Config{
+	return node.Config{
 		Name: NodeName, Dir: filepath.Join(c.StateDir, "node"), ImageDir: c.ImageDir, Bin: c.NodeBin,
 		CAFile:      cp.CAFile(),
 		ServingCert: filepath.Join(c.StateDir, "pki", "kubelet.crt"), ServingKey: filepath.Join(c.StateDir, "pki", "kubelet.key"),
@@ -64,11 +64,11 @@ func (c Config) Node() kubenode.Config {
 // Up starts whatever is not running and waits until the node is Ready.
 func Up(ctx context.Context, c Config, out io.Writer) error {
 	start := time.Now()
-	node := c.Node()
-	if err := kubenode.CheckHost(node.Bin); err != nil {
+	n := c.Node()
+	if err := node.CheckHost(n.Bin); err != nil {
 		return err
 	}
-	if err := kubenode.SetUpHost(node.Dir); err != nil {
+	if err := node.SetUpHost(n.Dir); err != nil {
 		return fmt.Errorf("setting up the host network: %w", err)
 	}
 	cp := c.controlPlane()
@@ -82,14 +82,14 @@ func Up(ctx context.Context, c Config, out io.Writer) error {
 	if err := grantKubeRouter(ctx, cs); err != nil {
 		return fmt.Errorf("granting kube-router its permissions: %w", err)
 	}
-	if err := kubenode.Up(ctx, node, out); err != nil {
+	if err := node.Up(ctx, n, out); err != nil {
 		return err
 	}
-	if err := node.ImportImages(ctx, out, c.Images...); err != nil {
+	if err := n.ImportImages(ctx, out, c.Images...); err != nil {
 		return err
 	}
-	if err := waitNodeReady(ctx, cs, NodeName, 90*time.Second, func() bool { _, ok := node.Daemons().Running(kubenode.Kubelet); return ok }); err != nil {
-		return fmt.Errorf("%w (log: %s)", err, node.Daemons().LogFile(kubenode.Kubelet))
+	if err := waitNodeReady(ctx, cs, NodeName, 90*time.Second, func() bool { _, ok := n.Daemons().Running(node.Kubelet); return ok }); err != nil {
+		return fmt.Errorf("%w (log: %s)", err, n.Daemons().LogFile(node.Kubelet))
 	}
 	fmt.Fprintf(out, "==> node %s Ready\n", NodeName)
 	if err := waitServiceAccount(ctx, cs, "default", 60*time.Second); err != nil {
@@ -116,9 +116,9 @@ func applyAddons(ctx context.Context, c Config, out io.Writer) error {
 // Down stops the node (its pods get their grace), then the control plane,
 // and removes the cluster's state; containerd's image store stays.
 func Down(c Config, out io.Writer) error {
-	node := c.Node()
+	n := c.Node()
 	fmt.Fprintf(out, "==> stopping the node and its pods\n")
-	errs := []error{kubenode.Down(node, 30*time.Second, out)}
+	errs := []error{node.Down(n, 30*time.Second, out)}
 	fmt.Fprintf(out, "==> stopping the control plane\n")
 	errs = append(errs, controlplane.Down(c.controlPlane()))
 	if err := errors.Join(errs...); err != nil {

@@ -1,4 +1,4 @@
-// Package kubenode runs the local cluster's node from upstream parts:
+// Package node runs the local cluster's node from upstream parts:
 // containerd with runc runs the pods' containers, the CNI bridge plugin
 // gives each pod an address on the cluster's bridge, the kubelet manages
 // them, kube-proxy programs Services into iptables and kube-router's
@@ -19,7 +19,7 @@
 //
 // containerd's content store and snapshots live in ImageDir, outside the
 // cluster's state, so a warm start does not unpack every image again.
-package kubenode
+package node
 
 import (
 	"context"
@@ -36,7 +36,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/purchase-system/purchase-system/e2e/internal/daemon"
+	"github.com/purchase-system/purchase-system/devcluster/internal/daemon"
 )
 
 // Network of the node.
