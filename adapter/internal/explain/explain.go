@@ -360,9 +360,6 @@ func (e *Explainer) lag(ctx context.Context, w io.Writer, q lag.Query) ([]store.
 	if e.Kafka == nil {
 		return nil, sources.ErrLagOff
 	}
-	if len(q.Groups) == 0 {
-		fmt.Fprintln(w, "  no consumergroup in the selector: every group is listed")
-	}
 	for _, g := range q.Groups {
 		parts, err := e.Kafka.GroupPartitions(ctx, g, q.Topics)
 		if err != nil {
