@@ -23,7 +23,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/pflag"
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
-	"k8s.io/apiserver/pkg/server/healthz"
 	"k8s.io/client-go/metadata"
 	"k8s.io/component-base/logs"
 	"k8s.io/component-base/metrics/legacyregistry"
@@ -38,6 +37,7 @@ import (
 	"github.com/purchase-system/purchase-system/adapter/internal/lag"
 	"github.com/purchase-system/purchase-system/adapter/internal/metricsapi"
 	"github.com/purchase-system/purchase-system/adapter/internal/promsource"
+	"github.com/purchase-system/purchase-system/adapter/internal/readiness"
 	"github.com/purchase-system/purchase-system/adapter/internal/rules"
 	"github.com/purchase-system/purchase-system/adapter/internal/selfmetrics"
 	"github.com/purchase-system/purchase-system/adapter/internal/sources"
@@ -188,13 +188,15 @@ func (a *Adapter) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	// Ready means the catalog is loaded and the backends answered once,
-	// not merely that the server listens.
-	checks := []healthz.HealthChecker{healthz.NamedCheck("metric-catalog", func(*http.Request) error { return parts.catalog.Ready() })}
+	// Ready means some source has metrics to serve, not merely that the
+	// server listens; one source's outage does not take the other's
+	// metrics out of the Service (the probe excludes the per-source checks,
+	// which /readyz?verbose shows).
+	srcs := []readiness.Source{{Name: "prometheus", Serving: parts.catalog.Serving, Reachable: parts.catalog.Reachable}}
 	if parts.kafka != nil {
-		checks = append(checks, healthz.NamedCheck("kafka", func(*http.Request) error { return parts.kafka.Ready() }))
+		srcs = append(srcs, readiness.Source{Name: "kafka", Serving: parts.kafka.Ready, Reachable: parts.kafka.Reachable})
 	}
-	if err := server.GenericAPIServer.AddReadyzChecks(checks...); err != nil {
+	if err := server.GenericAPIServer.AddReadyzChecks(readiness.Checks(srcs...)...); err != nil {
 		return err
 	}
 	if err := metrics.RegisterMetrics(legacyregistry.Register); err != nil {

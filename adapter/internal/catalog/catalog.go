@@ -109,7 +109,7 @@ func (c *Catalog) Rules() *rules.Config {
 func (c *Catalog) SetConfig(ctx context.Context, cfg *rules.Config) {
 	c.mu.Lock()
 	c.cfg = cfg
-	c.loaded = false
+	c.loaded = false // Ready (every rule discovered) waits for the new rules; Serving does not
 	keep := map[string]promsource.RuleDiscovery{}
 	for _, r := range allRules(cfg) {
 		if d, ok := c.byRule[r.Fingerprint]; ok {
@@ -275,6 +275,39 @@ func (c *Catalog) Ready() error {
 		return fmt.Errorf("metric discovery has not finished for every rule: %v", c.lastErrs[0])
 	}
 	return fmt.Errorf("metric discovery has not run yet")
+}
+
+// Serving reports whether the catalog has metrics from Prometheus to
+// serve: some rule of the current config was discovered, in this round or
+// an earlier one (a reload keeps what unchanged rules found, a failed round
+// keeps what the last one found). Unlike Ready, a rule that keeps failing
+// or a reload during a Prometheus outage does not make it fail.
+func (c *Catalog) Serving() error {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	for _, r := range allRules(c.cfg) {
+		if _, ok := c.byRule[r.Fingerprint]; ok {
+			return nil
+		}
+	}
+	if len(allRules(c.cfg)) == 0 {
+		return fmt.Errorf("the configuration has no Prometheus rule")
+	}
+	if len(c.lastErrs) > 0 {
+		return fmt.Errorf("no rule discovered yet: %v", c.lastErrs[0])
+	}
+	return fmt.Errorf("metric discovery has not run yet")
+}
+
+// Reachable reports whether the last discovery round reached Prometheus
+// (at least one rule answered).
+func (c *Catalog) Reachable() error {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if n := len(allRules(c.cfg)); n > 0 && len(c.lastErrs) >= n {
+		return c.lastErrs[0]
+	}
+	return nil
 }
 
 // Discoveries returns the last finished discovery of each rule in use, in

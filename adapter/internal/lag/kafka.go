@@ -162,6 +162,18 @@ func (s *Source) Ready() error {
 	return nil
 }
 
+// Reachable asks the brokers for metadata now (2 s at most): what the
+// adapter's /readyz shows for Kafka.
+func (s *Source) Reachable() error {
+	t0 := time.Now()
+	_, err := s.admin.GetMetadata(nil, false, 2000)
+	s.obs.Observe("metadata", t0, err)
+	if err != nil {
+		return s.wrap("metadata", err)
+	}
+	return nil
+}
+
 // Close closes the admin client, the group handles and the marker-check
 // reader.
 func (s *Source) Close() {

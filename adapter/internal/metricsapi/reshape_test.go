@@ -184,3 +184,26 @@ func TestACancelledFirstRequestDoesNotStopTheWatch(t *testing.T) {
 		t.Fatalf("after a cancelled first request: %v %v", l, err)
 	}
 }
+
+// A rules reload while Prometheus is away keeps the catalog serving what
+// it found (the readiness probe's source check): before, the reload marked
+// the catalog unloaded and the only adapter pod left its Service, lag
+// included.
+func TestAReloadWhilePrometheusIsAwayKeepsServing(t *testing.T) {
+	f := newFixture(t, time.Minute, promtest.PodSeries("shop", "web-1", time.Now(), 4), pod("shop", "web-1", nil))
+	if err := f.catalog.Serving(); err != nil {
+		t.Fatalf("before the outage: %v", err)
+	}
+	f.prom.Down.Store(true)
+	f.catalog.SetConfig(context.Background(), seedConfig(t))
+	if err := f.catalog.Serving(); err != nil {
+		t.Fatalf("after a reload during the outage: %v, want the catalog still serving", err)
+	}
+	if err := f.catalog.Reachable(); err == nil {
+		t.Fatal("Reachable says Prometheus answered while it is down")
+	}
+	if got := f.p.ListAllMetrics(); len(got) != 2 {
+		t.Fatalf("listed %v after the reload, want the metrics kept", got)
+	}
+}
+
