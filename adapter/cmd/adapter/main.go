@@ -54,6 +54,8 @@ type Adapter struct {
 	RefreshInterval time.Duration
 	DemandTTL       time.Duration
 	MaxQueries      int
+	MaxQueriesPerNS int
+	NamespaceFloor  int
 	MaxInFlight     int
 	SelfMetricsAddr string
 	DebugAddr       string
@@ -112,6 +114,8 @@ func main() {
 	f.DurationVar(&a.RefreshInterval, "refresh-interval", 5*time.Second, "how long a fetched value is served; wanted values are refreshed this often")
 	f.DurationVar(&a.DemandTTL, "demand-ttl", 10*time.Minute, "values nobody asked for this long are dropped")
 	f.IntVar(&a.MaxQueries, "max-store-queries", 1000, "distinct metric queries kept and refreshed; more are refused (429)")
+	f.IntVar(&a.MaxQueriesPerNS, "max-store-queries-per-namespace", 250, "distinct metric queries one namespace may have kept: one namespace cannot fill the store")
+	f.IntVar(&a.NamespaceFloor, "store-queries-floor", 20, "distinct metric queries every namespace may add even when --max-store-queries are kept")
 	f.IntVar(&a.MaxInFlight, "max-fetches-in-flight", 16, "backend fetches running at once")
 	f.StringVar(&a.SelfMetricsAddr, "self-metrics-addr", ":9102", "plain-HTTP address of the adapter's own /metrics (no credentials needed)")
 	f.StringVar(&a.DebugAddr, "debug-addr", "", "loopback address of the explain endpoint (e.g. 127.0.0.1:6060; reach it with kubectl port-forward); off when empty")
@@ -168,7 +172,8 @@ func (a *Adapter) run(ctx context.Context) error {
 	}
 	defer parts.close()
 	st := store.New(parts.router, store.Options{Fresh: a.RefreshInterval, DemandTTL: a.DemandTTL, FetchTimeout: a.Prometheus.Timeout,
-		MaxQueries: a.MaxQueries, MaxInFlight: a.MaxInFlight, Metrics: store.NewMetrics(reg)})
+		MaxQueries: a.MaxQueries, MaxPerNamespace: a.MaxQueriesPerNS, NamespaceFloor: a.NamespaceFloor,
+		MaxInFlight: a.MaxInFlight, Metrics: store.NewMetrics(reg)})
 	api := metricsapi.New(parts.catalog, st, mapper, meta, ctx.Done(), metricsapi.Options{
 		MaxSampleAge: a.MaxSampleAge, LagEnabled: parts.kafka != nil, LagAccess: parts.lagAccess,
 		Metrics: metricsapi.NewMetrics(reg), Logger: logger})

@@ -152,10 +152,10 @@ type Read struct {
 	Newest time.Time
 }
 
-// read gets q's value from the store and splits it into fresh and stale
-// samples.
-func (p *Provider) read(ctx context.Context, metric string, q store.Query) (Read, error) {
-	v, err := p.store.Get(ctx, q)
+// read gets q's value from the store, charged to the asking namespace's
+// budget, and splits it into fresh and stale samples.
+func (p *Provider) read(ctx context.Context, namespace, metric string, q store.Query) (Read, error) {
+	v, err := p.store.Get(ctx, store.InNamespace(namespace, q))
 	if err != nil {
 		return Read{}, asStatus(metric, err)
 	}
@@ -285,7 +285,7 @@ func (p *Provider) values(ctx context.Context, namespace string, info cmprovider
 	if err != nil {
 		return nil, err
 	}
-	r, err := p.read(ctx, info.Metric, q)
+	r, err := p.read(ctx, namespace, info.Metric, q)
 	if err != nil {
 		return nil, err
 	}
@@ -405,7 +405,7 @@ func (p *Provider) GetExternalMetric(ctx context.Context, namespace string, metr
 	if err != nil {
 		return nil, err
 	}
-	r, err := p.read(ctx, info.Metric, q)
+	r, err := p.read(ctx, namespace, info.Metric, q)
 	if err != nil {
 		return nil, err
 	}

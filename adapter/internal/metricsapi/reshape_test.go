@@ -206,4 +206,3 @@ func TestAReloadWhilePrometheusIsAwayKeepsServing(t *testing.T) {
 		t.Fatalf("listed %v after the reload, want the metrics kept", got)
 	}
 }
-

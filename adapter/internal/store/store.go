@@ -58,8 +58,18 @@ type FetcherFunc func(ctx context.Context, q Query) ([]Sample, error)
 // Fetch calls f.
 func (f FetcherFunc) Fetch(ctx context.Context, q Query) ([]Sample, error) { return f(ctx, q) }
 
-// ErrTooManyQueries is returned for a new query once MaxQueries are kept.
+// ErrTooManyQueries is returned for a new query once MaxQueries are kept
+// (or its namespace holds MaxPerNamespace).
 var ErrTooManyQueries = errors.New("too many distinct metric queries")
+
+// InNamespace charges q to namespace ns's budget (the namespace of the
+// request that first asks for it); the store fetches q itself.
+func InNamespace(ns string, q Query) Query { return charged{Query: q, ns: ns} }
+
+type charged struct {
+	Query
+	ns string
+}
 
 // Store is safe for concurrent use.
 type Store struct {
@@ -68,15 +78,19 @@ type Store struct {
 	demandTTL time.Duration
 	timeout   time.Duration
 	maxKeys   int
+	maxPerNS  int
+	floorNS   int
 	slots     chan struct{} // one per fetch allowed to run
 	metrics   *Metrics
 
 	mu      sync.Mutex
 	entries map[string]*entry
+	perNS   map[string]int // entries charged to each namespace
 }
 
 type entry struct {
 	query      Query
+	ns         string
 	val        Value
 	lastWanted time.Time
 	inflight   chan struct{} // closed when the running fetch ends
@@ -93,6 +107,15 @@ type Options struct {
 	FetchTimeout time.Duration
 	// MaxQueries bounds the distinct queries kept (default 1,000).
 	MaxQueries int
+	// MaxPerNamespace bounds the queries one namespace may have kept
+	// (default MaxQueries; the adapter sets a quarter): one namespace
+	// cannot fill the store.
+	MaxPerNamespace int
+	// NamespaceFloor is how many queries every namespace may add even when
+	// MaxQueries are kept (default 20): a noisy namespace cannot deny a
+	// quiet one its HPAs. The store then holds at most MaxQueries plus
+	// NamespaceFloor per namespace that asks. Negative: no floor.
+	NamespaceFloor int
 	// MaxInFlight bounds the fetches running at once (default 16); more
 	// wait for a slot.
 	MaxInFlight int
@@ -117,27 +140,42 @@ func New(f Fetcher, o Options) *Store {
 	if o.MaxInFlight == 0 {
 		o.MaxInFlight = 16
 	}
+	if o.MaxPerNamespace == 0 {
+		o.MaxPerNamespace = o.MaxQueries
+	}
+	switch {
+	case o.NamespaceFloor == 0:
+		o.NamespaceFloor = 20
+	case o.NamespaceFloor < 0:
+		o.NamespaceFloor = 0 // no floor
+	}
 	if o.Metrics == nil {
 		o.Metrics = NewMetrics(nil)
 	}
 	return &Store{fetcher: f, fresh: o.Fresh, demandTTL: o.DemandTTL, timeout: o.FetchTimeout, maxKeys: o.MaxQueries,
-		slots: make(chan struct{}, o.MaxInFlight), metrics: o.Metrics, entries: map[string]*entry{}}
+		maxPerNS: o.MaxPerNamespace, floorNS: o.NamespaceFloor,
+		slots: make(chan struct{}, o.MaxInFlight), metrics: o.Metrics, entries: map[string]*entry{}, perNS: map[string]int{}}
 }
 
 // Get returns the query's value, fetching it first if the store has none
 // fresh. Concurrent Gets of one query share one fetch.
 func (s *Store) Get(ctx context.Context, q Query) (Value, error) {
+	ns := ""
+	if c, ok := q.(charged); ok {
+		q, ns = c.Query, c.ns
+	}
 	k := q.Key()
 	s.mu.Lock()
 	e, ok := s.entries[k]
 	if !ok {
-		if len(s.entries) >= s.maxKeys {
+		if err := s.admit(ns); err != nil {
 			s.mu.Unlock()
 			s.metrics.lookups.WithLabelValues("refused").Inc()
-			return Value{}, fmt.Errorf("%w: the adapter keeps at most %d (--max-store-queries), each refreshed while HPAs ask for it; this one is new", ErrTooManyQueries, s.maxKeys)
+			return Value{}, err
 		}
-		e = &entry{query: q}
+		e = &entry{query: q, ns: ns}
 		s.entries[k] = e
+		s.perNS[ns]++
 		s.metrics.keys.Set(float64(len(s.entries)))
 	}
 	e.lastWanted = time.Now()
@@ -165,9 +203,29 @@ func (s *Store) Get(ctx context.Context, q Query) (Value, error) {
 	return e.val, nil
 }
 
+// admit decides whether namespace ns may add a query; s.mu must be held.
+// Below its floor a namespace always may; above it, only while the store
+// and the namespace are under their bounds.
+func (s *Store) admit(ns string) error {
+	n := s.perNS[ns]
+	if n < s.floorNS {
+		return nil
+	}
+	if len(s.entries) >= s.maxKeys {
+		return fmt.Errorf("%w: the adapter keeps at most %d (--max-store-queries), each refreshed while HPAs ask for it, and namespace %q is past its floor of %d; this one is new", ErrTooManyQueries, s.maxKeys, ns, s.floorNS)
+	}
+	if n >= s.maxPerNS {
+		return fmt.Errorf("%w: namespace %q has %d kept, the most one namespace may (--max-store-queries-per-namespace); this one is new", ErrTooManyQueries, ns, n)
+	}
+	return nil
+}
+
 // Peek returns the query's value as stored, without fetching or counting
 // as demand (for explaining what is served).
 func (s *Store) Peek(q Query) (Value, bool) {
+	if c, ok := q.(charged); ok {
+		q = c.Query
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	e, ok := s.entries[q.Key()]
@@ -229,6 +287,9 @@ func (s *Store) sweep() {
 		if now.Sub(e.lastWanted) > s.demandTTL {
 			if e.inflight == nil {
 				delete(s.entries, k)
+				if s.perNS[e.ns]--; s.perNS[e.ns] <= 0 {
+					delete(s.perNS, e.ns)
+				}
 			}
 			continue
 		}

@@ -154,7 +154,7 @@ func TestReaderContextEndsTheWaitNotTheFetch(t *testing.T) {
 // already kept are still served.
 func TestDistinctQueriesAreBounded(t *testing.T) {
 	f := &countingFetcher{}
-	s := store.New(f, store.Options{Fresh: time.Minute, MaxQueries: 3})
+	s := store.New(f, store.Options{Fresh: time.Minute, MaxQueries: 3, NamespaceFloor: -1})
 	for i := range 3 {
 		if _, err := s.Get(context.Background(), query(fmt.Sprint(i))); err != nil {
 			t.Fatal(err)
@@ -169,6 +169,49 @@ func TestDistinctQueriesAreBounded(t *testing.T) {
 	}
 	if s.Len() != 3 {
 		t.Fatalf("%d queries kept, want 3", s.Len())
+	}
+}
+
+// One namespace cannot deny the others: a noisy namespace that asks for
+// ever new selectors (easiest right after a reload empties the store)
+// stops at its own bound, and a quiet namespace still gets its floor of new
+// queries with the store full.
+func TestANoisyNamespaceCannotDenyAQuietOne(t *testing.T) {
+	f := &countingFetcher{}
+	s := store.New(f, store.Options{Fresh: time.Minute, MaxQueries: 10, MaxPerNamespace: 8, NamespaceFloor: 2, MaxInFlight: 100})
+	ctx := context.Background()
+	refused := 0
+	for i := range 50 {
+		_, err := s.Get(ctx, store.InNamespace("noisy", query(fmt.Sprint("noisy-", i))))
+		if errors.Is(err, store.ErrTooManyQueries) {
+			refused++
+			if !strings.Contains(err.Error(), `namespace "noisy"`) {
+				t.Fatalf("refusal does not name the namespace: %v", err)
+			}
+		} else if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if refused != 42 {
+		t.Fatalf("noisy namespace: %d of 50 refused, want 42 (8 kept: its bound)", refused)
+	}
+	// Another namespace fills the rest of the store...
+	for i := range 2 {
+		if _, err := s.Get(ctx, store.InNamespace("busy", query(fmt.Sprint("busy-", i)))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// ...and a quiet one still gets its floor.
+	for i := range 2 {
+		if _, err := s.Get(ctx, store.InNamespace("quiet", query(fmt.Sprint("quiet-", i)))); err != nil {
+			t.Fatalf("quiet namespace's query %d refused with the store full: %v", i, err)
+		}
+	}
+	if _, err := s.Get(ctx, store.InNamespace("quiet", query("quiet-past-floor"))); !errors.Is(err, store.ErrTooManyQueries) {
+		t.Fatalf("past its floor with the store full: %v, want ErrTooManyQueries", err)
+	}
+	if s.Len() != 12 {
+		t.Fatalf("%d queries kept, want 12 (10 + the quiet namespace's floor)", s.Len())
 	}
 }
 
