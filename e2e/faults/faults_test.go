@@ -276,7 +276,7 @@ func (e *env) run(f fault) row {
 	go func() {
 		defer close(watchDone)
 		for watchCtx.Err() == nil {
-			if ids, err := e.storedByID(prefix); err == nil {
+			if ids, err := e.storedByNonce(prefix); err == nil {
 				now := time.Now()
 				for id := range ids {
 					if _, ok := firstSeen[id]; !ok {
@@ -370,12 +370,12 @@ func (e *env) run(f fault) row {
 	var stored map[string]int
 	testproc.Eventually(t, 3*time.Minute, f.name+": every acknowledged purchase stored", func() error {
 		var err error
-		stored, err = e.storedByID(prefix)
+		stored, err = e.storedByNonce(prefix)
 		if err != nil {
 			return err
 		}
 		for _, p := range acked {
-			if stored[p.ID] == 0 {
+			if stored[p.Nonce] == 0 {
 				return fmt.Errorf("%s (of user %s) not stored yet; %d of %d stored", p.ID, p.UserID, len(stored), len(acked))
 			}
 		}
@@ -385,16 +385,16 @@ func (e *env) run(f fault) row {
 	<-watchDone
 	seenAt := time.Now() // the ones the watch had not seen yet were seen now
 	for _, p := range acked {
-		at, ok := firstSeen[p.ID]
+		at, ok := firstSeen[p.Nonce]
 		if !ok {
 			at = seenAt
 		}
 		r.caughtUp = max(r.caughtUp, at.Sub(p.AckedAt).Seconds())
 	}
-	ackedIDs := map[string]bool{}
+	ackedNonces := map[string]bool{}
 	for _, p := range acked {
-		ackedIDs[p.ID] = true
-		switch n := stored[p.ID]; {
+		ackedNonces[p.Nonce] = true
+		switch n := stored[p.Nonce]; {
 		case n == 0:
 			r.missing++
 		case n > 1:
@@ -404,9 +404,9 @@ func (e *env) run(f fault) row {
 			r.stored++
 		}
 	}
-	for id := range stored {
-		if !ackedIDs[id] {
-			r.unacked++
+	for nonce, n := range stored {
+		if !ackedNonces[nonce] {
+			r.unacked += n
 		}
 	}
 	if len(r.other) > 0 {
@@ -415,9 +415,12 @@ func (e *env) run(f fault) row {
 	return r
 }
 
-// storedByID counts the stored rows of the run's users by id.
-func (e *env) storedByID(prefix string) (map[string]int, error) {
-	rows, err := e.db.Query(`SELECT id, count(*) FROM purchases WHERE userid LIKE $1 GROUP BY id`, prefix+"%")
+// storedByNonce counts the stored rows of the run's users by the
+// request's nonce (its username): a purchase stored twice is two rows of
+// one nonce, whatever ids they got (counting by id, the primary key,
+// could never find two).
+func (e *env) storedByNonce(prefix string) (map[string]int, error) {
+	rows, err := e.db.Query(`SELECT username, count(*) FROM purchases WHERE userid LIKE $1 GROUP BY username`, prefix+"%")
 	if err != nil {
 		return nil, err
 	}

@@ -399,16 +399,16 @@ func checkScaleUpReason(t *testing.T, c kubernetes.Interface, ns string, note fu
 // and compares them with what was acknowledged: none missing, none twice.
 func checkStored(t *testing.T, base string, acked []load.Purchase, note func(string, ...any)) {
 	t.Helper()
-	byUser := map[string]map[string]bool{}
+	byUser := map[string]map[string]bool{} // user → nonces acknowledged
 	for _, p := range acked {
 		if byUser[p.UserID] == nil {
 			byUser[p.UserID] = map[string]bool{}
 		}
-		byUser[p.UserID][p.ID] = true
+		byUser[p.UserID][p.Nonce] = true
 	}
 	var missing, duplicated, unacknowledged int
 	client := &http.Client{Timeout: 30 * time.Second}
-	for user, ids := range byUser {
+	for user, nonces := range byUser {
 		resp, err := client.Get(strings.TrimSuffix(base, "/") + "/getAllUserBuys/" + url.PathEscape(user) + "?limit=10000")
 		if err != nil {
 			t.Fatal(err)
@@ -419,32 +419,36 @@ func checkStored(t *testing.T, base string, acked []load.Purchase, note func(str
 			t.Fatalf("GET purchases of %s: %d %s", user, resp.StatusCode, b)
 		}
 		var stored []struct {
-			ID string `json:"id"`
+			ID       string `json:"id"`
+			Username string `json:"username"`
 		}
 		if err := json.Unmarshal(b, &stored); err != nil {
 			t.Fatal(err)
 		}
-		seen := map[string]int{}
+		// Rows per request nonce, whatever their ids: a purchase stored
+		// twice is two rows of one nonce (counting ids, the primary key,
+		// could never see it).
+		rows := map[string]int{}
 		for _, s := range stored {
-			seen[s.ID]++
+			rows[s.Username]++
 		}
-		for id := range ids {
-			switch n := seen[id]; {
+		for nonce := range nonces {
+			switch n := rows[nonce]; {
 			case n == 0:
 				missing++
 			case n > 1:
 				duplicated += n - 1
 			}
 		}
-		for id := range seen {
-			if !ids[id] {
+		for nonce, n := range rows {
+			if !nonces[nonce] {
 				// Stored but its answer never reached the client (a timeout
 				// after Kafka took it): not lost, and not acknowledged.
-				unacknowledged++
+				unacknowledged += n
 			}
 		}
 	}
-	note("stored: %d acknowledged purchases of %d users checked: %d missing, %d stored twice, %d stored without an acknowledgement",
+	note("stored: %d acknowledged purchases of %d users checked by request nonce: %d missing, %d stored twice, %d stored without an acknowledgement",
 		len(acked), len(byUser), missing, duplicated, unacknowledged)
 	if missing > 0 || duplicated > 0 {
 		t.Errorf("%d acknowledged purchases missing, %d stored twice", missing, duplicated)

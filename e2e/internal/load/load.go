@@ -21,6 +21,11 @@ import (
 type Purchase struct {
 	ID     string `json:"id"`
 	UserID string `json:"userid"`
+	// Nonce is the request's own mark, sent as its username (a field the
+	// service stores as given): one request, one nonce, so a purchase
+	// stored twice — under two ids — shows as two rows with one nonce,
+	// which counting by id (the primary key) could never find.
+	Nonce string `json:"username"`
 	// AckedAt is when the 201 arrived.
 	AckedAt time.Time `json:"-"`
 }
@@ -116,7 +121,7 @@ func (g *Generator) Run(ctx context.Context) {
 
 func (g *Generator) send(n int64) {
 	user := fmt.Sprintf("%s%d", g.UserPrefix, n%int64(g.Users))
-	body := fmt.Sprintf(`{"username":"load","userid":%q,"price":%d}`, user, 1+n%100)
+	body := fmt.Sprintf(`{"username":%q,"userid":%q,"price":%d}`, Nonce(g.UserPrefix, n), user, 1+n%100)
 	// Requests already sent are answered even after the load stops: the
 	// answer says whether the purchase was acknowledged.
 	sent := time.Now()
@@ -153,6 +158,10 @@ func (g *Generator) send(n int64) {
 	g.acks = append(g.acks, p)
 	g.mu.Unlock()
 }
+
+// Nonce is the mark of request n of a run (its users' prefix names the
+// run), sent as the purchase's username.
+func Nonce(runPrefix string, n int64) string { return fmt.Sprintf("nonce-%s%d", runPrefix, n) }
 
 func (g *Generator) note(status int, msg string) {
 	g.mu.Lock()
