@@ -208,7 +208,10 @@ func (e *env) faults() []fault {
 		{name: "restart PostgreSQL", away: 15 * time.Second,
 			inject: func(e *env) func() { e.infra("stop", "postgres"); return func() { e.infra("start", "postgres") } }},
 		{name: "roll the web server Deployment", inject: func(e *env) func() { e.rollout("customer-web-server"); return nil }},
-		{name: "kill the adapter (kill -9, away 30 s)", away: 30 * time.Second, hold: []string{autoscaling.WebServer, autoscaling.Consumer},
+		// 45 s away: longer than the e2e overlay's 30 s scale-down
+		// windows, so an HPA fed a made-up value (say 0) would have scaled
+		// in within the row.
+		{name: "kill the adapter (kill -9, away 45 s)", away: 45 * time.Second, hold: []string{autoscaling.WebServer, autoscaling.Consumer},
 			inject: func(e *env) func() {
 				// Scaled to 0 first, so the killed container is not
 				// restarted: otherwise it answers again for the seconds
@@ -221,7 +224,7 @@ func (e *env) faults() []fault {
 			}},
 		// The consumer's lag comes from Kafka, not Prometheus: it keeps
 		// being served and the consumer's HPA keeps acting on it.
-		{name: "stop Prometheus (30 s)", away: 30 * time.Second, hold: []string{autoscaling.WebServer},
+		{name: "stop Prometheus (45 s)", away: 45 * time.Second, hold: []string{autoscaling.WebServer},
 			inject: func(e *env) func() { e.infra("stop", "prometheus"); return func() { e.infra("start", "prometheus") } }},
 		{name: "a rebalance with the database down", away: 15 * time.Second,
 			inject: func(e *env) func() {
@@ -343,6 +346,7 @@ func (e *env) run(f fault) row {
 	})
 	if len(f.hold) > 0 {
 		r.hpaHeld = e.checkResumed(f.name, before, held)
+		e.checkFailureSeen(f.name, f.hold, start)
 	}
 	stop()
 	<-done
@@ -459,6 +463,34 @@ func (e *env) checkHold(before autoscaling.Snapshot, hold []string) []string {
 		}
 	}
 	return seen
+}
+
+// checkFailureSeen: each HPA that had to hold must have seen its metric
+// fail (a FailedGet… event since the fault began). Holding alone proves
+// little: an adapter that answered 0 instead of an error would also leave
+// replicas alone for a while — then scale in.
+func (e *env) checkFailureSeen(fault string, hold []string, since time.Time) {
+	evs, err := e.client.CoreV1().Events(e.ns).List(context.Background(), metav1.ListOptions{})
+	if err != nil {
+		e.t.Errorf("%s: reading events: %v", fault, err)
+		return
+	}
+	for _, name := range hold {
+		seen := false
+		for _, ev := range evs.Items {
+			last := ev.LastTimestamp.Time
+			if ev.EventTime.After(last) {
+				last = ev.EventTime.Time
+			}
+			if ev.InvolvedObject.Kind == "HorizontalPodAutoscaler" && ev.InvolvedObject.Name == name &&
+				strings.HasPrefix(ev.Reason, "FailedGet") && !last.Before(since.Truncate(time.Second)) {
+				seen = true
+			}
+		}
+		if !seen {
+			e.t.Errorf("%s: HPA %s never reported a failed metric (no FailedGet… event): its metrics were not away, or were answered with made-up values", fault, name)
+		}
+	}
 }
 
 // checkResumed waits for both HPAs to compute from their metrics again
