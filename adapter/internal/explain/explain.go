@@ -375,7 +375,9 @@ func (e *Explainer) lag(ctx context.Context, w io.Writer, q lag.Query) ([]store.
 			fmt.Fprintf(w, "    %-24s %9d %12d %12s %12d %9s  %s\n", fmt.Sprintf("%s[%d]", pl.Topic, pl.Partition.Partition), pl.Start, pl.End, c, pl.Lag, "", pl.Reason)
 		}
 	}
-	return e.Kafka.Fetch(ctx, q)
+	// Read-only: the HPA path's consumption history and "as last served"
+	// gauges are not touched by explaining.
+	return e.Kafka.Peek(ctx, q)
 }
 
 // stored shows what the running adapter's store holds for q.

@@ -319,6 +319,18 @@ func ParseSelector(sel labels.Selector) (Query, error) {
 // kafka_consumergroup_lag_seconds; missing until two samples of the
 // group's consumption exist).
 func (s *Source) Fetch(ctx context.Context, q Query) ([]store.Sample, error) {
+	return s.compute(ctx, q, true)
+}
+
+// Peek computes what Fetch would, without recording anything: the
+// consumption history behind lag seconds and the "as last served" gauges
+// stay as the HPA path left them (for explaining; its lag seconds use the
+// history as it stands).
+func (s *Source) Peek(ctx context.Context, q Query) ([]store.Sample, error) {
+	return s.compute(ctx, q, false)
+}
+
+func (s *Source) compute(ctx context.Context, q Query, record bool) ([]store.Sample, error) {
 	if len(q.Groups) == 0 {
 		return nil, fmt.Errorf("no consumer group asked for")
 	}
@@ -326,7 +338,9 @@ func (s *Source) Fetch(ctx context.Context, q Query) ([]store.Sample, error) {
 	for _, g := range q.Groups {
 		start := time.Now()
 		parts, err := s.GroupPartitions(ctx, g, q.Topics)
-		s.metrics.computeSeconds.Observe(time.Since(start).Seconds())
+		if record {
+			s.metrics.computeSeconds.Observe(time.Since(start).Seconds())
+		}
 		if err != nil {
 			return nil, &Error{Group: g, Cause: err}
 		}
@@ -334,18 +348,40 @@ func (s *Source) Fetch(ctx context.Context, q Query) ([]store.Sample, error) {
 		for _, t := range ByTopic(g, Calculate(parts)) {
 			labels := map[string]string{LabelGroup: g, LabelTopic: t.Topic}
 			out = append(out, store.Sample{Metric: MetricLag, Labels: labels, Value: float64(t.Lag), Timestamp: now})
-			s.metrics.lag.WithLabelValues(g, t.Topic).Set(float64(t.Lag))
-			perSec, known := s.observeRate(g, t.Topic, now, t.Committed).PerSecond()
+			var rate *Rate
+			if record {
+				s.metrics.lag.WithLabelValues(g, t.Topic).Set(float64(t.Lag))
+				rate = s.observeRate(g, t.Topic, now, t.Committed)
+			} else {
+				rate = s.rateWith(g, t.Topic, now, t.Committed)
+			}
+			perSec, known := rate.PerSecond()
 			if !known && t.Lag > 0 {
 				// Not enough history for a rate yet: missing, not a guess.
 				continue
 			}
 			secs := DrainSeconds(t.Lag, perSec, s.DrainCap)
 			out = append(out, store.Sample{Metric: MetricLagSeconds, Labels: labels, Value: secs, Timestamp: now})
-			s.metrics.lagSeconds.WithLabelValues(g, t.Topic).Set(secs)
+			if record {
+				s.metrics.lagSeconds.WithLabelValues(g, t.Topic).Set(secs)
+			}
 		}
 	}
 	return out, nil
+}
+
+// rateWith is the group's consumption rate with one more observation,
+// computed on a copy: the kept history is not changed.
+func (s *Source) rateWith(group, topic string, at time.Time, committed int64) *Rate {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cp := Rate{Window: s.RateWindow}
+	if r, ok := s.rates[[2]string{group, topic}]; ok {
+		cp = *r
+		cp.samples = append([]rateSample(nil), r.samples...)
+	}
+	cp.Observe(at, committed)
+	return &cp
 }
 
 func (s *Source) observeRate(group, topic string, at time.Time, committed int64) *Rate {

@@ -469,3 +469,41 @@ func TestManyGroupsAreBounded(t *testing.T) {
 		t.Fatalf("threads grew by %d for 20 groups of %d each", grown, perGroup)
 	}
 }
+
+// Explaining is read-only: Peek computes the lag as Fetch does but leaves
+// the "as last served" gauges (and the consumption history behind lag
+// seconds) as the HPA path left them.
+func TestPeekRecordsNothing(t *testing.T) {
+	_, bootstrap := testkafka.Fake(t)
+	topic, group := unique("peek"), unique("group")
+	createTopic(t, bootstrap, topic, 2)
+	produce(t, bootstrap, topic, []int{10, 10}, false)
+	consume(t, bootstrap, group, topic, []int{5, 5})
+	reg := prometheus.NewRegistry()
+	s, err := lag.NewSource(kafka.ConfigMap{"bootstrap.servers": bootstrap}, nil, lag.NewMetrics(reg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if got := fetchLag(t, s, group, topic); got != 10 {
+		t.Fatalf("served lag = %v, want 10", got)
+	}
+	produce(t, bootstrap, topic, []int{7, 0}, false)
+	sel, _ := labels.Parse(fmt.Sprintf("consumergroup=%s,topic=%s", group, topic))
+	q, _ := lag.ParseSelector(sel)
+	samples, err := s.Peek(context.Background(), q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(samples) == 0 || samples[0].Value != 17 {
+		t.Fatalf("peeked %+v, want lag 17", samples)
+	}
+	want := fmt.Sprintf(`
+# HELP adapter_kafka_consumergroup_lag Consumer group lag in messages, as last served (newest offset minus committed, summed over the topic's partitions).
+# TYPE adapter_kafka_consumergroup_lag gauge
+adapter_kafka_consumergroup_lag{consumergroup=%q,topic=%q} 10
+`, group, topic)
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "adapter_kafka_consumergroup_lag"); err != nil {
+		t.Fatalf("a peek changed what the gauge says was served: %v", err)
+	}
+}
