@@ -220,14 +220,15 @@ func TestAContainerOverItsMemoryLimitIsOOMKilledAndRestarted(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		for _, cs := range p.Status.ContainerStatuses {
-			last := cs.LastTerminationState.Terminated
-			if cs.RestartCount >= 1 && last != nil && last.Reason == "OOMKilled" && last.ExitCode == 137 {
-				return nil
-			}
-			return fmt.Errorf("restarts %d, last termination %+v, state %+v", cs.RestartCount, last, cs.State)
+		if len(p.Status.ContainerStatuses) == 0 {
+			return fmt.Errorf("no container status yet")
 		}
-		return fmt.Errorf("no container status yet")
+		cs := p.Status.ContainerStatuses[0]
+		last := cs.LastTerminationState.Terminated
+		if cs.RestartCount >= 1 && last != nil && last.Reason == "OOMKilled" && last.ExitCode == 137 {
+			return nil
+		}
+		return fmt.Errorf("restarts %d, last termination %+v, state %+v", cs.RestartCount, last, cs.State)
 	})
 }
 
