@@ -27,7 +27,7 @@ prometheus_up() {
   log "prometheus: starting on ${HOST_IP}:9090"
   nohup "$(scripts/tools.sh path prometheus)" --config.file="$dir/prometheus.yml" \
     --storage.tsdb.path="$dir/data" --storage.tsdb.retention.time=1d \
-    --web.listen-address="${HOST_IP}:9090" --web.enable-lifecycle \
+    --web.listen-address="${HOST_IP}:9090" \
     --enable-feature=created-timestamp-zero-ingestion \
     >"$dir/prometheus.log" 2>&1 </dev/null &
   echo $! >"$dir/pid"
@@ -39,12 +39,21 @@ prometheus_up() {
   die "prometheus not ready: see $dir/prometheus.log"
 }
 
+# database_secret: the local overlay's DATABASE_URL (git-ignored), with the
+# password of the role pods connect as.
+database_secret() {
+  local dir="${REPO_ROOT}/manifests/overlays/local/generated"
+  mkdir -p "$dir"
+  (umask 077; printf 'DATABASE_URL=%s\n' "$(scripts/postgres.sh app-url "$INFRA/postgres" postgres 5432)" >"$dir/database.env")
+}
+
 prometheus_down() { stop_pidfile "$INFRA/prometheus/pid" 100; }
 
 case "${1:-}" in
   up)
     [[ -f "$KUBECONFIG_FILE" ]] || die "the dev cluster is not up: run make cluster-up first"
     scripts/postgres.sh start "$INFRA/postgres" 5432 "$HOST_IP"
+    database_secret
     scripts/kafka.sh start "$INFRA/kafka" 9092 "$HOST_IP"
     prometheus_up
     ;;

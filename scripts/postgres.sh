@@ -6,8 +6,12 @@
 #   scripts/postgres.sh stop DIR
 #   scripts/postgres.sh url [PORT]        the DATABASE_URL of the server
 #
-# The server trusts connections from this machine and from the dev
-# cluster's pod network (10.88.0.0/16), and listens on loopback unless told.
+# The server trusts connections from this machine's loopback (tests, the
+# host's tools). With EXTRA_ADDR (the dev cluster's bridge) pods may connect
+# too, but only as the role "purchases" with its password (scram-sha-256),
+# to the purchases database it owns: no superuser from the pod network, so
+# no COPY ... TO PROGRAM on the host. The password is DIR/app-password;
+# `scripts/postgres.sh app-url DIR HOST` prints the DATABASE_URL pods use.
 source "$(dirname "$0")/lib.sh"
 
 DB_NAME=purchases
@@ -40,7 +44,9 @@ start() {
     log "postgresql: initialising a cluster in $dir/data"
     as_pg "$bin/initdb" -D "$dir/data" -U postgres -A trust -E UTF8 >"$dir/initdb.log" 2>&1 \
       || die "initdb failed: see $dir/initdb.log"
-    echo "host all all 10.88.0.0/16 trust" >>"$dir/data/pg_hba.conf"
+  fi
+  if [[ -n "$extra" ]] && ! grep -q "^host purchases purchases 10.88.0.0/16" "$dir/data/pg_hba.conf"; then
+    echo "host purchases purchases 10.88.0.0/16 scram-sha-256" >>"$dir/data/pg_hba.conf"
   fi
   local listen="127.0.0.1${extra:+,$extra}"
   log "postgresql: starting on 127.0.0.1:${port}"
@@ -49,6 +55,27 @@ start() {
     || { tail -20 "$dir/postgres.log" >&2; die "postgresql did not start: see $dir/postgres.log"; }
   as_pg "$bin/psql" -h 127.0.0.1 -p "$port" -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname='${DB_NAME}'" | grep -q 1 \
     || as_pg "$bin/createdb" -h 127.0.0.1 -p "$port" -U postgres "$DB_NAME"
+  [[ -n "$extra" ]] && app_role "$dir" "$port"
+  return 0
+}
+
+# app_role DIR PORT: the least-privileged role pods connect as, owning only
+# the purchases database (so it can create its tables), with a password
+# generated once per data directory.
+app_role() {
+  local dir="$1" port="$2" bin; bin="$(pg_bin)"
+  if [[ ! -s "$dir/app-password" ]]; then
+    (umask 077; head -c 24 /dev/urandom | base64 | tr -d '/+=' | head -c 24 >"$dir/app-password")
+  fi
+  local pw; pw="$(cat "$dir/app-password")"
+  as_pg "$bin/psql" -q -h 127.0.0.1 -p "$port" -U postgres -v ON_ERROR_STOP=1 -v pw="$pw" >/dev/null <<'SQL' \
+    || die "creating the purchases role failed"
+SELECT format('CREATE ROLE purchases LOGIN PASSWORD %L NOSUPERUSER NOCREATEDB NOCREATEROLE', :'pw')
+  WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'purchases') \gexec
+SELECT format('ALTER ROLE purchases PASSWORD %L', :'pw') \gexec
+ALTER DATABASE purchases OWNER TO purchases;
+REVOKE ALL ON DATABASE purchases FROM PUBLIC;
+SQL
 }
 
 stop() {
@@ -62,5 +89,7 @@ case "${1:-}" in
   start) start "${2:?DIR}" "${3:-5432}" "${4:-}" ;;
   stop) stop "${2:?DIR}" ;;
   url) echo "postgres://postgres@127.0.0.1:${2:-5432}/${DB_NAME}?sslmode=disable" ;;
-  *) die "usage: $0 start DIR [PORT [EXTRA_ADDR]] | stop DIR | url [PORT]" ;;
+  app-url) [[ -s "${2:?DIR}/app-password" ]] || die "no app-password in $2: start the server with an EXTRA_ADDR first"
+    echo "postgres://purchases:$(cat "$2/app-password")@${3:?HOST}:${4:-5432}/${DB_NAME}?sslmode=disable" ;;
+  *) die "usage: $0 start DIR [PORT [EXTRA_ADDR]] | stop DIR | url [PORT] | app-url DIR HOST [PORT]" ;;
 esac

@@ -51,7 +51,7 @@ var (
 	webURL      = flag.String("web-url", "http://localhost:30080", "the web server's URL")
 	namespace   = flag.String("namespace", "purchase-system", "the system's namespace")
 	infraScript = flag.String("infra", "", "scripts/infra.sh of the checkout: stops and starts the host's Kafka, PostgreSQL and Prometheus")
-	databaseURL = flag.String("database-url", "postgres://postgres@10.88.0.1:5432/purchases?sslmode=disable", "the PostgreSQL the consumer stores into, as this machine reaches it")
+	databaseURL = flag.String("database-url", "postgres://postgres@127.0.0.1:5432/purchases?sslmode=disable", "the PostgreSQL the consumer stores into, as this machine reaches it (loopback: the pod network may connect only as the purchases role)")
 	rate        = flag.Float64("rate", 45, "purchases per second offered during each fault")
 	outDir      = flag.String("out", "", "where the table goes (default _output/faults in the checkout)")
 	only        = flag.String("faults", "", "run only the rows whose name matches this regular expression")
