@@ -38,6 +38,9 @@ type Record struct {
 type Store struct {
 	db      *sql.DB
 	dialect dialect
+	// beforeCommit, in tests, holds an insert between its rows and its
+	// commit (a slow writer).
+	beforeCommit func()
 }
 
 // dialect holds the little that differs between the two databases.
@@ -46,6 +49,14 @@ type dialect struct {
 	// lockMigrations serialises concurrent migrations across replicas;
 	// SQLite needs none (its write lock does it).
 	lockMigrations string
+	// seq is the column that numbers purchases in the order they were
+	// stored (committed), which Page walks; seqMigration adds it.
+	seq, seqMigration string
+	// lockInserts makes insert transactions take their sequence numbers
+	// and commit one after another: two writers' numbers would otherwise
+	// commit out of order, and a reader past the higher one would never
+	// see the lower. SQLite needs none: it has one writer at a time.
+	lockInserts string
 }
 
 // Open connects to the database named by databaseURL: postgres://… or
@@ -97,7 +108,10 @@ func parseURL(raw string) (driver, dsn string, d dialect, err error) {
 	}
 	switch u.Scheme {
 	case "postgres", "postgresql":
-		return "pgx", raw, dialect{name: "postgres", lockMigrations: "SELECT pg_advisory_xact_lock(7072011)"}, nil
+		return "pgx", raw, dialect{name: "postgres", lockMigrations: "SELECT pg_advisory_xact_lock(7072011)",
+			seq: "seq", seqMigration: `ALTER TABLE purchases ADD COLUMN IF NOT EXISTS seq BIGSERIAL;
+				CREATE INDEX IF NOT EXISTS purchases_by_seq ON purchases (seq)`,
+			lockInserts: "SELECT pg_advisory_xact_lock(7072012)"}, nil
 	case "sqlite", "sqlite3":
 		path := u.Path
 		if u.Opaque != "" { // sqlite:relative/path
@@ -116,7 +130,9 @@ func parseURL(raw string) (driver, dsn string, d dialect, err error) {
 		q.Add("_pragma", "journal_mode(WAL)")
 		q.Add("_pragma", "synchronous(FULL)")
 		q.Add("_pragma", "busy_timeout(10000)")
-		return "sqlite", "file:" + path + "?" + q.Encode(), dialect{name: "sqlite"}, nil
+		// SQLite numbers rows itself (rowid, one more than the largest,
+		// under its single writer): no column to add.
+		return "sqlite", "file:" + path + "?" + q.Encode(), dialect{name: "sqlite", seq: "rowid"}, nil
 	}
 	return "", "", dialect{}, fmt.Errorf("DATABASE_URL: unsupported scheme %q (use postgres:// or sqlite://)", u.Scheme)
 }
@@ -136,8 +152,9 @@ func (s *Store) Ping(ctx context.Context) error {
 func (s *Store) Close() error { return s.db.Close() }
 
 // migrations are applied in order, each once, inside one transaction.
-var migrations = []string{
-	`CREATE TABLE IF NOT EXISTS purchases (
+var migrations = []func(d dialect) string{
+	func(dialect) string {
+		return `CREATE TABLE IF NOT EXISTS purchases (
 		id TEXT PRIMARY KEY,
 		userid TEXT NOT NULL,
 		username TEXT NOT NULL,
@@ -147,7 +164,10 @@ var migrations = []string{
 		kafka_offset BIGINT NOT NULL
 	);
 	CREATE INDEX IF NOT EXISTS purchases_by_user ON purchases (userid, ts_unix_nano DESC, id DESC);
-	CREATE INDEX IF NOT EXISTS purchases_by_time ON purchases (ts_unix_nano, id);`,
+	CREATE INDEX IF NOT EXISTS purchases_by_time ON purchases (ts_unix_nano, id);`
+	},
+	// Storage order, for paging (Page).
+	func(d dialect) string { return d.seqMigration },
 }
 
 func (s *Store) migrate(ctx context.Context) error {
@@ -172,7 +192,7 @@ func (s *Store) migrate(ctx context.Context) error {
 		return fmt.Errorf("database schema version %d is newer than this program knows (%d): refusing to run an older consumer against it", applied, len(migrations))
 	}
 	for v := applied + 1; v <= len(migrations); v++ {
-		for _, stmt := range strings.Split(migrations[v-1], ";") {
+		for _, stmt := range strings.Split(migrations[v-1](s.dialect), ";") {
 			if strings.TrimSpace(stmt) == "" {
 				continue
 			}
@@ -204,6 +224,11 @@ func (s *Store) Insert(ctx context.Context, recs []Record) (int, error) {
 		return 0, fmt.Errorf("%s: begin: %w", s.dialect.name, err)
 	}
 	defer tx.Rollback()
+	if s.dialect.lockInserts != "" {
+		if _, err := tx.ExecContext(ctx, s.dialect.lockInserts); err != nil {
+			return 0, fmt.Errorf("%s: waiting for the insert lock: %w", s.dialect.name, err)
+		}
+	}
 	inserted := 0
 	for start := 0; start < len(recs); start += MaxBatch {
 		chunk := recs[start:min(start+MaxBatch, len(recs))]
@@ -216,6 +241,9 @@ func (s *Store) Insert(ctx context.Context, recs []Record) (int, error) {
 			return 0, err
 		}
 		inserted += int(n)
+	}
+	if s.beforeCommit != nil {
+		s.beforeCommit()
 	}
 	if err := tx.Commit(); err != nil {
 		return 0, fmt.Errorf("%s: commit: %w", s.dialect.name, err)
@@ -294,11 +322,10 @@ func (s *Store) Purchase(ctx context.Context, userID, id string) (p purchase.Pur
 	return ps[0], true, nil
 }
 
-// Cursor is a position in the purchase log, oldest first: the purchases
-// after (Timestamp, ID). The zero Cursor is the start.
+// Cursor is a position in the purchase log, in storage order: the
+// purchases stored after it. The zero Cursor is the start.
 type Cursor struct {
-	TimestampNano int64
-	ID            string
+	Seq int64
 }
 
 // String encodes c for a URL; the encoding is opaque to clients.
@@ -306,7 +333,7 @@ func (c Cursor) String() string {
 	if c == (Cursor{}) {
 		return ""
 	}
-	return base64.RawURLEncoding.EncodeToString([]byte(strconv.FormatInt(c.TimestampNano, 10) + "/" + c.ID))
+	return base64.RawURLEncoding.EncodeToString([]byte("s" + strconv.FormatInt(c.Seq, 10)))
 }
 
 // ParseCursor decodes what Cursor.String produced.
@@ -316,29 +343,39 @@ func ParseCursor(s string) (Cursor, error) {
 	}
 	b, err := base64.RawURLEncoding.DecodeString(s)
 	if err == nil {
-		ts, id, ok := strings.Cut(string(b), "/")
-		if n, perr := strconv.ParseInt(ts, 10, 64); ok && perr == nil && id != "" {
-			return Cursor{n, id}, nil
+		if n, perr := strconv.ParseInt(strings.TrimPrefix(string(b), "s"), 10, 64); strings.HasPrefix(string(b), "s") && perr == nil && n > 0 {
+			return Cursor{n}, nil
 		}
 	}
 	return Cursor{}, errors.New("after: not a cursor returned by this API")
 }
 
-// Page returns up to limit purchases of all users after c, oldest first,
-// and the cursor of the next page (zero when this page is the last).
+// Page returns up to limit purchases of all users after c, in the order
+// they were stored, and the cursor of the next page (zero when this page is
+// the last). A purchase stored later is never behind a cursor handed out
+// earlier, whatever its timestamp (consumer lag, several partitions and
+// web servers make timestamps arrive out of order).
 func (s *Store) Page(ctx context.Context, after Cursor, limit int) ([]purchase.Purchase, Cursor, error) {
 	rows, err := s.db.QueryContext(ctx,
-		`SELECT `+selectColumns+` FROM purchases
-		 WHERE ts_unix_nano > $1 OR (ts_unix_nano = $1 AND id > $2)
-		 ORDER BY ts_unix_nano, id LIMIT $3`, after.TimestampNano, after.ID, limit+1)
+		`SELECT `+selectColumns+`, `+s.dialect.seq+` FROM purchases
+		 WHERE `+s.dialect.seq+` > $1 ORDER BY `+s.dialect.seq+` LIMIT $2`, after.Seq, limit+1)
 	if err != nil {
 		return nil, Cursor{}, fmt.Errorf("%s: reading purchases: %w", s.dialect.name, err)
 	}
-	ps, err := scanPurchases(rows)
-	if err != nil || len(ps) <= limit {
+	defer rows.Close()
+	ps := []purchase.Purchase{}
+	var seqs []int64
+	for rows.Next() {
+		var p purchase.Purchase
+		var ts, seq int64
+		if err := rows.Scan(&p.ID, &p.UserID, &p.Username, &p.Price, &ts, &seq); err != nil {
+			return nil, Cursor{}, err
+		}
+		p.Timestamp = time.Unix(0, ts).UTC()
+		ps, seqs = append(ps, p), append(seqs, seq)
+	}
+	if err := rows.Err(); err != nil || len(ps) <= limit {
 		return ps, Cursor{}, err
 	}
-	ps = ps[:limit]
-	last := ps[len(ps)-1]
-	return ps, Cursor{last.Timestamp.UnixNano(), last.ID}, nil
+	return ps[:limit], Cursor{seqs[limit-1]}, nil
 }

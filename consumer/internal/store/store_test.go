@@ -177,3 +177,72 @@ func TestOpenUnreachablePostgresSaysSo(t *testing.T) {
 		t.Fatalf("err = %v, want it to say the database is unreachable", err)
 	}
 }
+
+// Two writers whose transactions commit out of the order they took their
+// numbers in: writer A inserts first but commits last, writer B inserts
+// two purchases after it and commits at once. A reader that pages in
+// between, and then pages on from the cursor it was given, must still get
+// A's purchase. (With a plain sequence column and no insert lock, B's
+// higher numbers are visible first, the cursor passes them, and A's lower
+// number lands behind the cursor: lost to everyone paging through. Paging
+// by timestamp loses it the same way.)
+func TestPagingSeesWritersThatCommitOutOfOrder(t *testing.T) {
+	u := storetest.PostgresURL(t)
+	if u == "" {
+		t.Skip("PostgreSQL is not available (SQLite has one writer at a time: its commits cannot reorder)")
+	}
+	ctx := context.Background()
+	a, b := open(t, storetest.Backend{Name: "postgres", URL: u}), open(t, storetest.Backend{Name: "postgres", URL: u})
+	first := rec("before", time.Now(), 1)
+	if _, err := b.Insert(ctx, []store.Record{first}); err != nil {
+		t.Fatal(err)
+	}
+	hold, inserted := make(chan struct{}), make(chan struct{})
+	store.SetBeforeCommit(a, func() { close(inserted); <-hold })
+	recA, recB1, recB2 := rec("writer-a", time.Now(), 1), rec("writer-b", time.Now(), 2), rec("writer-b", time.Now(), 3)
+	errs := make(chan error, 3)
+	go func() { _, err := a.Insert(ctx, []store.Record{recA}); errs <- err }()
+	<-inserted // A has its row (and its number), not yet committed
+	go func() {
+		for _, r := range []store.Record{recB1, recB2} {
+			_, err := b.Insert(ctx, []store.Record{r})
+			errs <- err
+		}
+	}()
+	time.Sleep(300 * time.Millisecond) // B commits now, unless it must wait for A
+
+	seen := map[string]bool{}
+	page, cur, err := b.Page(ctx, store.Cursor{}, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range page {
+		seen[p.ID] = true
+	}
+	close(hold)
+	for range 3 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Page on from the cursor given (the start again if that page was the
+	// last).
+	for {
+		ps, next, err := b.Page(ctx, cur, 2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range ps {
+			seen[p.ID] = true
+		}
+		if next == (store.Cursor{}) {
+			break
+		}
+		cur = next
+	}
+	for name, r := range map[string]store.Record{"before": first, "A": recA, "B1": recB1, "B2": recB2} {
+		if !seen[r.ID] {
+			t.Errorf("purchase %s was never returned to the reader paging through", name)
+		}
+	}
+}
