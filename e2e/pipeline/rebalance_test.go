@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"fmt"
 	"net/url"
+	"regexp"
 	"testing"
 	"time"
 
@@ -146,4 +147,91 @@ func producePurchases(t *testing.T, bootstrap, topic string, n int) []string {
 		t.Fatalf("%d purchases not delivered", left)
 	}
 	return ids
+}
+
+// TestAStalledConsumerDoesNotHoldTheGroup: a consumer whose database is
+// away (so every store attempt fails) must keep polling, so the group can
+// rebalance: a member that joins — as the HPA adds one on the lag the
+// outage builds — gets partitions within a few session timeouts, not after
+// max.poll.interval.ms (5 min by default), which is how long the group
+// waited while the first member retried its store without polling.
+func TestAStalledConsumerDoesNotHoldTheGroup(t *testing.T) {
+	bootstrap := testkafka.Real(t)
+	topic := fmt.Sprintf("stall-%d", time.Now().UnixNano())
+	group := topic + "-group"
+	a, err := kafka.NewAdminClient(&kafka.ConfigMap{"bootstrap.servers": bootstrap})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := a.CreateTopics(ctx, []kafka.TopicSpecification{{Topic: topic, NumPartitions: 6, ReplicationFactor: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	a.Close()
+	dbURL := storetest.PostgresURL(t)
+	if dbURL == "" {
+		realdeps.Missing(t, "needs PostgreSQL: set %s (make test starts a server and sets it)", storetest.PostgresEnv)
+	}
+	u, _ := url.Parse(dbURL)
+	proxy := faultproxy.Start(t, u.Host)
+	viaProxy := *u
+	viaProxy.Host = proxy.Addr
+	env := func(port int, db string) []string {
+		return []string{fmt.Sprintf("HTTP_ADDR=127.0.0.1:%d", port), "DATABASE_URL=" + db, "KAFKA_BOOTSTRAP_SERVERS=" + bootstrap,
+			"KAFKA_TOPIC=" + topic, "KAFKA_GROUP_ID=" + group,
+			"KAFKA_EXTRA_CONFIG=fetch.wait.max.ms=50,session.timeout.ms=6000,heartbeat.interval.ms=500,partition.assignment.strategy=range"}
+	}
+	ids := producePurchases(t, bootstrap, topic, 200)
+	pa := testproc.FreePort(t)
+	first := testproc.Start(t, "consumer", env(pa, viaProxy.String())...)
+	testproc.WaitHTTP(t, fmt.Sprintf("http://127.0.0.1:%d/readyz", pa), 200, 30*time.Second)
+	time.Sleep(3 * time.Second) // the first batch stored
+	proxy.Cut()
+	ids = append(ids, producePurchases(t, bootstrap, topic, 200)...) // in hand, not storable
+	time.Sleep(2 * time.Second)
+
+	pb := testproc.FreePort(t)
+	second := testproc.Start(t, "consumer", env(pb, dbURL)...)
+	joined := time.Now()
+	assigned := regexp.MustCompile(`"msg":"partitions assigned".*"partitions":\[\d`)
+	deadline := joined.Add(20 * time.Second) // a few session timeouts
+	for !assigned.MatchString(second.Log()) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the joining member got no partition within 20 s while the first one's database was away\nfirst consumer's log:\n%s", first.Log())
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Logf("the joining member got partitions %.1f s after it started", time.Since(joined).Seconds())
+	proxy.Restore()
+
+	db, err := sql.Open("pgx", dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("first consumer's log:\n%s\nsecond consumer's log:\n%s", first.Log(), second.Log())
+		}
+	})
+	testproc.Eventually(t, 60*time.Second, "every message stored once", func() error {
+		stored := map[string]int{}
+		rows, err := db.Query("SELECT id FROM purchases")
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var id string
+			_ = rows.Scan(&id)
+			stored[id]++
+		}
+		for _, id := range ids {
+			if stored[id] != 1 {
+				return fmt.Errorf("%s stored %d times; %d of %d stored", id, stored[id], len(stored), len(ids))
+			}
+		}
+		return nil
+	})
 }

@@ -50,6 +50,13 @@ var storeBackoff = retry.Backoff{First: 100 * time.Millisecond, Max: 5 * time.Se
 // partitions being revoked: the group's rebalance waits for it.
 var RevokeFlushTimeout = 5 * time.Second
 
+// StoreAttemptTimeout bounds one attempt of the main loop to store a
+// batch. While the database is away the loop does not retry without end:
+// it pauses its partitions and keeps polling, so heartbeats, rebalances
+// (a scale-out that the lag of the outage triggers) and the revoke
+// callback go on, and it tries again after a back-off.
+var StoreAttemptTimeout = 5 * time.Second
+
 // DefaultOptions favour throughput while keeping the added latency small.
 var DefaultOptions = Options{BatchSize: 1000, BatchWait: 20 * time.Millisecond}
 
@@ -128,6 +135,13 @@ func (in *Ingestor) Run(ctx context.Context) error {
 				in.logger.Warn("storing before giving partitions up failed; their messages are left to the next owner",
 					"partitions", partitionList(e.Partitions), "dropped", dropped, "kept_pending", len(in.pending))
 			}
+			// A partition paused while the store was away stays paused
+			// in librdkafka across a revoke and a new assignment: it would
+			// never be fetched again. The main loop pauses what it is
+			// given next, as long as the store stays away.
+			if err := in.consumer.Resume(e.Partitions); err != nil {
+				in.logger.Warn("resuming revoked partitions", "err", err)
+			}
 		case kafka.AssignedPartitions:
 			in.logger.Info("partitions assigned", "partitions", partitionList(e.Partitions))
 		}
@@ -139,9 +153,15 @@ func (in *Ingestor) Run(ctx context.Context) error {
 	in.logger.Info("consuming", "topic", in.settings.Topic, "group", in.settings.GroupID)
 
 	var batchStart time.Time
+	// stalled: the last store attempt failed; the assigned partitions are
+	// paused until one succeeds.
+	stalled, nextTry, backoff := false, time.Time{}, storeBackoff.First
 	for ctx.Err() == nil {
 		wait := 100 * time.Millisecond
-		if len(in.pending) > 0 {
+		switch {
+		case stalled:
+			wait = min(max(time.Until(nextTry), time.Millisecond), 100*time.Millisecond)
+		case len(in.pending) > 0:
 			wait = max(time.Until(batchStart.Add(in.opts.BatchWait)), time.Millisecond)
 		}
 		switch e := in.consumer.Poll(int(wait.Milliseconds())).(type) {
@@ -173,8 +193,31 @@ func (in *Ingestor) Run(ctx context.Context) error {
 				return fmt.Errorf("kafka consumer: %w", e)
 			}
 		}
-		if len(in.pending) >= in.opts.BatchSize || (len(in.pending) > 0 && time.Since(batchStart) >= in.opts.BatchWait) {
-			in.flush(ctx)
+		if stalled {
+			// Partitions assigned meanwhile are paused too.
+			in.pause()
+			if time.Now().Before(nextTry) {
+				continue
+			}
+		} else if len(in.pending) < in.opts.BatchSize && (len(in.pending) == 0 || time.Since(batchStart) < in.opts.BatchWait) {
+			continue
+		}
+		fctx, cancel := context.WithTimeout(ctx, StoreAttemptTimeout)
+		ok := in.flush(fctx)
+		cancel()
+		switch {
+		case ok && stalled:
+			stalled, backoff = false, storeBackoff.First
+			in.resume()
+			in.logger.Info("stored again; partitions resumed")
+		case !ok && ctx.Err() == nil:
+			if !stalled {
+				in.logger.Warn("storing failed; partitions paused, polling on (rebalances and heartbeats continue) until the store takes the batch",
+					"pending", len(in.pending))
+			}
+			stalled, nextTry = true, time.Now().Add(backoff)
+			backoff = min(2*backoff, storeBackoff.Max)
+			in.pause()
 		}
 	}
 	// Shutting down: the batch in hand is stored and committed, then the
@@ -190,6 +233,24 @@ func (in *Ingestor) Run(ctx context.Context) error {
 	in.dlq.Flush(5000)
 	in.dlq.Close()
 	return nil
+}
+
+// pause stops fetching for every assigned partition (what is in hand stays
+// pending); resume undoes it.
+func (in *Ingestor) pause() {
+	if parts, err := in.consumer.Assignment(); err == nil && len(parts) > 0 {
+		if err := in.consumer.Pause(parts); err != nil {
+			in.logger.Warn("pausing partitions", "err", err)
+		}
+	}
+}
+
+func (in *Ingestor) resume() {
+	if parts, err := in.consumer.Assignment(); err == nil && len(parts) > 0 {
+		if err := in.consumer.Resume(parts); err != nil {
+			in.logger.Warn("resuming partitions", "err", err)
+		}
+	}
 }
 
 // flush stores the pending messages, dead-letters the bad ones and commits
