@@ -25,6 +25,9 @@ func (c Config) writeConfigs() error {
 		"cni/10-devcluster.conflist": c.cniConfig(),
 		"kubelet.yaml":               c.kubeletConfig(),
 		"kube-proxy.yaml":            c.kubeProxyConfig(),
+		// Every pull goes to this machine: an image that was not imported
+		// fails at once, and nothing is fetched from the internet.
+		"certs.d/_default/hosts.toml": "server = \"http://" + LocalRegistry + "\"\n",
 		// Pods with dnsPolicy Default (CoreDNS itself) get no upstream
 		// resolver: nothing outside the cluster is to be resolved from here.
 		"resolv.conf": "",
