@@ -126,6 +126,7 @@ func tarTree(root string, at time.Time) ([]byte, error) {
 		if fi.IsDir() {
 			h.Name += "/"
 		}
+		h.Mode = normalMode(fi)
 		h.Uid, h.Gid, h.Uname, h.Gname = 0, 0, "", ""
 		h.ModTime, h.AccessTime, h.ChangeTime = at, time.Time{}, time.Time{}
 		h.Format = tar.FormatPAX
@@ -162,4 +163,24 @@ func Describe(img v1.Image) string {
 		return d.String()
 	}
 	return fmt.Sprintf("%s user %s entrypoint %s", d, cf.Config.User, strings.Join(cf.Config.Entrypoint, " "))
+}
+
+// normalMode is the mode a file gets in the image, whatever the umask of
+// the checkout or the build left on disk: directories 0755 (1777 where the
+// sticky bit was set, as for /tmp), executables 0755, other files 0644,
+// symlinks 0777. Two clones built under different umasks give one digest.
+func normalMode(fi fs.FileInfo) int64 {
+	m := fi.Mode()
+	switch {
+	case m&fs.ModeSymlink != 0:
+		return 0o777
+	case m.IsDir() && m&fs.ModeSticky != 0:
+		return 0o1777
+	case m.IsDir():
+		return 0o755
+	case m.Perm()&0o111 != 0:
+		return 0o755
+	default:
+		return 0o644
+	}
 }

@@ -1,6 +1,7 @@
 package oci
 
 import (
+	"archive/tar"
 	"github.com/google/go-containerregistry/pkg/name"
 	"os"
 	"path/filepath"
@@ -79,6 +80,59 @@ func TestBuildsAreReproducible(t *testing.T) {
 	imgC, _ := Build(s)
 	if dc, _ := imgC.Digest(); dc == da {
 		t.Fatal("another user, same digest")
+	}
+}
+
+// Modes on disk follow the umask of the checkout and the build (a clone
+// under umask 077 has 0600 files and 0700 directories): the image does
+// not. The same tree under two umasks gives one digest; the executable bit
+// and /tmp's sticky bit survive.
+func TestModesDoNotDependOnTheUmask(t *testing.T) {
+	a, b := rootfs(t), rootfs(t)
+	_ = filepath.Walk(b, func(p string, fi os.FileInfo, err error) error {
+		if err != nil || fi.Mode()&os.ModeSymlink != 0 {
+			return err
+		}
+		if fi.IsDir() {
+			return os.Chmod(p, 0o700)
+		}
+		return os.Chmod(p, fi.Mode().Perm()&0o700)
+	})
+	for _, dir := range []string{a, b} {
+		if err := os.MkdirAll(filepath.Join(dir, "tmp"), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(filepath.Join(dir, "tmp"), 0o1777|os.ModeSticky); err != nil {
+			t.Fatal(err)
+		}
+	}
+	imgA, err := Build(spec(a))
+	if err != nil {
+		t.Fatal(err)
+	}
+	imgB, err := Build(spec(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	da, _ := imgA.Digest()
+	db, _ := imgB.Digest()
+	if da != db {
+		t.Fatalf("umask 022 and 077 trees give %s and %s", da, db)
+	}
+	layers, _ := imgA.Layers()
+	rc, _ := layers[0].Uncompressed()
+	defer rc.Close()
+	tr := tar.NewReader(rc)
+	modes := map[string]int64{}
+	for {
+		h, err := tr.Next()
+		if err != nil {
+			break
+		}
+		modes[h.Name] = h.Mode
+	}
+	if modes["usr/local/bin/prog"] != 0o755 || modes["tmp/"] != 0o1777 || modes["etc/passwd"] != 0o644 {
+		t.Fatalf("modes in the layer: %o %o %o, want 755, 1777, 644", modes["usr/local/bin/prog"], modes["tmp/"], modes["etc/passwd"])
 	}
 }
 
