@@ -1,6 +1,7 @@
 package api
 
 import (
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -108,5 +109,42 @@ func handlePage(s Store, logger *slog.Logger) http.HandlerFunc {
 			return
 		}
 		httpjson.Write(w, http.StatusOK, Page{Purchases: ps, Next: next.String()})
+	}
+}
+
+// ClaimRequest asks which purchase an Idempotency-Key stands for,
+// proposing one (the web server's, for its first request with the key).
+type ClaimRequest struct {
+	Key      string            `json:"key"`
+	Purchase purchase.Purchase `json:"purchase"`
+}
+
+// handleClaim answers the key's purchase: the proposed one if the key is
+// new, the first claim's otherwise. The web servers share this decision
+// (POST /buy with an Idempotency-Key), whether or not the purchase is
+// stored yet.
+func handleClaim(s Store, logger *slog.Logger) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		var req ClaimRequest
+		dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&req); err != nil {
+			httpjson.Error(w, http.StatusBadRequest, "claim: "+err.Error())
+			return
+		}
+		if err := purchase.ValidateIdempotencyKey(req.Key); err != nil {
+			httpjson.Error(w, http.StatusBadRequest, err.Error())
+			return
+		}
+		if err := req.Purchase.Validate(); err != nil {
+			httpjson.Error(w, http.StatusBadRequest, "claim: "+err.Error())
+			return
+		}
+		p, err := s.Claim(r.Context(), req.Key, req.Purchase)
+		if err != nil {
+			httpjson.Fail(w, r, logger.With("userid", req.Purchase.UserID), http.StatusServiceUnavailable, "the purchase store is unavailable", err)
+			return
+		}
+		httpjson.Write(w, http.StatusOK, p)
 	}
 }

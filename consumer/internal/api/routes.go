@@ -22,6 +22,7 @@ type Store interface {
 	UserPurchases(ctx context.Context, userID string, limit int) ([]purchase.Purchase, error)
 	Purchase(ctx context.Context, userID, id string) (purchase.Purchase, bool, error)
 	Page(ctx context.Context, after store.Cursor, limit int) ([]purchase.Purchase, store.Cursor, error)
+	Claim(ctx context.Context, key string, p purchase.Purchase) (purchase.Purchase, error)
 }
 
 // Deps are what the API needs from the rest of the program.
@@ -43,6 +44,7 @@ func NewServer(d Deps) http.Handler {
 	r.Get("/purchases/{userid}", handleUserPurchases(d.Store, d.Logger))
 	r.Get("/purchases/{userid}/{id}", handlePurchase(d.Store, d.Logger))
 	r.Get("/purchases", handlePage(d.Store, d.Logger))
+	r.Post("/claims", handleClaim(d.Store, d.Logger))
 	m.Expect(http.MethodGet, "/purchases/{userid}", http.StatusOK)
 	m.Expect(http.MethodGet, "/purchases", http.StatusOK)
 

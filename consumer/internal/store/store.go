@@ -168,6 +168,19 @@ var migrations = []func(d dialect) string{
 	},
 	// Storage order, for paging (Page).
 	func(d dialect) string { return d.seqMigration },
+	// Idempotency keys: which purchase each (user, key) stands for,
+	// decided once (Claim).
+	func(dialect) string {
+		return `CREATE TABLE IF NOT EXISTS purchase_claims (
+		userid TEXT NOT NULL,
+		idem_key TEXT NOT NULL,
+		id TEXT NOT NULL,
+		username TEXT NOT NULL,
+		price DOUBLE PRECISION NOT NULL,
+		ts_unix_nano BIGINT NOT NULL,
+		PRIMARY KEY (userid, idem_key)
+	)`
+	},
 }
 
 func (s *Store) migrate(ctx context.Context) error {
@@ -320,6 +333,36 @@ func (s *Store) Purchase(ctx context.Context, userID, id string) (p purchase.Pur
 		return p, false, err
 	}
 	return ps[0], true, nil
+}
+
+// Claim decides, once, which purchase a user's Idempotency-Key stands
+// for: the first claim of (p.UserID, key) stores p as the key's purchase;
+// every claim returns the key's purchase, the first one's, whatever it
+// proposed. Concurrent claims of one key from any number of web server
+// replicas agree (the primary key decides; a second insert waits for the
+// first to commit, then finds its row).
+func (s *Store) Claim(ctx context.Context, key string, p purchase.Purchase) (purchase.Purchase, error) {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return purchase.Purchase{}, fmt.Errorf("%s: begin: %w", s.dialect.name, err)
+	}
+	defer tx.Rollback()
+	if _, err := tx.ExecContext(ctx, `INSERT INTO purchase_claims (userid, idem_key, id, username, price, ts_unix_nano)
+		VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (userid, idem_key) DO NOTHING`,
+		p.UserID, key, p.ID, p.Username, p.Price, p.Timestamp.UnixNano()); err != nil {
+		return purchase.Purchase{}, fmt.Errorf("%s: claiming an idempotency key: %w", s.dialect.name, err)
+	}
+	var got purchase.Purchase
+	var ts int64
+	if err := tx.QueryRowContext(ctx, `SELECT id, userid, username, price, ts_unix_nano FROM purchase_claims WHERE userid = $1 AND idem_key = $2`,
+		p.UserID, key).Scan(&got.ID, &got.UserID, &got.Username, &got.Price, &ts); err != nil {
+		return purchase.Purchase{}, fmt.Errorf("%s: reading an idempotency key's purchase: %w", s.dialect.name, err)
+	}
+	got.Timestamp = time.Unix(0, ts).UTC()
+	if err := tx.Commit(); err != nil {
+		return purchase.Purchase{}, fmt.Errorf("%s: commit: %w", s.dialect.name, err)
+	}
+	return got, nil
 }
 
 // Cursor is a position in the purchase log, in storage order: the

@@ -246,3 +246,44 @@ func TestPagingSeesWritersThatCommitOutOfOrder(t *testing.T) {
 		}
 	}
 }
+
+// An Idempotency-Key's purchase is decided once: of many concurrent
+// claims with different purchases (web server replicas racing), every one
+// gets the same answer, the purchase of one of them.
+func TestAKeyIsClaimedOnce(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, s *store.Store) {
+		ctx := context.Background()
+		const n = 16
+		answers := make(chan purchase.Purchase, n)
+		errs := make(chan error, n)
+		for i := range n {
+			go func() {
+				p := rec("claimer", time.Now(), float64(i+1)).Purchase
+				got, err := s.Claim(ctx, "order-1", p)
+				answers <- got
+				errs <- err
+			}()
+		}
+		var first purchase.Purchase
+		for i := range n {
+			if err := <-errs; err != nil {
+				t.Fatal(err)
+			}
+			got := <-answers
+			if i == 0 {
+				first = got
+			} else if got != first {
+				t.Fatalf("claims of one key answered %+v and %+v", first, got)
+			}
+		}
+		// Another key, or another user's same key, is another claim.
+		other := rec("claimer", time.Now(), 999).Purchase
+		if got, _ := s.Claim(ctx, "order-2", other); got != other {
+			t.Fatalf("a new key answered %+v, want the proposed %+v", got, other)
+		}
+		elsewhere := rec("someone-else", time.Now(), 5).Purchase
+		if got, _ := s.Claim(ctx, "order-1", elsewhere); got != elsewhere {
+			t.Fatalf("another user's key answered %+v, want the proposed %+v", got, elsewhere)
+		}
+	})
+}

@@ -29,7 +29,7 @@ import (
 func TestBadClientsGetA4xxOrAClosedConnectionAndLeaveNothingBehind(t *testing.T) {
 	pub := &recordingPublisher{}
 	h := api.NewServer(api.Deps{
-		Publisher: pub, Customers: storedPurchases{pub}, Registry: prometheus.NewRegistry(),
+		Publisher: pub, Customers: &claims{}, Registry: prometheus.NewRegistry(),
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")

@@ -10,7 +10,9 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -18,23 +20,29 @@ import (
 	"github.com/purchase-system/purchase-system/webserver/internal/api"
 )
 
-// storedPurchases answers the replay lookup from what was published, as
-// the Customer Management API would once the consumer stored it.
-type storedPurchases struct{ pub *recordingPublisher }
+// claims decides each key's purchase once, as the Customer Management API
+// does for every web server replica.
+type claims struct {
+	mu sync.Mutex
+	by map[string]purchase.Purchase
+}
 
-func (s storedPurchases) UserPurchases(context.Context, string, url.Values) (json.RawMessage, error) {
+func (c *claims) UserPurchases(context.Context, string, url.Values) (json.RawMessage, error) {
 	return json.RawMessage(`[]`), nil
 }
 
-func (s storedPurchases) Purchase(_ context.Context, userID, id string) (purchase.Purchase, bool, error) {
-	s.pub.mu.Lock()
-	defer s.pub.mu.Unlock()
-	for _, p := range s.pub.published {
-		if p.ID == id && p.UserID == userID {
-			return p, true, nil
-		}
+func (c *claims) Claim(_ context.Context, key string, p purchase.Purchase) (purchase.Purchase, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.by == nil {
+		c.by = map[string]purchase.Purchase{}
 	}
-	return purchase.Purchase{}, false, nil
+	k := p.UserID + "\x00" + key
+	if got, ok := c.by[k]; ok {
+		return got, nil
+	}
+	c.by[k] = p
+	return p, nil
 }
 
 // FuzzBuy drives POST /buy with any body, Content-Type and Idempotency-Key.
@@ -61,7 +69,7 @@ func FuzzBuy(f *testing.F) {
 	f.Fuzz(func(t *testing.T, body, contentType, key string) {
 		pub := &recordingPublisher{}
 		h := api.NewServer(api.Deps{
-			Publisher: pub, Customers: storedPurchases{pub}, Registry: prometheus.NewRegistry(),
+			Publisher: pub, Customers: &claims{}, Registry: prometheus.NewRegistry(),
 			Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		})
 		do := func() (*httptest.ResponseRecorder, map[string]any) {
@@ -110,14 +118,16 @@ func FuzzBuy(f *testing.F) {
 			t.Fatalf("keyed purchase got id %s, want the one derived from the key", p.ID)
 		}
 		rec, m = do()
-		if rec.Code != http.StatusOK || rec.Header().Get("Idempotent-Replayed") != "true" || m["id"] != p.ID {
-			t.Fatalf("retry with the same key: %d %v, want 200 replaying %s", rec.Code, m, p.ID)
+		if rec.Code != http.StatusOK || rec.Header().Get("Idempotent-Replayed") != "true" || m["id"] != p.ID || m["timestamp"] != p.Timestamp.Format(time.RFC3339Nano) {
+			t.Fatalf("retry with the same key: %d %v, want 200 replaying %s of %s", rec.Code, m, p.ID, p.Timestamp.Format(time.RFC3339Nano))
 		}
-		if len(pub.published) != 1 {
-			t.Fatalf("retry published again: %d publications", len(pub.published))
+		// Published again (its first publication may have failed): the
+		// same purchase, which the store keeps once.
+		if len(pub.published) != 2 || pub.published[1] != p {
+			t.Fatalf("retry published %+v, want the first purchase again", pub.published)
 		}
 	})
 }
 
 // Ensures the fuzz target's seam type keeps satisfying the API's interface.
-var _ api.Customers = storedPurchases{}
+var _ api.Customers = &claims{}

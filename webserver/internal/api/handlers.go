@@ -21,11 +21,14 @@ const MaxBodyBytes = 64 << 10
 // IdempotencyKeyHeader makes a retried POST /buy the same purchase.
 const IdempotencyKeyHeader = "Idempotency-Key"
 
-// handleBuy accepts a purchase. With an Idempotency-Key the purchase's id
-// derives from the user and the key, so a retry (after a timeout or a 503,
-// when the first attempt may still have been stored) is the same purchase:
-// if it is already stored, the stored one is answered (200); if not, it is
-// published again under the same id and the store keeps it once.
+// handleBuy accepts a purchase. With an Idempotency-Key the key's purchase
+// is decided once, by the Customer Management API that every replica
+// shares (Claim), before anything is published: the first request's body
+// wins; a retry with the same body gets that purchase (same id and
+// timestamp, published again — the store keeps one row per id — and
+// answered 200); another body under the key is 422, whether or not the
+// purchase is stored yet. Without the claim store there is no decision:
+// 503, retry. Without a key nothing of this happens.
 func handleBuy(pub Publisher, cust Customers, logger *slog.Logger, now func() time.Time) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		if status, msg := checkJSONContentType(r); status != 0 {
@@ -47,21 +50,24 @@ func handleBuy(pub Publisher, cust Customers, logger *slog.Logger, now func() ti
 			return
 		}
 		p := purchase.New(req, now())
+		status := http.StatusCreated
 		if hasKey {
 			p.ID = purchase.IDForKey(req.UserID, key[0])
-			stored, found, err := cust.Purchase(r.Context(), req.UserID, p.ID)
+			decided, err := cust.Claim(r.Context(), key[0], p)
 			switch {
 			case err != nil:
-				// Publishing again is safe: the store keeps one row per id.
-				logger.Warn("looking up a retried purchase failed; publishing it again", "id", p.ID, "err", err)
-			case found && (stored.Username != req.Username || stored.Price != req.Price):
+				httpjson.Fail(w, r, logger.With("id", p.ID, "userid", p.UserID), http.StatusServiceUnavailable,
+					"purchase not accepted: the store of Idempotency-Keys is unavailable; retry with the same Idempotency-Key", err)
+				return
+			case decided.Username != req.Username || decided.Price != req.Price:
 				httpjson.Error(w, http.StatusUnprocessableEntity, "Idempotency-Key was used for a different purchase of this user: use a new key for a new purchase")
 				return
-			case found:
+			case !decided.Timestamp.Equal(p.Timestamp):
+				// An earlier request decided it: this is its retry.
 				w.Header().Set("Idempotent-Replayed", "true")
-				httpjson.Write(w, http.StatusOK, stored)
-				return
+				status = http.StatusOK
 			}
+			p = decided
 		}
 		if err := pub.Publish(r.Context(), p); err != nil {
 			// Kafka's error names brokers: logged, not answered.
@@ -69,7 +75,7 @@ func handleBuy(pub Publisher, cust Customers, logger *slog.Logger, now func() ti
 				"purchase not accepted: Kafka did not take it in time; it may still be stored, retry with the same Idempotency-Key", err)
 			return
 		}
-		httpjson.Write(w, http.StatusCreated, p)
+		httpjson.Write(w, status, p)
 	}
 }
 

@@ -28,7 +28,7 @@ type Publisher interface {
 // Customers reads a user's purchases from the Customer Management API.
 type Customers interface {
 	UserPurchases(ctx context.Context, userID string, query url.Values) (json.RawMessage, error)
-	Purchase(ctx context.Context, userID, id string) (purchase.Purchase, bool, error)
+	Claim(ctx context.Context, key string, p purchase.Purchase) (purchase.Purchase, error)
 }
 
 // Deps are what the API needs from the rest of the program.

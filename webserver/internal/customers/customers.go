@@ -3,6 +3,7 @@
 package customers
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -77,32 +78,35 @@ func (c *Client) UserPurchases(ctx context.Context, userID string, query url.Val
 	return body, nil
 }
 
-// Purchase reads one purchase of a user by id; found is false when the API
-// has none.
-func (c *Client) Purchase(ctx context.Context, userID, id string) (p purchase.Purchase, found bool, err error) {
-	u := c.baseURL + "/purchases/" + url.PathEscape(userID) + "/" + url.PathEscape(id)
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+// Claim asks which purchase an Idempotency-Key of p's user stands for,
+// proposing p: the answer is p if the key is new, the purchase of the
+// first request with the key otherwise. The Customer Management API
+// decides once for every web server replica.
+func (c *Client) Claim(ctx context.Context, key string, p purchase.Purchase) (purchase.Purchase, error) {
+	b, err := json.Marshal(map[string]any{"key": key, "purchase": p})
 	if err != nil {
-		return p, false, err
+		return p, err
 	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.baseURL+"/claims", bytes.NewReader(b))
+	if err != nil {
+		return p, err
+	}
+	req.Header.Set("Content-Type", "application/json")
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return p, false, fmt.Errorf("%w: %v", ErrUnavailable, err)
+		return p, fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 	if err != nil {
-		return p, false, fmt.Errorf("%w: reading response: %v", ErrUnavailable, err)
+		return p, fmt.Errorf("%w: reading response: %v", ErrUnavailable, err)
 	}
-	switch resp.StatusCode {
-	case http.StatusOK:
-		if err := json.Unmarshal(body, &p); err != nil {
-			return p, false, fmt.Errorf("%w: response is not a purchase: %v", ErrUnavailable, err)
-		}
-		return p, true, nil
-	case http.StatusNotFound:
-		return p, false, nil
-	default:
-		return p, false, fmt.Errorf("%w: %v", ErrUnavailable, &StatusError{resp.StatusCode, body})
+	if resp.StatusCode != http.StatusOK {
+		return p, fmt.Errorf("%w: %v", ErrUnavailable, &StatusError{resp.StatusCode, body})
 	}
+	var got purchase.Purchase
+	if err := json.Unmarshal(body, &got); err != nil || got.ID == "" {
+		return p, fmt.Errorf("%w: response is not a purchase: %s", ErrUnavailable, body)
+	}
+	return got, nil
 }
