@@ -150,6 +150,9 @@ failSwapOn: false
 # Every container gets the runtime's default seccomp profile unless its pod
 # asks otherwise (a pod that says nothing is not left unconfined).
 seccompDefault: true
+# Pods see a changed ConfigMap or Secret volume within seconds (the
+# adapter's rules are hot-reloaded from one), not after the default 1 min.
+syncFrequency: 10s
 clusterDomain: cluster.local
 clusterDNS: [%s]
 resolvConf: %s

@@ -220,7 +220,9 @@ func TestExternalLagThroughTheAPIServer(t *testing.T) {
 			_, _ = client.CoreV1().ConfigMaps("monitoring").Update(context.Background(), cm, metav1.UpdateOptions{})
 		}
 	})
-	testproc.Eventually(t, 60*time.Second, "lag of the test group", func() error {
+	// The kubelet updates the mounted ConfigMap at its next pod sync
+	// (syncFrequency 10 s on the local node), then the adapter reloads.
+	testproc.Eventually(t, 90*time.Second, "lag of the test group", func() error {
 		l, raw, err := rawJSON("/apis/external.metrics.k8s.io/v1beta1/namespaces/lag-e2e/kafka_consumergroup_lag?labelSelector=" + sel)
 		if err != nil {
 			return fmt.Errorf("%v: %s", err, raw)
