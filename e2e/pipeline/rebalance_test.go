@@ -44,28 +44,10 @@ func TestRebalanceWithTheDatabaseDownLosesNothing(t *testing.T) {
 
 func rebalanceWithDatabaseDown(t *testing.T, bootstrap, kafkaConfig string) {
 	const n = 1000
-	topic := fmt.Sprintf("rebalance-%d", time.Now().UnixNano())
+	topic := newTopic(t, bootstrap, "rebalance", 6)
 	group := topic + "-group"
-	a, err := kafka.NewAdminClient(&kafka.ConfigMap{"bootstrap.servers": bootstrap})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if _, err := a.CreateTopics(ctx, []kafka.TopicSpecification{{Topic: topic, NumPartitions: 6, ReplicationFactor: 1}}); err != nil {
-		t.Fatal(err)
-	}
-	a.Close()
 	ids := producePurchases(t, bootstrap, topic, n)
-
-	dbURL := storetest.PostgresURL(t)
-	if dbURL == "" {
-		realdeps.Missing(t, "needs PostgreSQL: set %s (make test starts a server and sets it)", storetest.PostgresEnv)
-	}
-	u, _ := url.Parse(dbURL)
-	proxy := faultproxy.Start(t, u.Host)
-	viaProxy := *u
-	viaProxy.Host = proxy.Addr
+	dbURL, viaProxy, proxy := databaseBehindProxy(t)
 
 	env := func(port int, db string) []string {
 		return []string{fmt.Sprintf("HTTP_ADDR=127.0.0.1:%d", port), "DATABASE_URL=" + db, "KAFKA_BOOTSTRAP_SERVERS=" + bootstrap,
@@ -75,7 +57,7 @@ func rebalanceWithDatabaseDown(t *testing.T, bootstrap, kafkaConfig string) {
 			"BATCH_SIZE=5000", "BATCH_WAIT=20s"}
 	}
 	pa := testproc.FreePort(t)
-	first := testproc.Start(t, "consumer", env(pa, viaProxy.String())...)
+	first := testproc.Start(t, "consumer", env(pa, viaProxy)...)
 	testproc.WaitHTTP(t, fmt.Sprintf("http://127.0.0.1:%d/readyz", pa), 200, 30*time.Second)
 	time.Sleep(4 * time.Second) // it reads the whole topic into its batch
 	proxy.Cut()
@@ -86,23 +68,11 @@ func rebalanceWithDatabaseDown(t *testing.T, bootstrap, kafkaConfig string) {
 	time.Sleep(12 * time.Second) // the rebalance, and the first member's failed store before giving partitions up
 	proxy.Restore()
 
-	db, err := sql.Open("pgx", dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
 	var stored map[string]int
 	testproc.Eventually(t, 60*time.Second, "every message stored", func() error {
-		stored = map[string]int{}
-		rows, err := db.Query("SELECT id FROM purchases")
-		if err != nil {
+		var err error
+		if stored, err = storedIDs(dbURL); err != nil {
 			return err
-		}
-		defer rows.Close()
-		for rows.Next() {
-			var id string
-			_ = rows.Scan(&id)
-			stored[id]++
 		}
 		if len(stored) < n {
 			return fmt.Errorf("%d of %d stored", len(stored), n)
@@ -118,6 +88,61 @@ func rebalanceWithDatabaseDown(t *testing.T, bootstrap, kafkaConfig string) {
 	if missing > 0 || len(stored) != n {
 		t.Fatalf("%d messages missing, %d stored of %d\nfirst consumer's log:\n%s", missing, len(stored), n, first.Log())
 	}
+}
+
+// newTopic creates a topic of its own for one test, named after prefix.
+func newTopic(t *testing.T, bootstrap, prefix string, partitions int) string {
+	t.Helper()
+	topic := fmt.Sprintf("%s-%d", prefix, time.Now().UnixNano())
+	a, err := kafka.NewAdminClient(&kafka.ConfigMap{"bootstrap.servers": bootstrap})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := a.CreateTopics(ctx, []kafka.TopicSpecification{{Topic: topic, NumPartitions: partitions, ReplicationFactor: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	return topic
+}
+
+// databaseBehindProxy is a fresh PostgreSQL database, its URL, and the
+// same database through a proxy the test can cut.
+func databaseBehindProxy(t *testing.T) (direct, viaProxy string, proxy *faultproxy.Proxy) {
+	t.Helper()
+	dbURL := storetest.PostgresURL(t)
+	if dbURL == "" {
+		realdeps.Missing(t, "needs PostgreSQL: set %s (make test starts a server and sets it)", storetest.PostgresEnv)
+	}
+	u, _ := url.Parse(dbURL)
+	proxy = faultproxy.Start(t, u.Host)
+	via := *u
+	via.Host = proxy.Addr
+	return dbURL, via.String(), proxy
+}
+
+// storedIDs counts the rows of each purchase id in the database.
+func storedIDs(dbURL string) (map[string]int, error) {
+	db, err := sql.Open("pgx", dbURL)
+	if err != nil {
+		return nil, err
+	}
+	defer db.Close()
+	rows, err := db.Query("SELECT id FROM purchases")
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	stored := map[string]int{}
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return nil, err
+		}
+		stored[id]++
+	}
+	return stored, rows.Err()
 }
 
 // producePurchases writes n valid purchases to topic (keyed by user, so
@@ -157,26 +182,9 @@ func producePurchases(t *testing.T, bootstrap, topic string, n int) []string {
 // waited while the first member retried its store without polling.
 func TestAStalledConsumerDoesNotHoldTheGroup(t *testing.T) {
 	bootstrap := testkafka.Real(t)
-	topic := fmt.Sprintf("stall-%d", time.Now().UnixNano())
+	topic := newTopic(t, bootstrap, "stall", 6)
 	group := topic + "-group"
-	a, err := kafka.NewAdminClient(&kafka.ConfigMap{"bootstrap.servers": bootstrap})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if _, err := a.CreateTopics(ctx, []kafka.TopicSpecification{{Topic: topic, NumPartitions: 6, ReplicationFactor: 1}}); err != nil {
-		t.Fatal(err)
-	}
-	a.Close()
-	dbURL := storetest.PostgresURL(t)
-	if dbURL == "" {
-		realdeps.Missing(t, "needs PostgreSQL: set %s (make test starts a server and sets it)", storetest.PostgresEnv)
-	}
-	u, _ := url.Parse(dbURL)
-	proxy := faultproxy.Start(t, u.Host)
-	viaProxy := *u
-	viaProxy.Host = proxy.Addr
+	dbURL, viaProxy, proxy := databaseBehindProxy(t)
 	env := func(port int, db string) []string {
 		return []string{fmt.Sprintf("HTTP_ADDR=127.0.0.1:%d", port), "DATABASE_URL=" + db, "KAFKA_BOOTSTRAP_SERVERS=" + bootstrap,
 			"KAFKA_TOPIC=" + topic, "KAFKA_GROUP_ID=" + group,
@@ -184,7 +192,7 @@ func TestAStalledConsumerDoesNotHoldTheGroup(t *testing.T) {
 	}
 	ids := producePurchases(t, bootstrap, topic, 200)
 	pa := testproc.FreePort(t)
-	first := testproc.Start(t, "consumer", env(pa, viaProxy.String())...)
+	first := testproc.Start(t, "consumer", env(pa, viaProxy)...)
 	testproc.WaitHTTP(t, fmt.Sprintf("http://127.0.0.1:%d/readyz", pa), 200, 30*time.Second)
 	time.Sleep(3 * time.Second) // the first batch stored
 	proxy.Cut()
@@ -205,27 +213,15 @@ func TestAStalledConsumerDoesNotHoldTheGroup(t *testing.T) {
 	t.Logf("the joining member got partitions %.1f s after it started", time.Since(joined).Seconds())
 	proxy.Restore()
 
-	db, err := sql.Open("pgx", dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("first consumer's log:\n%s\nsecond consumer's log:\n%s", first.Log(), second.Log())
 		}
 	})
 	testproc.Eventually(t, 60*time.Second, "every message stored once", func() error {
-		stored := map[string]int{}
-		rows, err := db.Query("SELECT id FROM purchases")
+		stored, err := storedIDs(dbURL)
 		if err != nil {
 			return err
-		}
-		defer rows.Close()
-		for rows.Next() {
-			var id string
-			_ = rows.Scan(&id)
-			stored[id]++
 		}
 		for _, id := range ids {
 			if stored[id] != 1 {
