@@ -2,7 +2,7 @@
 # Everything CI runs: static checks; unit tests (SQLite and PostgreSQL);
 # integration tests against the in-process broker, the real Apache Kafka
 # broker, real PostgreSQL and real Prometheus; the local Kubernetes tests
-# (control plane, process node, metrics-server, the adapter through the
+# (control plane, the upstream node, metrics-server, the adapter through the
 # API server), which bring the cluster up and check that taking it down
 # leaves nothing behind; the end-to-end autoscaling scenario on a fresh
 # local Kubernetes (scripts/e2e.sh); and a short fuzz run. It installs and starts what

@@ -1,6 +1,7 @@
 // Package clustertest runs against the dev cluster: a real kube-apiserver,
-// controller-manager and scheduler, the process node, metrics-server and
-// Prometheus on the host. TestMain brings the cluster up (from the tools
+// controller-manager and scheduler, the upstream node (kubelet,
+// containerd, runc, kube-proxy, kube-router), CoreDNS, metrics-server,
+// and Kafka, PostgreSQL and Prometheus on the host. TestMain brings the cluster up (from the tools
 // cache, in seconds) and, if it started it, takes it down at the end and
 // checks that nothing is left behind.
 package clustertest

@@ -360,7 +360,7 @@ func TestTopPodsShowsCPUOfAPodUnderLoad(t *testing.T) {
 }
 
 func TestAggregatedAPIReachesItsPodThroughTheAPIServer(t *testing.T) {
-	// metrics-server is an APIService backed by a pod on the process node:
+	// metrics-server is an APIService backed by a pod on the node:
 	// the API server proxies to its pod IP with the front-proxy client
 	// certificate, and metrics-server authenticates the user it names.
 	testproc.Eventually(t, 90*time.Second, "metrics.k8s.io answers through the API server", func() error {
