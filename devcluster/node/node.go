@@ -391,14 +391,8 @@ func (c Config) stopPods(ctx context.Context, grace time.Duration) error {
 }
 
 func killShims() {
-	pids, _ := filepath.Glob("/proc/[0-9]*/exe")
-	for _, p := range pids {
-		exe, err := os.Readlink(p)
-		if err != nil || filepath.Base(strings.TrimSuffix(exe, " (deleted)")) != "containerd-shim-runc-v2" {
-			continue
-		}
-		pid, _ := strconv.Atoi(strings.Split(p, "/")[2])
-		// The shim's group holds the containers it started.
+	// The shim's group holds the containers it started.
+	for _, pid := range processesNamed("containerd-shim-runc-v2") {
 		_ = killGroup(pid)
 	}
 }
