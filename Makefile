@@ -8,7 +8,7 @@ SHELL := /bin/bash
 BIN   := $(CURDIR)/bin
 PROGRAMS := webserver consumer adapter loadgen devcluster imagebuild
 
-.PHONY: help build images run run-local test e2e load bench tools cluster-up cluster-down clean
+.PHONY: help build images run run-local test e2e load bench bench-lag tools cluster-up cluster-down clean
 
 help:
 	@echo "make run        the whole system on a local Kubernetes (no Docker needed), URLs printed"
@@ -20,6 +20,7 @@ help:
 	@echo "make build      build the programs into bin/"
 	@echo "make images     container images into _output/images/ (no Docker needed) and the local node's store"
 	@echo "make bench      measure /buy and consumer throughput (docs/BENCHMARKS.md)"
+	@echo "make bench-lag  measure the lag source with 3,000 consumer groups (docs/BENCHMARKS.md)"
 	@echo "make tools      fetch and build every tool into the cache"
 
 build:
@@ -56,6 +57,10 @@ test: build
 
 bench: build
 	@scripts/bench.sh
+
+# The lag source at cluster scale: 3,000 consumer groups, 10,000 partitions.
+bench-lag:
+	@scripts/bench-lag.sh
 
 cluster-up: build
 	@scripts/cluster.sh up

@@ -34,6 +34,11 @@ ensure_musl() {
 
 binary() {
   local program="$1" out="$2"
+  if [ "$program" = adapter ]; then
+    # The adapter's Kafka client (franz-go) is pure Go: no C toolchain.
+    CGO_ENABLED=0 go build -trimpath -buildvcs=false -ldflags "-s -w" -o "$out" "./${program}/cmd/${program}"
+    return
+  fi
   ensure_musl
   # The Kafka client's bundled librdkafka has a musl build (-tags musl);
   # linked externally and statically the program needs no libc at all.

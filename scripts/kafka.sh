@@ -4,6 +4,9 @@
 #
 #   scripts/kafka.sh start DIR [PORT [HOST]]  start (idempotent) with data and logs in DIR;
 #                                       listens on HOST:PORT (default 127.0.0.1:9092)
+#                                       with KAFKA_SECURE_PORT=N, also a SASL_SSL listener on
+#                                       127.0.0.1:N (SCRAM-SHA-512, client certificates required;
+#                                       CA, client certificate and key written to DIR/tls)
 #   scripts/kafka.sh stop DIR           stop the broker started in DIR
 #   scripts/kafka.sh run CLASS ARGS...  run a Kafka tool class, for example
 #       org.apache.kafka.tools.consumer.group.ConsumerGroupCommand --bootstrap-server 127.0.0.1:9092 --describe --group G
@@ -16,6 +19,30 @@ kafka_java() {
 
 port_open() { (exec 3<>"/dev/tcp/${2:-127.0.0.1}/$1") 2>/dev/null; }
 
+# tls DIR: a CA (thrown away after signing), the broker's certificate for
+# 127.0.0.1 and localhost, and a client certificate, as PEM: broker.pem
+# (PKCS#8 key and certificate, Kafka's PEM keystore), ca.crt, client.crt,
+# client.key.
+tls() {
+  local dir="$1"
+  [[ -s "$dir/broker.pem" && -s "$dir/client.key" ]] && return 0
+  command -v openssl >/dev/null || die "openssl is needed for the SASL_SSL listener (apt-get install openssl)"
+  mkdir -p "$dir"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
+    -subj "/CN=purchase-system test Kafka CA" -keyout "$dir/ca.key" -out "$dir/ca.crt" 2>/dev/null
+  local who
+  for who in broker client; do
+    openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$dir/$who.key" 2>/dev/null
+    openssl req -new -key "$dir/$who.key" -subj "/CN=$who" -out "$dir/$who.csr" 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=%s\n' \
+      "$([[ $who == broker ]] && echo serverAuth || echo clientAuth)" >"$dir/$who.ext"
+    openssl x509 -req -in "$dir/$who.csr" -CA "$dir/ca.crt" -CAkey "$dir/ca.key" -CAcreateserial \
+      -days 30 -extfile "$dir/$who.ext" -out "$dir/$who.crt" 2>/dev/null || die "signing the $who certificate failed"
+  done
+  cat "$dir/broker.key" "$dir/broker.crt" >"$dir/broker.pem"
+  rm -f "$dir/ca.key" "$dir"/*.csr "$dir"/*.ext "$dir"/*.srl
+}
+
 start() {
   local dir="$1" port="${2:-9092}" host="${3:-127.0.0.1}"
   local cport=$((port + 1))
@@ -26,15 +53,31 @@ start() {
   port_open "$port" "$host" && die "port $host:$port is taken by another process: stop it or pick another port"
   "${REPO_ROOT}/scripts/tools.sh" ensure kafka
 
+  local listeners="PLAINTEXT://${host}:${port},CONTROLLER://127.0.0.1:${cport}"
+  local advertised="PLAINTEXT://${host}:${port}"
+  local secure=""
+  if [[ -n "${KAFKA_SECURE_PORT:-}" ]]; then
+    tls "$dir/tls"
+    listeners+=",SASL_SSL://127.0.0.1:${KAFKA_SECURE_PORT}"
+    advertised+=",SASL_SSL://127.0.0.1:${KAFKA_SECURE_PORT}"
+    secure="listener.name.sasl_ssl.sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.ssl.keystore.type=PEM
+listener.name.sasl_ssl.ssl.keystore.location=${dir}/tls/broker.pem
+listener.name.sasl_ssl.ssl.truststore.type=PEM
+listener.name.sasl_ssl.ssl.truststore.location=${dir}/tls/ca.crt
+listener.name.sasl_ssl.ssl.client.auth=required"
+  fi
   cat >"$dir/server.properties" <<PROPS
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:${cport}
-listeners=PLAINTEXT://${host}:${port},CONTROLLER://127.0.0.1:${cport}
-advertised.listeners=PLAINTEXT://${host}:${port}
+listeners=${listeners}
+advertised.listeners=${advertised}
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL
+${secure}
 log.dirs=${dir}/data
 offsets.topic.replication.factor=1
 offsets.topic.num.partitions=5

@@ -51,11 +51,14 @@ log "starting PostgreSQL and Apache Kafka for the tests"
 scripts/postgres.sh start "$TEST_STATE/postgres" "$PG_PORT"
 # A fresh broker each run: tests create their own topics and groups.
 rm -rf "$TEST_STATE/kafka"
-scripts/kafka.sh start "$TEST_STATE/kafka" "$KAFKA_PORT"
+# Beside the plaintext listener, a SASL_SSL one (SCRAM and client
+# certificates) for the adapter's Kafka security settings.
+KAFKA_SECURE_PORT=$((KAFKA_PORT + 2)) scripts/kafka.sh start "$TEST_STATE/kafka" "$KAFKA_PORT"
 
 export BIN_DIR="${REPO_ROOT}/bin"
 export TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:${PG_PORT}/postgres?sslmode=disable"
 export TEST_KAFKA_BOOTSTRAP="127.0.0.1:${KAFKA_PORT}"
+export TEST_KAFKA_SASL_SSL="127.0.0.1:$((KAFKA_PORT + 2))" TEST_KAFKA_TLS_DIR="$TEST_STATE/kafka/tls"
 # Tests that must not be skipped here fail instead when their dependency is missing.
 export REQUIRE_REAL_DEPS=1
 

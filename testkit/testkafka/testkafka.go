@@ -47,6 +47,26 @@ func Real(t testing.TB) string {
 	return addr
 }
 
+// SecureEnv and TLSDirEnv name the real broker's SASL_SSL listener
+// (SCRAM-SHA-512, client certificates required) and the directory with its
+// CA and a client certificate (ca.crt, client.crt, client.key), as
+// scripts/kafka.sh writes them with KAFKA_SECURE_PORT.
+const (
+	SecureEnv = "TEST_KAFKA_SASL_SSL"
+	TLSDirEnv = "TEST_KAFKA_TLS_DIR"
+)
+
+// Secure returns the real broker's SASL_SSL address and TLS directory;
+// without them the test stops (see realdeps).
+func Secure(t testing.TB) (bootstrap, tlsDir string) {
+	t.Helper()
+	bootstrap, tlsDir = os.Getenv(SecureEnv), os.Getenv(TLSDirEnv)
+	if bootstrap == "" || tlsDir == "" {
+		realdeps.Missing(t, "needs the real broker's SASL_SSL listener: set %s and %s (make test starts one and sets them)", SecureEnv, TLSDirEnv)
+	}
+	return bootstrap, tlsDir
+}
+
 // FastClientConfig is librdkafka tuning for tests against kfake: a short
 // fetch wait makes commits, watermark queries and Close take ~50 ms
 // instead of ~500 ms.

@@ -15,11 +15,9 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 	"time"
 
-	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/pflag"
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
@@ -42,7 +40,6 @@ import (
 	"github.com/purchase-system/purchase-system/adapter/internal/selfmetrics"
 	"github.com/purchase-system/purchase-system/adapter/internal/sources"
 	"github.com/purchase-system/purchase-system/adapter/internal/store"
-	"github.com/purchase-system/purchase-system/servicekit/kafkaenv"
 	"github.com/purchase-system/purchase-system/servicekit/logging"
 )
 
@@ -70,7 +67,6 @@ type Settings struct {
 	RelistInterval   time.Duration
 	KafkaBootstrap   string
 	KafkaExtraConfig string
-	KafkaMaxGroups   int
 	MaxSampleAge     time.Duration
 	LagRateWindow    time.Duration
 	LagSecondsCap    float64
@@ -92,8 +88,7 @@ func (s *Settings) addFlags(f *pflag.FlagSet) {
 	f.BoolVar(&p.DisableHTTP2, "disable-http2", false, "talk HTTP/1.1 to Prometheus")
 	f.DurationVar(&s.RelistInterval, "metrics-relist-interval", time.Minute, "how often to rediscover which metrics the rules yield")
 	f.StringVar(&s.KafkaBootstrap, "kafka-bootstrap-servers", "", "Kafka brokers for consumer group lag; empty disables the lag metrics")
-	f.StringVar(&s.KafkaExtraConfig, "kafka-extra-config", "", "librdkafka properties k=v,k=v (security settings)")
-	f.IntVar(&s.KafkaMaxGroups, "kafka-max-groups", 50, "consumer groups whose offsets are read at once (each is a Kafka client); more are refused")
+	f.StringVar(&s.KafkaExtraConfig, "kafka-extra-config", "", "Kafka client settings by their librdkafka names, k=v,k=v: security.protocol, sasl.mechanism, sasl.username, sasl.password, ssl.ca.location, ssl.certificate.location, ssl.key.location, ssl.endpoint.identification.algorithm, client.id, socket.connection.setup.timeout.ms")
 	f.DurationVar(&s.MaxSampleAge, "max-sample-age", 2*time.Minute, "samples older than this are not served")
 	// prometheus-adapter's name: its users' Deployments keep working.
 	f.DurationVar(&s.MaxSampleAge, "metrics-max-age", 2*time.Minute, "another name for --max-sample-age (prometheus-adapter's flag)")
@@ -113,7 +108,7 @@ func main() {
 	a.addFlags(f)
 	f.DurationVar(&a.RefreshInterval, "refresh-interval", 5*time.Second, "how long a fetched value is served; wanted values are refreshed this often")
 	f.DurationVar(&a.DemandTTL, "demand-ttl", 10*time.Minute, "values nobody asked for this long are dropped")
-	f.IntVar(&a.MaxQueries, "max-store-queries", 1000, "distinct metric queries kept and refreshed; more are refused (429)")
+	f.IntVar(&a.MaxQueries, "max-store-queries", 5000, "distinct metric queries kept and refreshed; more are refused (429)")
 	f.IntVar(&a.MaxQueriesPerNS, "max-store-queries-per-namespace", 250, "distinct metric queries one namespace may have kept: one namespace cannot fill the store")
 	f.IntVar(&a.NamespaceFloor, "store-queries-floor", 20, "distinct metric queries every namespace may add even when --max-store-queries are kept")
 	f.IntVar(&a.MaxInFlight, "max-fetches-in-flight", 16, "backend fetches running at once")
@@ -244,37 +239,20 @@ func (s *Settings) build(cfg *rules.Config, mapper apimeta.RESTMapper, reg prome
 	p := &parts{prom: prom}
 	var extra []string
 	if s.KafkaBootstrap != "" {
-		kcfg, err := kafkaConfig(s.KafkaBootstrap, s.KafkaExtraConfig)
+		props, err := lag.ParseProperties(s.KafkaExtraConfig)
 		if err != nil {
 			return nil, err
 		}
-		// librdkafka's own log lines into the JSON log, rate-limited.
-		kcfg["go.logs.channel.enable"] = true
-		kcfg["go.logs.channel"] = kafkaenv.NewLogChannel(logger, "client")
-		if p.kafka, err = lag.NewSource(kcfg, bm, lag.NewMetrics(reg)); err != nil {
+		props["bootstrap.servers"] = s.KafkaBootstrap
+		if p.kafka, err = lag.NewSource(props, bm, lag.NewMetrics(reg), lag.Logger(logger)); err != nil {
 			return nil, err
 		}
-		p.kafka.RateWindow, p.kafka.DrainCap, p.kafka.MaxGroups = s.LagRateWindow, s.LagSecondsCap, s.KafkaMaxGroups
+		p.kafka.RateWindow, p.kafka.DrainCap = s.LagRateWindow, s.LagSecondsCap
 		extra = []string{lag.MetricLag, lag.MetricLagSeconds}
 	}
 	p.router = &sources.Router{Prometheus: prom, Kafka: p.kafka}
 	p.catalog = catalog.New(cfg, prom, mapper, catalog.Options{Extra: extra, Metrics: catalog.NewMetrics(reg), Logger: logger})
 	return p, nil
-}
-
-func kafkaConfig(bootstrap, extra string) (kafka.ConfigMap, error) {
-	cfg := kafka.ConfigMap{"bootstrap.servers": bootstrap}
-	for _, kv := range strings.Split(extra, ",") {
-		if kv = strings.TrimSpace(kv); kv == "" {
-			continue
-		}
-		k, v, ok := strings.Cut(kv, "=")
-		if !ok {
-			return nil, fmt.Errorf("--kafka-extra-config: %q is not key=value", kv)
-		}
-		cfg[k] = v
-	}
-	return cfg, nil
 }
 
 // loopbackOnly refuses a debug address other processes could reach: the

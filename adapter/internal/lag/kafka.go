@@ -9,27 +9,36 @@ import (
 	"sync"
 	"time"
 
-	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
 	"github.com/prometheus/client_golang/prometheus"
-	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/apimachinery/pkg/selection"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/purchase-system/purchase-system/adapter/internal/backend"
-	"github.com/purchase-system/purchase-system/adapter/internal/store"
 )
 
-// The external metrics this package serves, and their labels.
-const (
-	MetricLag        = "kafka_consumergroup_lag"
-	MetricLagSeconds = "kafka_consumergroup_lag_seconds"
-	LabelGroup       = "consumergroup"
-	LabelTopic       = "topic"
-)
-
-// Source computes lag from the brokers with one shared admin client.
+// Source computes lag from the brokers with one Kafka client (franz-go)
+// for every consumer group: its connections are bounded by the number of
+// brokers, not of groups.
+//
+// Questions are answered in rounds. Each consumer group asked about while
+// a round runs waits for the next one, and a round reads what all of its
+// groups need with one request of each kind, which the client splits by
+// broker: the committed offsets of every group (OffsetFetch, many groups
+// per request, sent to each group's coordinator), the metadata of every
+// topic concerned, and the log start and last stable offsets of all their
+// partitions (ListOffsets, to each partition's leader). So the cost of a
+// round grows with the partitions read, and the number of requests with
+// the number of brokers, however many groups and HPAs ask.
+//
+// librdkafka's admin API reads one group per call and crashed when a
+// group's coordinator moved (librdkafka #5040), which had made this source
+// open one client per group; franz-go retries a moved coordinator and
+// reports, per group, what failed.
 type Source struct {
-	admin     *kafka.AdminClient
-	producer  *kafka.Producer // the admin client's handle
+	cl        *kgo.Client
+	adm       *kadm.Client
 	bootstrap string
 	obs       *backend.Observer
 	metrics   *Metrics
@@ -42,24 +51,27 @@ type Source struct {
 	// read (read_committed) to count their records, so transaction
 	// markers are not taken for messages. 0 disables the check.
 	MarkerCheckMax int64
+	// StepTimeout bounds each of a round's steps (the committed offsets;
+	// then metadata and log offsets): a group whose coordinator does not
+	// answer fails alone, after this, and does not hold the others.
+	StepTimeout time.Duration
+	// GroupIdle: what is kept about a group (its consumption history, its
+	// "as last served" gauges) is dropped after this long without a
+	// question about it.
+	GroupIdle time.Duration
 
 	mu    sync.Mutex
 	rates map[[2]string]*Rate
+	asked map[string]time.Time // group: last question
 
-	readerMu  sync.Mutex
-	reader    *kafka.Consumer
-	readerCfg kafka.ConfigMap
+	readerMu sync.Mutex // one marker count at a time (the client consumes)
 
-	// GroupIdle: a group's consumer handle is closed after this long
-	// without a question about the group.
-	GroupIdle time.Duration
-	// MaxGroups bounds the consumer groups with an open handle (each is a
-	// librdkafka client: threads and connections); a question about one
-	// more is refused with an error saying so.
-	MaxGroups int
-	clientCfg kafka.ConfigMap
-	groupsMu  sync.Mutex
-	groups    map[string]*groupHandle
+	pendingMu sync.Mutex
+	pending   []*call
+	wake      chan struct{}
+	rounds    chan struct{} // one token per round allowed to run at once
+	stop      chan struct{}
+	stopped   sync.WaitGroup
 
 	readyOnce sync.Once
 	ready     chan struct{}
@@ -68,6 +80,7 @@ type Source struct {
 // Metrics are the lag source's own metrics.
 type Metrics struct {
 	computeSeconds prometheus.Histogram
+	roundGroups    prometheus.Histogram
 	// lag and lagSeconds: the last values computed for an HPA, by
 	// consumer group and topic, so dashboards and alerts see what the HPA
 	// saw.
@@ -79,8 +92,12 @@ type Metrics struct {
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		computeSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name: "adapter_kafka_lag_compute_seconds", Help: "Time to compute one consumer group's lag from the brokers.",
+			Name: "adapter_kafka_lag_compute_seconds", Help: "Time to compute one consumer group's lag from the brokers, waiting for its round included.",
 			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}),
+		roundGroups: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "adapter_kafka_lag_round_groups", Help: "Consumer groups read together in one round of requests to the brokers.",
+			Buckets: []float64{1, 2, 5, 10, 20, 50, 100, 200, 500, 1000},
 		}),
 		lag: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "adapter_kafka_consumergroup_lag", Help: "Consumer group lag in messages, as last served (newest offset minus committed, summed over the topic's partitions).",
@@ -90,34 +107,40 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{LabelGroup, LabelTopic}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.computeSeconds, m.lag, m.lagSeconds)
+		reg.MustRegister(m.computeSeconds, m.roundGroups, m.lag, m.lagSeconds)
 	}
 	return m
 }
 
-// NewSource connects an admin client with the given librdkafka settings
-// (bootstrap.servers at least). bm and m may be nil.
-func NewSource(cfg kafka.ConfigMap, bm *backend.Metrics, m *Metrics) (*Source, error) {
-	// Asking about a topic (a selector naming one) must never create it:
-	// a broker with auto.create.topics.enable would, and librdkafka's admin
-	// client allows it by default.
-	cfg["allow.auto.create.topics"] = false
-	// The admin client rides on a producer that never produces: a
-	// producer (unlike a bare admin client) can hand librdkafka's own log
-	// lines to go.logs.channel, when the caller set one, instead of
-	// stderr.
-	pcfg := kafka.ConfigMap{}
-	for k, v := range cfg {
-		pcfg[k] = v
+// Rounds that may run at once: while one waits on a slow coordinator, the
+// next groups are read in another.
+const maxRounds = 4
+
+// Groups read in one round at most: a round's answers stay a few MiB.
+const maxRoundGroups = 1000
+
+// NewSource creates the client from librdkafka properties
+// (bootstrap.servers at least; see ClientOptions) and starts answering.
+// extra are further client options (a logger); bm and m may be nil.
+func NewSource(props map[string]string, bm *backend.Metrics, m *Metrics, extra ...kgo.Opt) (*Source, error) {
+	opts, err := ClientOptions(props)
+	if err != nil {
+		return nil, err
 	}
-	producer, err := kafka.NewProducer(&pcfg)
+	// Asking about a topic (a selector naming one) must never create it:
+	// the client's own metadata requests do not (kgo.AllowAutoTopicCreation
+	// is not set), nor do the round's (logOffsets).
+	opts = append(opts,
+		// The marker count consumes with this client: only committed
+		// records, and the markers themselves, to know where a span ends.
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
+		kgo.KeepControlRecords(),
+		kgo.FetchMaxWait(50*time.Millisecond),
+	)
+	opts = append(opts, extra...)
+	cl, err := kgo.NewClient(opts...)
 	if err != nil {
 		return nil, fmt.Errorf("kafka client: %w", err)
-	}
-	admin, err := kafka.NewAdminClientFromProducer(producer)
-	if err != nil {
-		producer.Close()
-		return nil, fmt.Errorf("kafka admin client: %w", err)
 	}
 	if bm == nil {
 		bm = backend.NewMetrics(nil)
@@ -125,24 +148,16 @@ func NewSource(cfg kafka.ConfigMap, bm *backend.Metrics, m *Metrics) (*Source, e
 	if m == nil {
 		m = NewMetrics(nil)
 	}
-	obs := bm.For("kafka", "metadata", "committed_offsets", "end_offsets", "start_offsets", "list_groups", "marker_check")
-	bs, _ := cfg.Get("bootstrap.servers", "")
-	readerCfg := kafka.ConfigMap{}
-	for k, v := range cfg {
-		readerCfg[k] = v
-	}
-	// A reader that never joins a group or commits: it is only assigned
-	// partitions to count records.
-	readerCfg["group.id"] = "purchase-metrics-adapter-marker-check"
-	readerCfg["enable.auto.commit"] = false
-	readerCfg["enable.auto.offset.store"] = false
-	readerCfg["isolation.level"] = "read_committed"
-	readerCfg["enable.partition.eof"] = true
-	readerCfg["fetch.wait.max.ms"] = 10
-	return &Source{admin: admin, producer: producer, bootstrap: fmt.Sprint(bs), obs: obs, metrics: m,
-		RateWindow: 2 * time.Minute, DrainCap: 3600, MarkerCheckMax: 10, GroupIdle: 10 * time.Minute, MaxGroups: 50,
-		rates: map[[2]string]*Rate{}, readerCfg: readerCfg, clientCfg: cfg, groups: map[string]*groupHandle{},
-		ready: make(chan struct{})}, nil
+	s := &Source{cl: cl, adm: kadm.NewClient(cl), bootstrap: props["bootstrap.servers"],
+		obs:        bm.For("kafka", "metadata", "committed_offsets", "end_offsets", "start_offsets", "marker_check"),
+		metrics:    m,
+		RateWindow: 2 * time.Minute, DrainCap: 3600, MarkerCheckMax: 10, StepTimeout: 4 * time.Second, GroupIdle: 10 * time.Minute,
+		rates: map[[2]string]*Rate{}, asked: map[string]time.Time{},
+		wake: make(chan struct{}, 1), rounds: make(chan struct{}, maxRounds), stop: make(chan struct{}),
+		ready: make(chan struct{})}
+	s.stopped.Add(1)
+	go s.dispatch()
+	return s, nil
 }
 
 // Ready reports whether the brokers have answered at least once.
@@ -152,11 +167,8 @@ func (s *Source) Ready() error {
 		return nil
 	default:
 	}
-	t0 := time.Now()
-	_, err := s.admin.GetMetadata(nil, false, 2000)
-	s.obs.Observe("metadata", t0, err)
-	if err != nil {
-		return s.wrap("metadata", err)
+	if err := s.Reachable(); err != nil {
+		return err
 	}
 	s.readyOnce.Do(func() { close(s.ready) })
 	return nil
@@ -165,8 +177,10 @@ func (s *Source) Ready() error {
 // Reachable asks the brokers for metadata now (2 s at most): what the
 // adapter's /readyz shows for Kafka.
 func (s *Source) Reachable() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
 	t0 := time.Now()
-	_, err := s.admin.GetMetadata(nil, false, 2000)
+	_, err := s.adm.BrokerMetadata(ctx)
 	s.obs.Observe("metadata", t0, err)
 	if err != nil {
 		return s.wrap("metadata", err)
@@ -174,229 +188,125 @@ func (s *Source) Reachable() error {
 	return nil
 }
 
-// Close closes the admin client, the group handles and the marker-check
-// reader.
+// Close stops the rounds (questions waiting get an error) and the client.
 func (s *Source) Close() {
-	s.admin.Close()
-	s.producer.Close()
-	s.groupsMu.Lock()
-	for g, r := range s.groups {
-		r.c.Close()
-		delete(s.groups, g)
-	}
-	s.groupsMu.Unlock()
-	s.readerMu.Lock()
-	defer s.readerMu.Unlock()
-	if s.reader != nil {
-		s.reader.Close()
-	}
-}
-
-// span is a stretch of a partition to count records in: [from, to).
-type span struct {
-	topic     string
-	partition int32
-	from, to  int64
-}
-
-// countConsumable reads the spans with read_committed, all partitions at
-// once, and returns how many records a consumer gets in each.
-func (s *Source) countConsumable(ctx context.Context, spans []span) (map[tpKey]int64, error) {
-	s.readerMu.Lock()
-	defer s.readerMu.Unlock()
-	if s.reader == nil {
-		r, err := kafka.NewConsumer(&s.readerCfg)
-		if err != nil {
-			return nil, err
-		}
-		s.reader = r
-	}
-	t0 := time.Now()
-	tps := make([]kafka.TopicPartition, len(spans))
-	left := map[tpKey]int64{} // end offset of each span still being read
-	counts := map[tpKey]int64{}
-	for i, sp := range spans {
-		topic := sp.topic
-		tps[i] = kafka.TopicPartition{Topic: &topic, Partition: sp.partition, Offset: kafka.Offset(sp.from)}
-		left[tpKey{sp.topic, sp.partition}] = sp.to
-		counts[tpKey{sp.topic, sp.partition}] = 0
-	}
-	if err := s.reader.Assign(tps); err != nil {
-		return nil, err
-	}
-	defer func() { _ = s.reader.Unassign() }()
-	deadline := time.Now().Add(5 * time.Second)
-	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
-		deadline = d
-	}
-	var err error
-	for len(left) > 0 && err == nil && time.Now().Before(deadline) {
-		switch ev := s.reader.Poll(100).(type) {
-		case *kafka.Message:
-			k := tpKey{*ev.TopicPartition.Topic, ev.TopicPartition.Partition}
-			to, ok := left[k]
-			if !ok {
-				continue
-			}
-			if off := int64(ev.TopicPartition.Offset); off < to {
-				counts[k]++
-				if off == to-1 {
-					delete(left, k)
-				}
-			} else {
-				delete(left, k)
-			}
-		case kafka.PartitionEOF:
-			// With read_committed the end is the last stable offset: the
-			// markers after the last record are behind it.
-			delete(left, tpKey{*ev.Topic, ev.Partition})
-		case kafka.Error:
-			err = ev
-		}
-	}
-	if err == nil && len(left) > 0 {
-		err = fmt.Errorf("%d partitions not read to their end within the deadline", len(left))
-	}
-	s.obs.Observe("marker_check", t0, err)
-	return counts, err
+	close(s.stop)
+	s.stopped.Wait()
+	s.cl.Close()
 }
 
 func (s *Source) wrap(what string, err error) error {
+	if h := hint(err); h != "" {
+		return fmt.Errorf("kafka at %s: %s: %w (%s)", s.bootstrap, what, err, h)
+	}
 	return fmt.Errorf("kafka at %s: %s: %w", s.bootstrap, what, err)
 }
 
-// Query is what an external metric selector asks for: a store query. One
-// computation gives both kafka_consumergroup_lag and
-// kafka_consumergroup_lag_seconds.
-type Query struct {
-	Groups []string // at least one
-	Topics []string // empty: every topic the group committed on
+// call is one question waiting for its round.
+type call struct {
+	group  string
+	topics []string // empty: every topic the group committed on
+	ctx    context.Context
+	done   chan result
 }
 
-// Key identifies the query in the store.
-func (q Query) Key() string {
-	return "kafka-lag|" + strings.Join(q.Groups, ",") + "|" + strings.Join(q.Topics, ",")
+type result struct {
+	parts []Partition
+	err   error
 }
 
-// ParseSelector reads consumergroup and topic (=, ==, in) from a metric
-// selector; anything else is an error that says what is supported.
-//
-// The consumer group is required. Without it the answer would mean
-// nothing: groups that never read a topic would count its whole log as
-// lag (an HPA would scale to its maximum), and one idle group without
-// commits would fail everyone's request.
-func ParseSelector(sel labels.Selector) (Query, error) {
-	var f Query
-	if sel == nil {
-		sel = labels.Everything()
-	}
-	reqs, _ := sel.Requirements()
-	for _, r := range reqs {
-		op := r.Operator()
-		if op != selection.Equals && op != selection.DoubleEquals && op != selection.In {
-			return f, fmt.Errorf("metric selector %q: only %s and %s with = or in are supported", sel, LabelGroup, LabelTopic)
-		}
-		vals := r.Values().List()
-		switch r.Key() {
-		case LabelGroup:
-			f.Groups = vals
-		case LabelTopic:
-			f.Topics = vals
-		default:
-			return f, fmt.Errorf("metric selector %q: unknown label %q (the labels are %s and %s)", sel, r.Key(), LabelGroup, LabelTopic)
-		}
-	}
-	if len(f.Groups) == 0 {
-		return f, fmt.Errorf("metric selector %q names no consumer group: say whose lag, e.g. %s=purchase-consumer-group,%s=purchases (without a group, groups that never read a topic would count its whole log as lag)",
-			sel, LabelGroup, LabelTopic)
-	}
-	return f, nil
-}
-
-// Fetch computes, for every group and topic the query selects, the lag
-// (one sample per group and topic, summed over partitions, Metric
-// kafka_consumergroup_lag) and the time to drain it (Metric
-// kafka_consumergroup_lag_seconds; missing until two samples of the
-// group's consumption exist).
-func (s *Source) Fetch(ctx context.Context, q Query) ([]store.Sample, error) {
-	return s.compute(ctx, q, true)
-}
-
-// Peek computes what Fetch would, without recording anything: the
-// consumption history behind lag seconds and the "as last served" gauges
-// stay as the HPA path left them (for explaining; its lag seconds use the
-// history as it stands).
-func (s *Source) Peek(ctx context.Context, q Query) ([]store.Sample, error) {
-	return s.compute(ctx, q, false)
-}
-
-func (s *Source) compute(ctx context.Context, q Query, record bool) ([]store.Sample, error) {
-	if len(q.Groups) == 0 {
-		return nil, fmt.Errorf("no consumer group asked for")
-	}
-	var out []store.Sample
-	for _, g := range q.Groups {
-		start := time.Now()
-		parts, err := s.GroupPartitions(ctx, g, q.Topics)
-		if record {
-			s.metrics.computeSeconds.Observe(time.Since(start).Seconds())
-		}
-		if err != nil {
-			return nil, &Error{Group: g, Cause: err}
-		}
-		now := time.Now()
-		for _, t := range ByTopic(g, Calculate(parts)) {
-			labels := map[string]string{LabelGroup: g, LabelTopic: t.Topic}
-			out = append(out, store.Sample{Metric: MetricLag, Labels: labels, Value: float64(t.Lag), Timestamp: now})
-			var rate *Rate
-			if record {
-				s.metrics.lag.WithLabelValues(g, t.Topic).Set(float64(t.Lag))
-				rate = s.observeRate(g, t.Topic, now, t.Committed)
-			} else {
-				rate = s.rateWith(g, t.Topic, now, t.Committed)
-			}
-			perSec, known := rate.PerSecond()
-			if !known && t.Lag > 0 {
-				// Not enough history for a rate yet: missing, not a guess.
-				continue
-			}
-			secs := DrainSeconds(t.Lag, perSec, s.DrainCap)
-			out = append(out, store.Sample{Metric: MetricLagSeconds, Labels: labels, Value: secs, Timestamp: now})
-			if record {
-				s.metrics.lagSeconds.WithLabelValues(g, t.Topic).Set(secs)
-			}
-		}
-	}
-	return out, nil
-}
-
-// rateWith is the group's consumption rate with one more observation,
-// computed on a copy: the kept history is not changed.
-func (s *Source) rateWith(group, topic string, at time.Time, committed int64) *Rate {
+// GroupPartitions fetches, for every partition of the topics (or of every
+// topic the group committed on), the log start, the last stable offset and
+// the group's committed offset, in the next round. Any error — an
+// unreachable broker, a coordinator that moved, a partition missing from
+// an answer — is returned: lag that cannot be known is not 0.
+func (s *Source) GroupPartitions(ctx context.Context, group string, topics []string) ([]Partition, error) {
+	c := &call{group: group, topics: topics, ctx: ctx, done: make(chan result, 1)}
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	cp := Rate{Window: s.RateWindow}
-	if r, ok := s.rates[[2]string{group, topic}]; ok {
-		cp = *r
-		cp.samples = append([]rateSample(nil), r.samples...)
+	s.asked[group] = time.Now()
+	s.mu.Unlock()
+	s.pendingMu.Lock()
+	s.pending = append(s.pending, c)
+	s.pendingMu.Unlock()
+	select {
+	case s.wake <- struct{}{}:
+	default:
 	}
-	cp.Observe(at, committed)
-	return &cp
+	select {
+	case r := <-c.done:
+		return r.parts, r.err
+	case <-ctx.Done():
+		return nil, s.wrap("waiting for the offsets", ctx.Err())
+	case <-s.stop:
+		return nil, s.wrap("waiting for the offsets", errors.New("the lag source is closed"))
+	}
 }
 
-func (s *Source) observeRate(group, topic string, at time.Time, committed int64) *Rate {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	k := [2]string{group, topic}
-	r, ok := s.rates[k]
-	if !ok {
-		r = &Rate{Window: s.RateWindow}
-		s.rates[k] = r
+// dispatch starts a round whenever questions wait and a round may run;
+// questions arriving meanwhile gather for the next round.
+func (s *Source) dispatch() {
+	defer s.stopped.Done()
+	var running sync.WaitGroup
+	defer running.Wait()
+	forget := time.NewTicker(time.Minute)
+	defer forget.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-forget.C:
+			s.forgetIdle()
+			continue
+		case <-s.wake:
+		}
+		select {
+		case s.rounds <- struct{}{}:
+		case <-s.stop:
+			return
+		}
+		s.pendingMu.Lock()
+		calls := s.pending
+		if len(calls) > maxRoundGroups {
+			calls, s.pending = calls[:maxRoundGroups], calls[maxRoundGroups:]
+			select {
+			case s.wake <- struct{}{}:
+			default:
+			}
+		} else {
+			s.pending = nil
+		}
+		s.pendingMu.Unlock()
+		if len(calls) == 0 {
+			<-s.rounds
+			continue
+		}
+		running.Add(1)
+		go func() {
+			defer running.Done()
+			defer func() { <-s.rounds }()
+			s.round(calls)
+		}()
 	}
-	r.Observe(at, committed)
-	cp := *r
-	cp.samples = append([]rateSample(nil), r.samples...)
-	return &cp
+}
+
+// roundContext ends when the latest of the calls' deadlines passes (or the
+// source closes): a caller that gave up does not cut the others short.
+func (s *Source) roundContext(calls []*call) (context.Context, context.CancelFunc) {
+	deadline := time.Now().Add(2 * s.StepTimeout)
+	for _, c := range calls {
+		if d, ok := c.ctx.Deadline(); ok && d.After(deadline) {
+			deadline = d
+		}
+	}
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	go func() {
+		select {
+		case <-s.stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, cancel
 }
 
 type tpKey struct {
@@ -404,246 +314,346 @@ type tpKey struct {
 	partition int32
 }
 
-// GroupPartitions fetches, for every partition of the topics (or of every
-// topic the group committed on), the log start, the last stable offset and
-// the group's committed offset. Any error — an unreachable broker, a
-// coordinator that moved — is returned: lag that cannot be known is not 0.
-func (s *Source) GroupPartitions(ctx context.Context, group string, topics []string) ([]Partition, error) {
-	explicit := len(topics) > 0
-	if !explicit {
-		// Which topics the group consumes is not asked of the group
-		// coordinator (see committed): every topic's partitions are read,
-		// and those the group never committed on are dropped below.
-		t0 := time.Now()
-		md, err := s.admin.GetMetadata(nil, true, timeoutMs(ctx))
-		s.obs.Observe("metadata", t0, err)
-		if err != nil {
-			return nil, s.wrap("metadata", err)
+// round answers calls with one request of each kind.
+func (s *Source) round(calls []*call) {
+	ctx, cancel := s.roundContext(calls)
+	defer cancel()
+	s.metrics.roundGroups.Observe(float64(len(calls)))
+
+	// 1. Committed offsets of every group, in one OffsetFetch per
+	// coordinator.
+	groups := map[string]bool{}
+	var names []string
+	for _, c := range calls {
+		if !groups[c.group] {
+			groups[c.group] = true
+			names = append(names, c.group)
 		}
-		for name := range md.Topics {
-			if !strings.HasPrefix(name, "__") {
-				topics = append(topics, name)
+	}
+	stepCtx, stepCancel := context.WithTimeout(ctx, s.StepTimeout)
+	t0 := time.Now()
+	fetched := s.adm.FetchManyOffsets(stepCtx, names...)
+	stepCancel()
+	var fetchErr error
+	if fetched.AllFailed() {
+		for _, r := range fetched {
+			fetchErr = r.Err
+			break
+		}
+	}
+	s.obs.Observe("committed_offsets", t0, fetchErr)
+	committed := map[string]map[tpKey]int64{}
+	groupErr := map[string]error{}
+	for _, g := range names {
+		r, ok := fetched[g]
+		switch {
+		case !ok:
+			groupErr[g] = s.wrap("committed offsets", errors.New("the brokers' answer left the group out"))
+			continue
+		case r.Err != nil:
+			groupErr[g] = s.wrap("committed offsets", r.Err)
+			continue
+		}
+		offs := map[tpKey]int64{}
+		var errs []string
+		r.Fetched.Each(func(o kadm.OffsetResponse) {
+			switch {
+			case o.Err != nil:
+				errs = append(errs, fmt.Sprintf("%s[%d]: %v", o.Topic, o.Partition, o.Err))
+			case o.At >= 0:
+				offs[tpKey{o.Topic, o.Partition}] = o.At
 			}
+		})
+		if len(errs) > 0 {
+			sort.Strings(errs)
+			groupErr[g] = s.wrap("committed offsets", errors.New(strings.Join(errs, "; ")))
+			continue
 		}
-		sort.Strings(topics)
+		committed[g] = offs
 	}
-	// Every partition from metadata: a partition the group never committed
-	// is absent from its offsets but has lag all the same.
-	var tps []kafka.TopicPartition
-	for _, topic := range topics {
-		t0 := time.Now()
-		md, err := s.admin.GetMetadata(&topic, false, timeoutMs(ctx))
-		s.obs.Observe("metadata", t0, err)
-		if err != nil {
-			return nil, s.wrap("metadata of topic "+topic, err)
+
+	// 2. The topics each call concerns: the named ones, or those its group
+	// committed on.
+	topicsOf := make([][]string, len(calls))
+	need := map[string]bool{}
+	for i, c := range calls {
+		if groupErr[c.group] != nil {
+			continue
 		}
-		tm, ok := md.Topics[topic]
-		if !ok || tm.Error.Code() != kafka.ErrNoError {
-			return nil, s.wrap("metadata of topic "+topic, fmt.Errorf("%v", tm.Error))
-		}
-		for _, p := range tm.Partitions {
-			tps = append(tps, kafka.TopicPartition{Topic: &topic, Partition: p.ID})
-		}
-	}
-	committed, err := s.committed(ctx, group, tps)
-	if err != nil {
-		return nil, err
-	}
-	if !explicit {
-		consumed := map[string]bool{}
-		for k := range committed {
-			consumed[k.topic] = true
-		}
-		kept := tps[:0]
-		for _, tp := range tps {
-			if consumed[*tp.Topic] {
-				kept = append(kept, tp)
+		topics := c.topics
+		if len(topics) == 0 {
+			seen := map[string]bool{}
+			for k := range committed[c.group] {
+				if !seen[k.topic] && !strings.HasPrefix(k.topic, "__") {
+					seen[k.topic] = true
+					topics = append(topics, k.topic)
+				}
 			}
+			sort.Strings(topics)
 		}
-		tps = kept
-		if len(tps) == 0 {
-			return nil, fmt.Errorf("the group has committed no offsets: name its topic in the selector (%s=...)", LabelTopic)
+		topicsOf[i] = topics
+		for _, t := range topics {
+			need[t] = true
 		}
 	}
-	end, err := s.offsets(ctx, tps, kafka.LatestOffsetSpec)
-	if err != nil {
-		return nil, err
+
+	// 3. Their partitions (every partition: one the group never committed
+	// on has lag all the same), log start and last stable offsets.
+	stepCtx, stepCancel = context.WithTimeout(ctx, s.StepTimeout)
+	defer stepCancel()
+	logs, topicErr := s.logOffsets(stepCtx, need)
+
+	// 4. Each call's partitions; short spans are counted for markers.
+	type answer struct {
+		parts []Partition
+		err   error
 	}
-	start, err := s.offsets(ctx, tps, kafka.EarliestOffsetSpec)
-	if err != nil {
-		return nil, err
-	}
-	out := make([]Partition, 0, len(tps))
+	answers := make([]answer, len(calls))
 	var spans []span
-	for _, tp := range tps {
-		k := tpKey{*tp.Topic, tp.Partition}
-		c, ok := committed[k]
-		if !ok {
-			c = NoOffset
+	for i, c := range calls {
+		if err := groupErr[c.group]; err != nil {
+			answers[i].err = err
+			continue
 		}
-		p := Partition{Topic: k.topic, Partition: k.partition, Start: start[k], End: end[k], Committed: c}
-		if d := p.End - p.Committed; c >= p.Start && d > 0 && d <= s.MarkerCheckMax {
-			spans = append(spans, span{p.Topic, p.Partition, p.Committed, p.End})
+		if len(topicsOf[i]) == 0 {
+			answers[i].err = fmt.Errorf("the group has committed no offsets: name its topic in the selector (%s=...)", LabelTopic)
+			continue
 		}
-		out = append(out, p)
+		var parts []Partition
+		for _, t := range topicsOf[i] {
+			if err := topicErr[t]; err != nil {
+				answers[i].err = err
+				break
+			}
+			for _, p := range logs[t] {
+				c, ok := committed[c.group][tpKey{t, p.partition}]
+				if !ok {
+					c = NoOffset
+				}
+				part := Partition{Topic: t, Partition: p.partition, Start: p.start, End: p.end, Committed: c}
+				if d := part.End - part.Committed; c >= part.Start && d > 0 && d <= s.MarkerCheckMax {
+					spans = append(spans, span{t, p.partition, part.Committed, part.End})
+				}
+				parts = append(parts, part)
+			}
+		}
+		if answers[i].err == nil {
+			answers[i].parts = parts
+		}
 	}
 	if len(spans) > 0 {
 		counts, err := s.countConsumable(ctx, spans)
-		if err != nil {
-			return nil, s.wrap("counting records after the commit", err)
-		}
-		for i := range out {
-			if n, ok := counts[tpKey{out[i].Topic, out[i].Partition}]; ok {
-				out[i].Consumable = &n
+		for i := range answers {
+			for j, p := range answers[i].parts {
+				if d := p.End - p.Committed; p.Committed >= p.Start && d > 0 && d <= s.MarkerCheckMax {
+					if err != nil {
+						answers[i].err, answers[i].parts = s.wrap("counting records after the commit", err), nil
+						break
+					}
+					n := counts.between(tpKey{p.Topic, p.Partition}, p.Committed, p.End)
+					answers[i].parts[j].Consumable = &n
+				}
 			}
 		}
 	}
-	return out, nil
+	for i, c := range calls {
+		c.done <- result{answers[i].parts, answers[i].err}
+	}
 }
 
-// committed reads the group's committed offsets for tps through a
-// consumer handle of the group (created on first use, kept while the group
-// is asked about). The admin API's ListConsumerGroupOffsets is not used:
-// when the coordinator moves and a broker answers NOT_COORDINATOR,
-// librdkafka's admin path dereferences a missing group handle and crashes
-// the process (librdkafka #5040); a consumer handle re-finds the
-// coordinator and retries, and past the deadline it is an error.
-func (s *Source) committed(ctx context.Context, group string, tps []kafka.TopicPartition) (map[tpKey]int64, error) {
-	r, err := s.groupReader(group)
-	if err != nil {
-		return nil, s.wrap("committed offsets", err)
+// partitionLog is one partition's log start and last stable offset.
+type partitionLog struct {
+	partition  int32
+	start, end int64
+}
+
+// logOffsets reads the partitions of topics (metadata), then their log
+// start and last stable offsets (ListOffsets, split by leader). A topic
+// with any failure gets an error naming it; so does a partition missing
+// from an answer (never a 0).
+func (s *Source) logOffsets(ctx context.Context, topics map[string]bool) (map[string][]partitionLog, map[string]error) {
+	errs := map[string]error{}
+	if len(topics) == 0 {
+		return nil, errs
+	}
+	names := make([]string, 0, len(topics))
+	for t := range topics {
+		names = append(names, t)
+	}
+	sort.Strings(names)
+	fail := func(what string, err error) (map[string][]partitionLog, map[string]error) {
+		for _, t := range names {
+			if errs[t] == nil {
+				errs[t] = s.wrap(what, err)
+			}
+		}
+		return nil, errs
+	}
+
+	md := kmsg.NewPtrMetadataRequest()
+	md.AllowAutoTopicCreation = false
+	for _, t := range names {
+		rt := kmsg.NewMetadataRequestTopic()
+		rt.Topic = kmsg.StringPtr(t)
+		md.Topics = append(md.Topics, rt)
 	}
 	t0 := time.Now()
-	res, err := r.Committed(tps, timeoutMs(ctx))
-	s.obs.Observe("committed_offsets", t0, err)
+	mdResp, err := md.RequestWith(ctx, s.cl)
+	s.obs.Observe("metadata", t0, err)
 	if err != nil {
-		return nil, s.wrap("committed offsets", err)
+		return fail("metadata", err)
 	}
-	out := map[tpKey]int64{}
-	var errs []string
-	for _, tp := range res {
-		if tp.Error != nil {
-			errs = append(errs, fmt.Sprintf("%s[%d]: %v", *tp.Topic, tp.Partition, tp.Error))
+	logs := map[string][]partitionLog{}
+	for _, t := range mdResp.Topics {
+		if t.Topic == nil || !topics[*t.Topic] {
 			continue
 		}
-		if tp.Offset >= 0 {
-			out[tpKey{*tp.Topic, tp.Partition}] = int64(tp.Offset)
+		if err := kerr.ErrorForCode(t.ErrorCode); err != nil {
+			errs[*t.Topic] = s.wrap("metadata of topic "+*t.Topic, err)
+			continue
+		}
+		for _, p := range t.Partitions {
+			logs[*t.Topic] = append(logs[*t.Topic], partitionLog{partition: p.Partition})
 		}
 	}
-	if len(errs) > 0 {
-		return nil, s.wrap("committed offsets", errors.New(strings.Join(errs, "; ")))
+	for _, t := range names {
+		if errs[t] == nil && len(logs[t]) == 0 {
+			errs[t] = s.wrap("metadata of topic "+t, errors.New("the brokers' answer has no partitions for it"))
+		}
 	}
-	return out, nil
+	for t, ps := range logs {
+		sort.Slice(ps, func(i, j int) bool { return ps[i].partition < ps[j].partition })
+		logs[t] = ps
+	}
+
+	var wg sync.WaitGroup
+	var start, end map[tpKey]int64
+	var startErrs, endErrs map[string]error
+	wg.Add(2)
+	go func() { defer wg.Done(); start, startErrs = s.listOffsets(ctx, logs, errs, -2, "start_offsets") }()
+	go func() { defer wg.Done(); end, endErrs = s.listOffsets(ctx, logs, errs, -1, "end_offsets") }()
+	wg.Wait()
+	for _, m := range []map[string]error{startErrs, endErrs} {
+		for t, err := range m {
+			if errs[t] == nil {
+				errs[t] = err
+			}
+		}
+	}
+	for t, ps := range logs {
+		if errs[t] != nil {
+			delete(logs, t)
+			continue
+		}
+		for i := range ps {
+			k := tpKey{t, ps[i].partition}
+			ps[i].start, ps[i].end = start[k], end[k]
+		}
+	}
+	return logs, errs
 }
 
-// groupReader returns the consumer handle of group, creating it on first
-// use, and closes handles of groups not asked about for GroupIdle. It
-// never subscribes, so it never joins the group; it only reads offsets.
-func (s *Source) groupReader(group string) (*kafka.Consumer, error) {
-	s.groupsMu.Lock()
-	defer s.groupsMu.Unlock()
-	now := time.Now()
-	for g, r := range s.groups {
-		if g != group && now.Sub(r.lastUsed) > s.GroupIdle {
-			r.c.Close()
-			delete(s.groups, g)
-			s.forget(g)
+// listOffsets asks each partition's leader for the offset at timestamp -2
+// (log start) or -1 (with read_committed: the last stable offset).
+func (s *Source) listOffsets(ctx context.Context, logs map[string][]partitionLog, skip map[string]error, timestamp int64, kind string) (map[tpKey]int64, map[string]error) {
+	req := kmsg.NewPtrListOffsetsRequest()
+	req.ReplicaID = -1
+	req.IsolationLevel = 1 // read_committed
+	want := 0
+	for t, ps := range logs {
+		if skip[t] != nil {
+			continue
+		}
+		rt := kmsg.NewListOffsetsRequestTopic()
+		rt.Topic = t
+		for _, p := range ps {
+			rp := kmsg.NewListOffsetsRequestTopicPartition()
+			rp.Partition = p.partition
+			rp.Timestamp = timestamp
+			rp.CurrentLeaderEpoch = -1
+			rt.Partitions = append(rt.Partitions, rp)
+			want++
+		}
+		req.Topics = append(req.Topics, rt)
+	}
+	out := make(map[tpKey]int64, want)
+	errs := map[string]error{}
+	if want == 0 {
+		return out, errs
+	}
+	t0 := time.Now()
+	shards := s.cl.RequestSharded(ctx, req)
+	var firstErr error
+	for _, sh := range shards {
+		r := sh.Req.(*kmsg.ListOffsetsRequest)
+		if sh.Err != nil {
+			firstErr = sh.Err
+			for _, t := range r.Topics {
+				errs[t.Topic] = s.wrap(kind+" of topic "+t.Topic, sh.Err)
+			}
+			continue
+		}
+		for _, t := range sh.Resp.(*kmsg.ListOffsetsResponse).Topics {
+			for _, p := range t.Partitions {
+				if err := kerr.ErrorForCode(p.ErrorCode); err != nil {
+					firstErr = err
+					errs[t.Topic] = s.wrap(fmt.Sprintf("%s of %s[%d]", kind, t.Topic, p.Partition), err)
+					continue
+				}
+				if p.Offset < 0 {
+					// No error, no offset: not an answer (librdkafka
+					// passes this on as offset -1001).
+					firstErr = fmt.Errorf("offset %d", p.Offset)
+					errs[t.Topic] = s.wrap(kind, fmt.Errorf("no offset returned for %s[%d] (the broker answered %d)", t.Topic, p.Partition, p.Offset))
+					continue
+				}
+				out[tpKey{t.Topic, p.Partition}] = p.Offset
+			}
 		}
 	}
-	if r, ok := s.groups[group]; ok {
-		r.lastUsed = now
-		// Nothing is consumed, but client errors (a broker down) queue
-		// up as events until polled: drain them.
-		for ev := r.c.Poll(0); ev != nil; ev = r.c.Poll(0) {
+	s.obs.Observe(kind, t0, firstErr)
+	for t, ps := range logs {
+		if skip[t] != nil || errs[t] != nil {
+			continue
 		}
-		return r.c, nil
+		for _, p := range ps {
+			if _, ok := out[tpKey{t, p.partition}]; !ok {
+				errs[t] = s.wrap(kind, fmt.Errorf("no offset returned for %s[%d]", t, p.partition))
+				break
+			}
+		}
 	}
-	if s.MaxGroups > 0 && len(s.groups) >= s.MaxGroups {
-		return nil, fmt.Errorf("the adapter already reads the offsets of %d consumer groups (--kafka-max-groups), each asked about in the last %s; not opening one more for %q", len(s.groups), s.GroupIdle, group)
-	}
-	cfg := kafka.ConfigMap{}
-	for k, v := range s.clientCfg {
-		cfg[k] = v
-	}
-	cfg["group.id"] = group
-	cfg["enable.auto.commit"] = false
-	cfg["enable.auto.offset.store"] = false
-	c, err := kafka.NewConsumer(&cfg)
-	if err != nil {
-		return nil, err
-	}
-	s.groups[group] = &groupHandle{c: c, lastUsed: now}
-	return c, nil
+	return out, errs
 }
 
-// forget drops what is kept about a group nobody asks about any more: its
-// consumption history and its last values, which would read as current on
-// a dashboard.
-func (s *Source) forget(group string) {
+// forgetIdle drops what is kept about groups nobody asked about for
+// GroupIdle: their consumption history and their last values, which would
+// read as current on a dashboard.
+func (s *Source) forgetIdle() {
 	s.mu.Lock()
+	var idle []string
+	for g, at := range s.asked {
+		if time.Since(at) > s.GroupIdle {
+			idle = append(idle, g)
+			delete(s.asked, g)
+		}
+	}
 	for k := range s.rates {
-		if k[0] == group {
+		if _, ok := s.asked[k[0]]; !ok {
 			delete(s.rates, k)
 		}
 	}
 	s.mu.Unlock()
-	s.metrics.lag.DeletePartialMatch(map[string]string{LabelGroup: group})
-	s.metrics.lagSeconds.DeletePartialMatch(map[string]string{LabelGroup: group})
+	for _, g := range idle {
+		s.metrics.lag.DeletePartialMatch(map[string]string{LabelGroup: g})
+		s.metrics.lagSeconds.DeletePartialMatch(map[string]string{LabelGroup: g})
+	}
 }
 
-// OpenGroups is the number of consumer groups with an open offsets
-// handle.
-func (s *Source) OpenGroups() int {
-	s.groupsMu.Lock()
-	defer s.groupsMu.Unlock()
-	return len(s.groups)
-}
-
-type groupHandle struct {
-	c        *kafka.Consumer
-	lastUsed time.Time
-}
-
-// offsets lists the earliest or latest (read_committed: last stable)
-// offset of each partition.
-func (s *Source) offsets(ctx context.Context, tps []kafka.TopicPartition, spec kafka.OffsetSpec) (map[tpKey]int64, error) {
-	req := make(map[kafka.TopicPartition]kafka.OffsetSpec, len(tps))
-	for _, tp := range tps {
-		req[tp] = spec
-	}
-	kind := "end_offsets"
-	if spec == kafka.EarliestOffsetSpec {
-		kind = "start_offsets"
-	}
-	t0 := time.Now()
-	res, err := s.admin.ListOffsets(ctx, req, kafka.SetAdminIsolationLevel(kafka.IsolationLevelReadCommitted))
-	s.obs.Observe(kind, t0, err)
-	if err != nil {
-		return nil, s.wrap(kind, err)
-	}
-	out := make(map[tpKey]int64, len(res.ResultInfos))
-	var errs []string
-	for tp, info := range res.ResultInfos {
-		if info.Error.Code() != kafka.ErrNoError {
-			errs = append(errs, fmt.Sprintf("%s[%d]: %v", *tp.Topic, tp.Partition, info.Error))
-			continue
-		}
-		out[tpKey{*tp.Topic, tp.Partition}] = int64(info.Offset)
-	}
-	if len(errs) > 0 {
-		return nil, s.wrap(kind, errors.New(strings.Join(errs, "; ")))
-	}
-	for _, tp := range tps {
-		if _, ok := out[tpKey{*tp.Topic, tp.Partition}]; !ok {
-			return nil, s.wrap(kind, fmt.Errorf("no offset returned for %s[%d]", *tp.Topic, tp.Partition))
-		}
-	}
-	return out, nil
-}
-
-func timeoutMs(ctx context.Context) int {
-	if d, ok := ctx.Deadline(); ok {
-		return int(max(time.Until(d), 100*time.Millisecond).Milliseconds())
-	}
-	return 5000
+// KnownGroups is the number of consumer groups asked about in the last
+// GroupIdle.
+func (s *Source) KnownGroups() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.asked)
 }

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -157,7 +158,7 @@ func consume(t testing.TB, bootstrap, group, topic string, consumed []int) {
 
 func source(t testing.TB, bootstrap string) *lag.Source {
 	t.Helper()
-	s, err := lag.NewSource(kafka.ConfigMap{"bootstrap.servers": bootstrap}, nil, nil)
+	s, err := lag.NewSource(map[string]string{"bootstrap.servers": bootstrap}, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -199,7 +200,7 @@ func TestLagIsProducedMinusConsumed(t *testing.T) {
 		produce(t, bootstrap, topic, produced, false)
 		consume(t, bootstrap, group, topic, consumed)
 		reg := prometheus.NewRegistry()
-		s, err := lag.NewSource(kafka.ConfigMap{"bootstrap.servers": bootstrap}, nil, lag.NewMetrics(reg))
+		s, err := lag.NewSource(map[string]string{"bootstrap.servers": bootstrap}, nil, lag.NewMetrics(reg))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -276,7 +277,7 @@ func TestLagMatchesKafkaConsumerGroupsTool(t *testing.T) {
 }
 
 func TestUnreachableBrokerIsAnErrorNotZero(t *testing.T) {
-	s, err := lag.NewSource(kafka.ConfigMap{"bootstrap.servers": "127.0.0.1:1", "socket.connection.setup.timeout.ms": 1000}, nil, nil)
+	s, err := lag.NewSource(map[string]string{"bootstrap.servers": "127.0.0.1:1", "socket.connection.setup.timeout.ms": "1000"}, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -386,82 +387,111 @@ func TestCoordinatorMovingIsAnErrorNotZero(t *testing.T) {
 	t.Logf("error served: %v", err)
 }
 
-// threads is the process's OS thread count.
-func threads(t *testing.T) int {
-	t.Helper()
-	b, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, "Threads:"); ok {
-			n, _ := strconv.Atoi(strings.TrimSpace(v))
-			return n
+// connections counts the established TCP connections to port on
+// loopback (both ends of an in-process broker's connections are this
+// process's: only the client ends, whose remote port is the broker's,
+// count).
+func connections(port int) int {
+	n := 0
+	for _, f := range []string{"/proc/self/net/tcp", "/proc/self/net/tcp6"} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		for _, l := range strings.Split(string(b), "\n")[1:] {
+			fs := strings.Fields(l)
+			if len(fs) < 4 || fs[3] != "01" { // 01: ESTABLISHED
+				continue
+			}
+			if _, rport, ok := strings.Cut(fs[2], ":"); ok {
+				if p, err := strconv.ParseInt(rport, 16, 32); err == nil && int(p) == port {
+					n++
+				}
+			}
 		}
 	}
-	return 0
+	return n
 }
 
-// Anyone who may create an HPA can name any consumer group; each group
-// asked about costs a Kafka client (threads, connections). 500 distinct
-// groups: past the bound they are refused with an error that says why, and
-// the threads stay within the bound's worth.
-func TestManyGroupsAreBounded(t *testing.T) {
+// Anyone who may create an HPA can name any consumer group, and a cluster
+// has thousands. 3,000 groups asked about at once, as the store's refresh
+// does: every one is answered right, in rounds of many groups, through
+// connections bounded by the brokers (one here), not by the groups.
+func TestThousandsOfGroupsShareOneClient(t *testing.T) {
 	topic := unique("many")
-	_, bootstrap := testkafka.Fake(t, topic)
+	cluster, bootstrap := testkafka.Fake(t, topic)
+	_ = cluster
+	produce(t, bootstrap, topic, []int{100}, false)
 	// The groups exist, each with a commit (kfake refuses offsets of a
-	// group it never saw; Kafka would answer "none").
+	// group it never saw; Kafka would answer "none"): group i is at
+	// offset i%100, so its lag is 100 - i%100.
+	const groups = 3000
 	cl, err := kgo.NewClient(kgo.SeedBrokers(bootstrap))
 	if err != nil {
 		t.Fatal(err)
 	}
 	adm := kadm.NewClient(cl)
 	ctx := context.Background()
-	for i := range 500 {
+	for i := range groups {
 		var o kadm.Offsets
-		o.AddOffset(topic, 0, 0, -1)
-		if _, err := adm.CommitOffsets(ctx, fmt.Sprintf("g-%03d", i), o); err != nil {
+		o.AddOffset(topic, 0, int64(i%100), -1)
+		if _, err := adm.CommitOffsets(ctx, fmt.Sprintf("g-%04d", i), o); err != nil {
 			t.Fatal(err)
 		}
 	}
 	cl.Close()
-	s, err := lag.NewSource(kafka.ConfigMap{"bootstrap.servers": bootstrap, "fetch.wait.max.ms": 50}, nil, nil)
+	_, portStr, _ := strings.Cut(bootstrap, ":")
+	port, _ := strconv.Atoi(portStr)
+	before := connections(port)
+
+	reg := prometheus.NewRegistry()
+	s, err := lag.NewSource(map[string]string{"bootstrap.servers": bootstrap}, nil, lag.NewMetrics(reg))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	s.MaxGroups = 20
-	base := threads(t)
-	var refused, other int
-	var firstErr error
-	perGroup := 0
-	for i := range 500 {
-		_, err := s.Fetch(ctx, lag.Query{Groups: []string{fmt.Sprintf("g-%03d", i)}, Topics: []string{topic}})
-		if i == 9 {
-			perGroup = (threads(t) - base) / 10
-		}
-		switch {
-		case err == nil:
-		case strings.Contains(err.Error(), "already reads the offsets of 20 consumer groups"):
-			refused++
-			if firstErr == nil {
-				firstErr = err
+	s.MarkerCheckMax = 0 // every group's lag is data, not markers
+	var wg sync.WaitGroup
+	errs := make([]error, groups)
+	lags := make([]float64, groups)
+	for i := range groups {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			defer cancel()
+			samples, err := s.Fetch(ctx, lag.Query{Groups: []string{fmt.Sprintf("g-%04d", i)}, Topics: []string{topic}})
+			if err == nil && len(samples) > 0 {
+				lags[i] = samples[0].Value
 			}
-		default:
-			other++
-			t.Errorf("group %d: %v", i, err)
+			errs[i] = err
+		}()
+	}
+	wg.Wait()
+	for i := range groups {
+		if errs[i] != nil || lags[i] != float64(100-i%100) {
+			t.Fatalf("group %d: lag %v, err %v; want %d", i, lags[i], errs[i], 100-i%100)
 		}
 	}
-	if refused != 480 || other != 0 {
-		t.Fatalf("%d refused (first: %v), %d other errors: want the 20 first answered and 480 refused naming the bound", refused, firstErr, other)
+	open := connections(port) - before
+	mf, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
 	}
-	if s.OpenGroups() != 20 {
-		t.Fatalf("%d group handles open, want 20", s.OpenGroups())
+	var rounds uint64
+	for _, f := range mf {
+		if f.GetName() == "adapter_kafka_lag_round_groups" {
+			rounds = f.GetMetric()[0].GetHistogram().GetSampleCount()
+		}
 	}
-	grown := threads(t) - base
-	t.Logf("threads: %d per group, %d more after 500 groups asked (bound 20); refusal: %v", perGroup, grown, firstErr)
-	if grown > 20*perGroup+20 {
-		t.Fatalf("threads grew by %d for 20 groups of %d each", grown, perGroup)
+	t.Logf("%d groups answered in %d rounds through %d connections", groups, rounds, open)
+	// kgo opens a few connections per broker (requests, fetches); one
+	// client per group would open thousands.
+	if open < 1 || open > 4 {
+		t.Fatalf("%d connections to the one broker for %d groups: want between 1 and 4 (one client)", open, groups)
+	}
+	if rounds == 0 || rounds > groups/10 {
+		t.Fatalf("%d rounds for %d groups asked at once: want them read together, not one by one", rounds, groups)
 	}
 }
 
@@ -475,7 +505,7 @@ func TestPeekRecordsNothing(t *testing.T) {
 	produce(t, bootstrap, topic, []int{10, 10}, false)
 	consume(t, bootstrap, group, topic, []int{5, 5})
 	reg := prometheus.NewRegistry()
-	s, err := lag.NewSource(kafka.ConfigMap{"bootstrap.servers": bootstrap}, nil, lag.NewMetrics(reg))
+	s, err := lag.NewSource(map[string]string{"bootstrap.servers": bootstrap}, nil, lag.NewMetrics(reg))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -506,4 +536,52 @@ func servedLagIs(reg *prometheus.Registry, group, topic string, lag int) error {
 adapter_kafka_consumergroup_lag{consumergroup=%q,topic=%q} %d
 `, group, topic, lag)
 	return testutil.GatherAndCompare(reg, strings.NewReader(want), "adapter_kafka_consumergroup_lag")
+}
+
+// A broker's ListOffsets answer that leaves a partition out, or gives it
+// no offset without an error, is not a lag of 0 (librdkafka hands the
+// latter on as offset -1001 with no error): the HPA gets an error.
+func TestPartitionMissingFromTheOffsetsAnswerIsAnError(t *testing.T) {
+	for _, how := range []string{"left out", "offset -1"} {
+		t.Run(how, func(t *testing.T) {
+			topic, group := unique("missing"), unique("group")
+			cluster, bootstrap := testkafka.Fake(t, topic)
+			produce(t, bootstrap, topic, []int{5, 5, 5, 5, 5}, false)
+			consume(t, bootstrap, group, topic, []int{5, 5, 5, 5, 5})
+			s := source(t, bootstrap)
+			if got := fetchLag(t, s, group, topic); got != 0 {
+				t.Fatalf("lag = %v, want 0", got)
+			}
+			produce(t, bootstrap, topic, []int{0, 0, 9, 0, 0}, false)
+			cluster.ControlKey(int16(kmsg.ListOffsets), func(req kmsg.Request) (kmsg.Response, error, bool) {
+				cluster.KeepControl()
+				r := req.(*kmsg.ListOffsetsRequest)
+				resp := r.ResponseKind().(*kmsg.ListOffsetsResponse)
+				resp.Version = r.Version
+				for _, rt := range r.Topics {
+					t := kmsg.NewListOffsetsResponseTopic()
+					t.Topic = rt.Topic
+					for _, p := range rt.Partitions {
+						rp := kmsg.NewListOffsetsResponseTopicPartition()
+						rp.Partition, rp.Offset, rp.LeaderEpoch = p.Partition, 5, -1
+						if p.Partition == 2 {
+							if how == "left out" {
+								continue
+							}
+							rp.Offset = -1
+						}
+						t.Partitions = append(t.Partitions, rp)
+					}
+					resp.Topics = append(resp.Topics, t)
+				}
+				return resp, nil, true
+			})
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			samples, err := s.Fetch(ctx, lag.Query{Groups: []string{group}, Topics: []string{topic}})
+			if err == nil || len(samples) != 0 || !strings.Contains(err.Error(), "no offset returned for "+topic+"[2]") {
+				t.Fatalf("samples %v, err %v: want an error naming partition 2, no value", samples, err)
+			}
+		})
+	}
 }

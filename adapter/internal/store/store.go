@@ -27,6 +27,15 @@ type Query interface {
 	Key() string
 }
 
+// Coalescing is implemented by queries whose source gathers concurrent
+// fetches into shared backend requests and bounds its own load (the Kafka
+// lag source reads every waiting group in one round): their fetches take
+// no MaxInFlight slot, which would cap what one round can gather.
+type Coalescing interface {
+	Query
+	Coalesces() bool
+}
+
 // Sample is one value: for an object (custom metrics) or a label set
 // (external metrics), at the time its data was taken.
 type Sample struct {
@@ -246,6 +255,11 @@ func (s *Store) startFetch(e *entry) chan struct{} {
 		defer cancel()
 		var samples []Sample
 		var err error
+		if c, ok := q.(Coalescing); ok && c.Coalesces() {
+			samples, err = s.fetcher.Fetch(ctx, q)
+			s.finish(e, done, samples, err)
+			return
+		}
 		select {
 		case s.slots <- struct{}{}:
 			s.metrics.inflight.Inc()
@@ -255,13 +269,18 @@ func (s *Store) startFetch(e *entry) chan struct{} {
 		case <-ctx.Done():
 			err = fmt.Errorf("no fetch slot free within %s: %d fetches already running", s.timeout, cap(s.slots))
 		}
-		s.mu.Lock()
-		e.val = Value{Samples: samples, FetchedAt: time.Now(), Err: err}
-		e.inflight = nil
-		s.mu.Unlock()
-		close(done)
+		s.finish(e, done, samples, err)
 	}()
 	return done
+}
+
+// finish stores a fetch's result and wakes its waiters.
+func (s *Store) finish(e *entry, done chan struct{}, samples []Sample, err error) {
+	s.mu.Lock()
+	e.val = Value{Samples: samples, FetchedAt: time.Now(), Err: err}
+	e.inflight = nil
+	s.mu.Unlock()
+	close(done)
 }
 
 // Run refreshes wanted queries before they go stale and drops unwanted

@@ -215,11 +215,11 @@ func TestANoisyNamespaceCannotDenyAQuietOne(t *testing.T) {
 	}
 }
 
-// At most MaxInFlight fetches run at once, however many queries wait.
-func TestFetchesInFlightAreBounded(t *testing.T) {
+// blockingFetcher's fetches wait for release; peak is the most that ran
+// at once.
+func blockingFetcher(release chan struct{}) (store.Fetcher, *atomic.Int64) {
 	var running, peak atomic.Int64
-	release := make(chan struct{})
-	f := store.FetcherFunc(func(ctx context.Context, q store.Query) ([]store.Sample, error) {
+	return store.FetcherFunc(func(ctx context.Context, q store.Query) ([]store.Sample, error) {
 		n := running.Add(1)
 		for {
 			p := peak.Load()
@@ -230,7 +230,13 @@ func TestFetchesInFlightAreBounded(t *testing.T) {
 		<-release
 		running.Add(-1)
 		return nil, nil
-	})
+	}), &peak
+}
+
+// At most MaxInFlight fetches run at once, however many queries wait.
+func TestFetchesInFlightAreBounded(t *testing.T) {
+	release := make(chan struct{})
+	f, peak := blockingFetcher(release)
 	s := store.New(f, store.Options{Fresh: time.Minute, MaxInFlight: 4, FetchTimeout: 10 * time.Second})
 	var wg sync.WaitGroup
 	for i := range 20 {
@@ -240,6 +246,37 @@ func TestFetchesInFlightAreBounded(t *testing.T) {
 	time.Sleep(100 * time.Millisecond)
 	if p := peak.Load(); p != 4 {
 		t.Fatalf("%d fetches ran at once, want 4", p)
+	}
+	close(release)
+	wg.Wait()
+}
+
+type coalescing struct{ query }
+
+func (coalescing) Coalesces() bool { return true }
+
+// A source that gathers concurrent fetches into one round (Kafka lag)
+// gets them all at once: the fetch slots would cap a round at
+// MaxInFlight, and fetches of other queries still wait for slots.
+func TestCoalescingQueriesAreNotCappedBySlots(t *testing.T) {
+	release := make(chan struct{})
+	f, peak := blockingFetcher(release)
+	s := store.New(f, store.Options{Fresh: time.Minute, MaxInFlight: 4, FetchTimeout: 10 * time.Second})
+	var wg sync.WaitGroup
+	for i := range 50 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, _ = s.Get(context.Background(), coalescing{query(fmt.Sprint("lag-", i))})
+		}()
+	}
+	for i := range 10 {
+		wg.Add(1)
+		go func() { defer wg.Done(); _, _ = s.Get(context.Background(), query(fmt.Sprint(i))) }()
+	}
+	time.Sleep(200 * time.Millisecond)
+	if p := peak.Load(); p != 54 {
+		t.Fatalf("%d fetches ran at once, want 54 (the 50 coalescing ones and 4 slots)", p)
 	}
 	close(release)
 	wg.Wait()

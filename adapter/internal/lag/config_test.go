@@ -1,0 +1,97 @@
+package lag_test
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/purchase-system/purchase-system/adapter/internal/lag"
+)
+
+// writePair writes a self-signed certificate and its key as PEM files.
+func writePair(t *testing.T, dir string) (certFile, keyFile string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "client"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return certFile, keyFile
+}
+
+// The librdkafka names users already have keep working with the lag
+// source's client; every mistake is refused naming the property to fix.
+func TestLibrdkafkaPropertiesBecomeClientOptions(t *testing.T) {
+	dir := t.TempDir()
+	cert, key := writePair(t, dir)
+	ok := []string{
+		"",
+		"client.id=adapter,socket.connection.setup.timeout.ms=3000",
+		"security.protocol=SASL_SSL,sasl.mechanism=SCRAM-SHA-512,sasl.username=u,sasl.password=p,ssl.ca.location=" + cert,
+		"security.protocol=sasl_plaintext,sasl.mechanisms=PLAIN,sasl.username=u,sasl.password=p",
+		"security.protocol=SASL_SSL,sasl.mechanism=SCRAM-SHA-256,sasl.username=u,sasl.password=p",
+		"security.protocol=SSL,ssl.ca.location=" + cert + ",ssl.certificate.location=" + cert + ",ssl.key.location=" + key,
+		"security.protocol=ssl,ssl.endpoint.identification.algorithm=none,ssl.ca.location=" + cert,
+	}
+	for _, extra := range ok {
+		props, err := lag.ParseProperties(extra)
+		if err != nil {
+			t.Fatalf("%q: %v", extra, err)
+		}
+		props["bootstrap.servers"] = "127.0.0.1:9092"
+		if _, err := lag.ClientOptions(props); err != nil {
+			t.Errorf("%q: %v", extra, err)
+		}
+	}
+	bad := map[string]string{
+		"fetch.wait.max.ms=50":    "fetch.wait.max.ms: not a property the lag source uses",
+		"security.protocol=tls":   "security.protocol",
+		"ssl.ca.location=" + cert: "ssl.ca.location is set but security.protocol is plaintext",
+		"sasl.username=u":         "sasl.username is set but security.protocol is plaintext",
+		"security.protocol=sasl_ssl,sasl.username=u,sasl.password=p":                         "sasl.mechanism: not set",
+		"security.protocol=sasl_ssl,sasl.mechanism=GSSAPI,sasl.username=u,sasl.password=p":   "sasl.mechanism: \"GSSAPI\"",
+		"security.protocol=sasl_ssl,sasl.mechanism=PLAIN,sasl.username=u":                    "sasl.username and sasl.password",
+		"security.protocol=ssl,ssl.ca.location=" + filepath.Join(dir, "nope.pem"):            "ssl.ca.location: open",
+		"security.protocol=ssl,ssl.ca.location=" + key:                                       "ssl.ca.location: " + key + " holds no PEM certificate",
+		"security.protocol=ssl,ssl.certificate.location=" + cert:                             "give both",
+		"security.protocol=ssl,ssl.certificate.location=" + key + ",ssl.key.location=" + key: "ssl.certificate.location / ssl.key.location",
+		"security.protocol=ssl,ssl.endpoint.identification.algorithm=dns":                    "ssl.endpoint.identification.algorithm",
+		"socket.connection.setup.timeout.ms=soon":                                            "socket.connection.setup.timeout.ms",
+		"security.protocol": "is not key=value",
+	}
+	for extra, want := range bad {
+		props, err := lag.ParseProperties(extra)
+		if err == nil {
+			props["bootstrap.servers"] = "127.0.0.1:9092"
+			_, err = lag.ClientOptions(props)
+		}
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: err %v, want one saying %q", extra, err, want)
+		}
+	}
+}
