@@ -220,8 +220,14 @@ type parts struct {
 }
 
 // lagAccess applies the rules file's kafkaLag.access (reloaded with it).
-func (p *parts) lagAccess(namespace string, q lag.Query) error {
-	return p.catalog.Rules().KafkaLag.Allow(namespace, q.Groups, q.Topics)
+func (p *parts) lagAccess(namespace string, q lag.Query) (lag.Query, error) {
+	access := p.catalog.Rules().KafkaLag
+	if err := access.Allow(namespace, q.Groups, q.Topics); err != nil {
+		return q, err
+	}
+	// Checked when the file was loaded.
+	q.Partitions, _ = lag.ParsePartitionSet(access.PartitionLimitation(namespace, q.Groups, q.Topics))
+	return q, nil
 }
 
 func (p *parts) close() {

@@ -62,7 +62,8 @@ type Source struct {
 
 	mu    sync.Mutex
 	rates map[[2]string]*Rate
-	asked map[string]time.Time // group: last question
+	still map[stillKey]stillSince // for ExcludePersistentLag
+	asked map[string]time.Time    // group: last question
 
 	readerMu sync.Mutex // one marker count at a time (the client consumes)
 
@@ -152,7 +153,7 @@ func NewSource(props map[string]string, bm *backend.Metrics, m *Metrics, extra .
 		obs:        bm.For("kafka", "metadata", "committed_offsets", "end_offsets", "start_offsets", "marker_check"),
 		metrics:    m,
 		RateWindow: 2 * time.Minute, DrainCap: 3600, MarkerCheckMax: 10, StepTimeout: 4 * time.Second, GroupIdle: 10 * time.Minute,
-		rates: map[[2]string]*Rate{}, asked: map[string]time.Time{},
+		rates: map[[2]string]*Rate{}, still: map[stillKey]stillSince{}, asked: map[string]time.Time{},
 		wake: make(chan struct{}, 1), rounds: make(chan struct{}, maxRounds), stop: make(chan struct{}),
 		ready: make(chan struct{})}
 	s.stopped.Add(1)
@@ -307,6 +308,11 @@ func (s *Source) roundContext(calls []*call) (context.Context, context.CancelFun
 		}
 	}()
 	return ctx, cancel
+}
+
+type stillKey struct {
+	group, topic string
+	partition    int32
 }
 
 type tpKey struct {
@@ -641,6 +647,11 @@ func (s *Source) forgetIdle() {
 	for k := range s.rates {
 		if _, ok := s.asked[k[0]]; !ok {
 			delete(s.rates, k)
+		}
+	}
+	for k := range s.still {
+		if _, ok := s.asked[k.group]; !ok {
+			delete(s.still, k)
 		}
 	}
 	s.mu.Unlock()

@@ -87,6 +87,8 @@ type TopicLag struct {
 	// their start): its growth over time is the group's consumption rate.
 	Committed  int64
 	Partitions int
+	// PartitionsWithLag counts the partitions whose lag is above 0.
+	PartitionsWithLag int
 }
 
 // ByTopic sums partition lags per topic, sorted by topic.
@@ -100,6 +102,9 @@ func ByTopic(group string, lags []PartitionLag) []TopicLag {
 		}
 		t.Lag += l.Lag
 		t.Partitions++
+		if l.Lag > 0 {
+			t.PartitionsWithLag++
+		}
 		if l.Committed >= 0 {
 			t.Committed += l.Committed
 		} else {

@@ -26,11 +26,12 @@ const (
 type Query struct {
 	Groups []string // at least one
 	Topics []string // empty: every topic the group committed on
+	Options
 }
 
 // Key identifies the query in the store.
 func (q Query) Key() string {
-	return "kafka-lag|" + strings.Join(q.Groups, ",") + "|" + strings.Join(q.Topics, ",")
+	return "kafka-lag|" + strings.Join(q.Groups, ",") + "|" + strings.Join(q.Topics, ",") + q.Options.key()
 }
 
 // Coalesces tells the store that the source gathers concurrent lag
@@ -52,18 +53,30 @@ func ParseSelector(sel labels.Selector) (Query, error) {
 	reqs, _ := sel.Requirements()
 	for _, r := range reqs {
 		op := r.Operator()
-		if op != selection.Equals && op != selection.DoubleEquals && op != selection.In {
-			return f, fmt.Errorf("metric selector %q: only %s and %s with = or in are supported", sel, LabelGroup, LabelTopic)
-		}
 		vals := r.Values().List()
+		if op == selection.Equals || op == selection.DoubleEquals {
+			if ok, err := f.setOption(r.Key(), vals[0]); ok {
+				if err != nil {
+					return f, fmt.Errorf("metric selector %q: %w", sel, err)
+				}
+				continue
+			}
+		}
+		if op != selection.Equals && op != selection.DoubleEquals && op != selection.In {
+			return f, fmt.Errorf("metric selector %q: only %s and %s with = or in, and the options with =, are supported", sel, LabelGroup, LabelTopic)
+		}
 		switch r.Key() {
 		case LabelGroup:
 			f.Groups = vals
 		case LabelTopic:
 			f.Topics = vals
 		default:
-			return f, fmt.Errorf("metric selector %q: unknown label %q (the labels are %s and %s)", sel, r.Key(), LabelGroup, LabelTopic)
+			return f, fmt.Errorf("metric selector %q: unknown label %q (the labels are %s and %s; the options %s, %s, %s, %s)", sel, r.Key(), LabelGroup, LabelTopic,
+				LabelOffsetReset, LabelExcludePersistentLag, LabelLagThreshold, LabelLimitToPartitionsWithLag)
 		}
+	}
+	if err := f.Options.validate(); err != nil {
+		return f, fmt.Errorf("metric selector %q: %w", sel, err)
 	}
 	if len(f.Groups) == 0 {
 		return f, fmt.Errorf("metric selector %q names no consumer group: say whose lag, e.g. %s=purchase-consumer-group,%s=purchases (without a group, groups that never read a topic would count its whole log as lag)",
@@ -104,12 +117,14 @@ func (s *Source) compute(ctx context.Context, q Query, record bool) ([]store.Sam
 			return nil, &Error{Group: g, Cause: err}
 		}
 		now := time.Now()
-		for _, t := range ByTopic(g, Calculate(parts)) {
+		lags := q.Options.apply(Calculate(parts), s.stillSince(g, record, now), now)
+		for _, t := range ByTopic(g, lags) {
 			labels := map[string]string{LabelGroup: g, LabelTopic: t.Topic}
-			out = append(out, store.Sample{Metric: MetricLag, Labels: labels, Value: float64(t.Lag), Timestamp: now})
+			served := q.Options.capped(t)
+			out = append(out, store.Sample{Metric: MetricLag, Labels: labels, Value: float64(served), Timestamp: now})
 			var rate *Rate
 			if record {
-				s.metrics.lag.WithLabelValues(g, t.Topic).Set(float64(t.Lag))
+				s.metrics.lag.WithLabelValues(g, t.Topic).Set(float64(served))
 				rate = s.observeRate(g, t.Topic, now, t.Committed)
 			} else {
 				rate = s.rateWith(g, t.Topic, now, t.Committed)
@@ -127,6 +142,33 @@ func (s *Source) compute(ctx context.Context, q Query, record bool) ([]store.Sam
 		}
 	}
 	return out, nil
+}
+
+// stillSince returns, for a group's partitions, since when each commit
+// has stood where it is now with lag behind it (a partition without lag
+// starts afresh: a consumer idle at its commit is not stuck); with record,
+// what it sees is kept for the next computation (a peek leaves the history
+// as it was).
+func (s *Source) stillSince(group string, record bool, now time.Time) func(PartitionLag) time.Time {
+	return func(l PartitionLag) time.Time {
+		k := stillKey{group, l.Topic, l.Partition.Partition}
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if l.Lag == 0 {
+			if record {
+				delete(s.still, k)
+			}
+			return now
+		}
+		st, ok := s.still[k]
+		if !ok || st.committed != l.Committed {
+			st = stillSince{committed: l.Committed, since: now}
+			if record {
+				s.still[k] = st
+			}
+		}
+		return st.since
+	}
 }
 
 // rateWith is the group's consumption rate with one more observation,

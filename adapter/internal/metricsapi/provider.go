@@ -44,7 +44,7 @@ type Options struct {
 	MaxSampleAge time.Duration
 	// LagAccess decides which namespaces may read which consumer groups'
 	// lag (nil: every namespace, every group).
-	LagAccess func(namespace string, q lag.Query) error
+	LagAccess func(namespace string, q lag.Query) (lag.Query, error)
 	// LagEnabled lists the Kafka lag metrics.
 	LagEnabled bool
 	Metrics    *Metrics
@@ -373,7 +373,7 @@ func (p *Provider) ExternalQuery(ctx context.Context, namespace string, metricSe
 			return nil, badRequest(err.Error())
 		}
 		if p.o.LagAccess != nil {
-			if err := p.o.LagAccess(namespace, q); err != nil {
+			if q, err = p.o.LagAccess(namespace, q); err != nil {
 				return nil, apierrors.NewForbidden(schema.GroupResource{Group: "external.metrics.k8s.io", Resource: metric}, q.Key(), err)
 			}
 		}

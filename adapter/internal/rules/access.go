@@ -21,6 +21,11 @@ type LagGrant struct {
 	Namespace      string   `yaml:"namespace"`
 	ConsumerGroups []string `yaml:"consumerGroups"`
 	Topics         []string `yaml:"topics"`
+	// PartitionLimitation, when set, are the only partitions whose lag
+	// counts for these groups and topics ("0,2,10-20", KEDA's
+	// partitionLimitation: commas and ranges are not label values, so it
+	// lives here rather than in the metric selector).
+	PartitionLimitation string `yaml:"partitionLimitation"`
 }
 
 // DefaultLagAccess, when the file has no kafkaLag section: the purchase
@@ -73,4 +78,18 @@ func (a LagAccess) Allow(namespace string, groups, topics []string) error {
 		}
 	}
 	return nil
+}
+
+// PartitionLimitation is the partitionLimitation of the first grant of
+// namespace that covers every group asked about ("": every partition).
+func (a LagAccess) PartitionLimitation(namespace string, groups, topics []string) string {
+	for _, g := range a.Grants {
+		if g.Namespace != namespace && g.Namespace != "*" {
+			continue
+		}
+		if (LagAccess{Grants: []LagGrant{g}}).Allow(namespace, groups, topics) == nil {
+			return g.PartitionLimitation
+		}
+	}
+	return ""
 }

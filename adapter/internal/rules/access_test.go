@@ -44,3 +44,31 @@ kafkaLag:
 		t.Fatalf("a grant without groups: %v", err)
 	}
 }
+
+// KEDA's partitionLimitation ("0,2,10-20") is not a label value: it lives
+// in the grant, checked when the file is loaded.
+func TestPartitionLimitationInTheGrant(t *testing.T) {
+	cfg, err := Parse("c.yaml", []byte(`
+kafkaLag:
+  access:
+    - {namespace: shop, consumerGroups: [orders], topics: [orders], partitionLimitation: "0,2,10-20"}
+    - {namespace: shop, consumerGroups: ["*"], topics: ["*"]}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cfg.KafkaLag.PartitionLimitation("shop", []string{"orders"}, []string{"orders"}); got != "0,2,10-20" {
+		t.Fatalf("orders: %q", got)
+	}
+	if got := cfg.KafkaLag.PartitionLimitation("shop", []string{"payments"}, []string{"payments"}); got != "" {
+		t.Fatalf("payments: %q, want every partition", got)
+	}
+	_, err = Parse("c.yaml", []byte(`
+kafkaLag:
+  access:
+    - {namespace: shop, consumerGroups: [orders], partitionLimitation: "0,2-"}
+`))
+	if err == nil || !strings.Contains(err.Error(), `kafkaLag.access[0]: partitionLimitation "0,2-": "2-" is not a partition or a range`) {
+		t.Fatalf("err %v", err)
+	}
+}

@@ -20,6 +20,8 @@ import (
 
 	"gopkg.in/yaml.v3"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+
+	"github.com/purchase-system/purchase-system/adapter/internal/lag"
 )
 
 // Config is a parsed rules file.
@@ -121,6 +123,9 @@ func Parse(name string, data []byte) (*Config, error) {
 		for i, g := range cfg.KafkaLag.Grants {
 			if g.Namespace == "" || len(g.ConsumerGroups) == 0 {
 				return nil, fmt.Errorf("%s: kafkaLag.access[%d]: needs a namespace and at least one of consumerGroups (\"*\" for any)", name, i)
+			}
+			if _, err := lag.ParsePartitionSet(g.PartitionLimitation); err != nil {
+				return nil, fmt.Errorf("%s: kafkaLag.access[%d]: %w", name, i, err)
 			}
 		}
 	}
