@@ -8,7 +8,7 @@ SHELL := /bin/bash
 BIN   := $(CURDIR)/bin
 PROGRAMS := webserver consumer adapter loadgen devcluster imagebuild
 
-.PHONY: help build images run run-local test e2e load bench bench-lag tools cluster-up cluster-down clean
+.PHONY: help build images run run-local test e2e load bench bench-lag bench-hpa tools cluster-up cluster-down clean
 
 help:
 	@echo "make run        the whole system on a local Kubernetes (no Docker needed), URLs printed"
@@ -21,6 +21,7 @@ help:
 	@echo "make images     container images into _output/images/ (no Docker needed) and the local node's store"
 	@echo "make bench      measure /buy and consumer throughput (docs/BENCHMARKS.md)"
 	@echo "make bench-lag  measure the lag source with 3,000 consumer groups (docs/BENCHMARKS.md)"
+	@echo "make bench-hpa  measure 1,000 HPAs through the real HPA controller (docs/BENCHMARKS.md)"
 	@echo "make tools      fetch and build every tool into the cache"
 
 build:
@@ -61,6 +62,11 @@ bench: build
 # The lag source at cluster scale: 3,000 consumer groups, 10,000 partitions.
 bench-lag:
 	@scripts/bench-lag.sh
+
+# 1,000 HPAs through the real HPA controller, on this adapter and on
+# prometheus-adapter (the local Kubernetes; about 20 minutes).
+bench-hpa: build
+	@cd e2e && go test -run '^$$' -bench ThousandHPAs -benchtime 1x -timeout 60m ./clustertest/
 
 cluster-up: build
 	@scripts/cluster.sh up

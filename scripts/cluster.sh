@@ -9,7 +9,9 @@
 #   scripts/cluster.sh status
 #
 # The admin kubeconfig is always .cache/devcluster/kubeconfig.
-# HPA_SYNC_PERIOD (default 15s) sets the HPA controller's period.
+# HPA_SYNC_PERIOD (default 15s) sets the HPA controller's period;
+# CONTROLLER_MANAGER_ARGS (space-separated flags) are added to
+# kube-controller-manager's when it starts.
 source "$(dirname "$0")/lib.sh"
 cd "$REPO_ROOT" || exit 1
 
@@ -25,6 +27,8 @@ cluster_flags() {
   echo "--kube-scheduler=${k8s}/kube-scheduler"
   echo "--kubectl=${k8s}/kubectl"
   echo "--hpa-sync-period=${HPA_SYNC_PERIOD:-15s}"
+  local arg
+  for arg in ${CONTROLLER_MANAGER_ARGS:-}; do echo "--controller-manager-arg=${arg}"; done
   echo "--kubelet=${k8s}/kubelet"
   echo "--kube-proxy=${k8s}/kube-proxy"
   echo "--containerd-dir=$(scripts/tools.sh path containerd)"

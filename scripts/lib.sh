@@ -17,6 +17,9 @@ ETCD_VERSION="v3.6.8"
 KAFKA_VERSION="4.1.1"
 METRICS_SERVER_VERSION="v0.8.0"
 KUBE_STATE_METRICS_VERSION="v2.20.0"
+# Only for make bench-hpa: the adapter this project replaces, measured on
+# the same HPAs (tools/prometheus-adapter/go.mod pins it).
+PROMETHEUS_ADAPTER_VERSION="v0.12.0"
 PROMETHEUS_VERSION="v0.316.0"
 # The node (with kubelet and kube-proxy of KUBERNETES_VERSION).
 CONTAINERD_VERSION="v2.2.9"

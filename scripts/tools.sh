@@ -4,7 +4,7 @@
 #
 #   scripts/tools.sh ensure kubernetes|etcd|metrics-server|kube-state-metrics|kafka|prometheus|node|all
 #     (node: containerd, runc, cni-plugins, crictl, kube-router, coredns; each also by name)
-#   scripts/tools.sh path   kubernetes|etcd|metrics-server|kube-state-metrics|kafka|prometheus|promtool
+#   scripts/tools.sh path   kubernetes|etcd|metrics-server|kube-state-metrics|kafka|prometheus|promtool|prometheus-adapter
 #
 # A built tool is moved into place only when complete, so an interrupted
 # build leaves nothing that looks finished.
@@ -14,6 +14,7 @@ kubernetes_dir()     { echo "${TOOLS_DIR}/kubernetes-${KUBERNETES_VERSION}"; }
 etcd_dir()           { echo "${TOOLS_DIR}/etcd-${ETCD_VERSION}"; }
 metrics_server_dir() { echo "${TOOLS_DIR}/metrics-server-${METRICS_SERVER_VERSION}"; }
 ksm_dir()            { echo "${TOOLS_DIR}/kube-state-metrics-${KUBE_STATE_METRICS_VERSION}"; }
+prometheus_adapter_dir() { echo "${TOOLS_DIR}/prometheus-adapter-${PROMETHEUS_ADAPTER_VERSION}"; }
 kafka_dir()          { echo "${TOOLS_DIR}/kafka-${KAFKA_VERSION}"; }
 prometheus_dir()     { echo "${TOOLS_DIR}/prometheus-${PROMETHEUS_VERSION}"; }
 
@@ -207,6 +208,13 @@ ensure_kube_router() {
     github.com/cloudnativelabs/kube-router/v2/cmd/kube-router
 }
 
+ensure_prometheus_adapter() {
+  local out; out="$(prometheus_adapter_dir)"
+  have_all "$out" adapter && return 0
+  log "prometheus-adapter ${PROMETHEUS_ADAPTER_VERSION}: building (a minute or two the first time)"
+  go_build_tools prometheus-adapter "$out" "-s -w" sigs.k8s.io/prometheus-adapter/cmd/adapter
+}
+
 ensure_coredns() {
   local out; out="$(coredns_dir)"
   have_all "$out" coredns && return 0
@@ -229,6 +237,7 @@ tool_path() {
     crictl) echo "$(crictl_dir)/crictl" ;;
     kube-router) echo "$(kube_router_dir)/kube-router" ;;
     coredns) echo "$(coredns_dir)/coredns" ;;
+    prometheus-adapter) echo "$(prometheus_adapter_dir)/adapter" ;;
     *) die "unknown tool: $1" ;;
   esac
 }
@@ -251,7 +260,7 @@ ensure() {
     # other stream uses (cold: about 25 min instead of 40 on 2 cores).
     all) ensure_all ;;
     node) for x in containerd runc cni-plugins crictl kube-router coredns; do ensure "$x"; done ;;
-    kubernetes|etcd|metrics-server|kube-state-metrics|kafka|prometheus|containerd|runc|cni-plugins|crictl|kube-router|coredns)
+    kubernetes|etcd|metrics-server|kube-state-metrics|kafka|prometheus|containerd|runc|cni-plugins|crictl|kube-router|coredns|prometheus-adapter)
       with_lock "${TOOLS_DIR}/${t}" "ensure_${t//-/_}" ;;
     *) die "unknown tool: $t" ;;
   esac

@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -196,9 +197,13 @@ func BenchmarkAdapterAtThousandPods(b *testing.B) {
 
 // addScrapeTarget adds a job scraping addr (labels kept as exposed) to
 // the host Prometheus' configuration and reloads it; the returned func
-// restores it.
+// restores it. Prometheus runs without --web.enable-lifecycle (no pod may
+// reload it), so the reload is a SIGHUP, and the target's presence is
+// checked: a reload that did not happen fails here, not as "no values"
+// later.
 func addScrapeTarget(b testing.TB, addr string) func() {
-	file := filepath.Join(repoRoot, ".cache", "infra", "prometheus", "prometheus.yml")
+	dir := filepath.Join(repoRoot, ".cache", "infra", "prometheus")
+	file := filepath.Join(dir, "prometheus.yml")
 	orig, err := os.ReadFile(file)
 	if err != nil {
 		b.Fatal(err)
@@ -207,17 +212,32 @@ func addScrapeTarget(b testing.TB, addr string) func() {
 	if err := os.WriteFile(file, append(append([]byte{}, orig...), job...), 0o644); err != nil {
 		b.Fatal(err)
 	}
-	reload := func() {
-		resp, err := http.Post(prometheusURL+"/-/reload", "", nil)
+	reload := func(want bool) {
+		raw, err := os.ReadFile(filepath.Join(dir, "pid"))
 		if err != nil {
 			b.Fatal(err)
 		}
-		resp.Body.Close()
+		pid, _ := strconv.Atoi(strings.TrimSpace(string(raw)))
+		if err := syscall.Kill(pid, syscall.SIGHUP); err != nil {
+			b.Fatal(err)
+		}
+		testproc.Eventually(b, 30*time.Second, fmt.Sprintf("Prometheus scraping %s: %t", addr, want), func() error {
+			resp, err := http.Get(prometheusURL + "/api/v1/targets?state=active")
+			if err != nil {
+				return err
+			}
+			defer resp.Body.Close()
+			raw, _ := io.ReadAll(resp.Body)
+			if has := strings.Contains(string(raw), addr); has != want {
+				return fmt.Errorf("target %s listed: %t", addr, has)
+			}
+			return nil
+		})
 	}
-	reload()
+	reload(true)
 	return func() {
 		_ = os.WriteFile(file, orig, 0o644)
-		reload()
+		reload(false)
 	}
 }
 
@@ -348,13 +368,11 @@ func adapterCounters(b testing.TB) map[string]float64 {
 	return out
 }
 
-// adapterRSS is the adapter process's resident memory, from /proc.
-func adapterRSS(b testing.TB) int64 {
-	pods, err := readyPods(context.Background(), "monitoring", "app=purchase-metrics-adapter")
-	if err != nil || len(pods) != 1 {
-		b.Fatalf("adapter pod: %v", err)
-	}
-	pid := pidOf(pods[0])
+// adapterRSS is the adapter pod's resident memory.
+func adapterRSS(b testing.TB) int64 { return rssOf(b, ourAdapterPID(b)) }
+
+// rssOf is a process's resident memory, from /proc.
+func rssOf(b testing.TB, pid int) int64 {
 	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		b.Fatal(err)

@@ -1,5 +1,5 @@
 // Builds metrics-server, which serves metrics.k8s.io in the dev cluster
-// from the process node's kubelet stats. Not part of go.work.
+// from the node's kubelet stats. Not part of go.work.
 module github.com/purchase-system/purchase-system/tools/metrics-server
 
 go 1.26.0

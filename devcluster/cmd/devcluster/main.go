@@ -64,7 +64,7 @@ func (l *list) Set(v string) error { *l = append(*l, v); return nil }
 func clusterCmd(ctx context.Context, cmd string, args []string) error {
 	fs := flag.NewFlagSet(cmd, flag.ExitOnError)
 	var c cluster.Config
-	var addons, images list
+	var addons, images, cmArgs list
 	fs.StringVar(&c.StateDir, "state", ".cache/devcluster", "directory for the cluster's certificates, data, logs and kubeconfig")
 	fs.StringVar(&c.Bin.Etcd, "etcd", "", "etcd binary")
 	fs.StringVar(&c.Bin.APIServer, "kube-apiserver", "", "kube-apiserver binary")
@@ -72,6 +72,7 @@ func clusterCmd(ctx context.Context, cmd string, args []string) error {
 	fs.StringVar(&c.Bin.Scheduler, "kube-scheduler", "", "kube-scheduler binary")
 	fs.StringVar(&c.Kubectl, "kubectl", "kubectl", "kubectl binary, for applying addons")
 	fs.DurationVar(&c.HPASyncPeriod, "hpa-sync-period", 15*time.Second, "how often the HPA controller re-evaluates")
+	fs.Var(&cmArgs, "controller-manager-arg", "flag added to kube-controller-manager's, e.g. --concurrent-horizontal-pod-autoscaler-syncs=20 (repeatable; takes effect when it starts)")
 	fs.Var(&addons, "addon", "kustomize directory to apply once the node is Ready (repeatable)")
 	fs.StringVar(&c.NodeBin.Kubelet, "kubelet", "", "kubelet binary")
 	fs.StringVar(&c.NodeBin.KubeProxy, "kube-proxy", "", "kube-proxy binary")
@@ -83,7 +84,7 @@ func clusterCmd(ctx context.Context, cmd string, args []string) error {
 	fs.StringVar(&c.ImageDir, "containerd-root", ".cache/containerd", "containerd's root: images and snapshots, kept across down")
 	fs.Var(&images, "images", "image archive, or directory of them, to import into containerd at start (repeatable)")
 	_ = fs.Parse(args)
-	c.Addons, c.Images = addons, images
+	c.Addons, c.Images, c.ControllerManagerArgs = addons, images, cmArgs
 	// Kubeconfigs and configuration files name these paths: they must not
 	// depend on the directory a later command runs in.
 	for _, p := range []*string{&c.StateDir, &c.ImageDir} {

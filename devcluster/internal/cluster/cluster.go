@@ -34,6 +34,8 @@ type Config struct {
 	Bin           controlplane.Binaries
 	Kubectl       string
 	HPASyncPeriod time.Duration
+	// ControllerManagerArgs are added to kube-controller-manager's flags.
+	ControllerManagerArgs []string
 	Addons        []string // kustomize directories applied once the node is ready
 
 	NodeBin  node.Binaries
@@ -44,7 +46,7 @@ type Config struct {
 }
 
 func (c Config) controlPlane() controlplane.Config {
-	return controlplane.Config{Dir: c.StateDir, Bin: c.Bin, HPASyncPeriod: c.HPASyncPeriod, NodeName: NodeName}
+	return controlplane.Config{Dir: c.StateDir, Bin: c.Bin, HPASyncPeriod: c.HPASyncPeriod, NodeName: NodeName, ControllerManagerArgs: c.ControllerManagerArgs}
 }
 
 // Kubeconfig is the admin kubeconfig.

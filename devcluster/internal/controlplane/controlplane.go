@@ -40,6 +40,9 @@ type Config struct {
 	EtcdPort      int           // client port on 127.0.0.1 (peer port is +1); default 2379
 	HPASyncPeriod time.Duration // default 15s
 	NodeName      string        // the node whose kubelet the apiserver talks to
+	// ControllerManagerArgs are added to kube-controller-manager's flags
+	// (a benchmark tunes the HPA controller with them).
+	ControllerManagerArgs []string
 }
 
 // Component names, as daemons and in logs.
@@ -67,6 +70,26 @@ func (c *Config) defaults() {
 
 // Paths of what the control plane writes.
 func (c Config) pkiDir() string { return filepath.Join(c.Dir, "pki") }
+
+// AuditLog is where the API server records every request to the custom
+// and external metrics APIs (the HPA controller's reads, with their
+// selectors and latency): who asks for which metric how often, whatever
+// adapter serves them.
+func (c Config) AuditLog() string { return filepath.Join(c.Dir, "logs", "audit-metrics.log") }
+
+func (c Config) auditPolicy() string { return filepath.Join(c.Dir, "audit-policy.yaml") }
+
+// auditPolicyYAML logs the metrics APIs' requests, nothing else.
+const auditPolicyYAML = `apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: Metadata
+    resources:
+      - group: custom.metrics.k8s.io
+      - group: external.metrics.k8s.io
+  - level: None
+`
 
 // AdminKubeconfig is the cluster-admin kubeconfig users and tests use.
 func (c Config) AdminKubeconfig() string { return filepath.Join(c.Dir, "kubeconfig") }
@@ -219,8 +242,10 @@ func (c Config) specs() map[string]daemon.Spec {
 			"--enable-aggregator-routing=true",
 			"--allow-privileged=true",
 			"--profiling=false",
+			"--audit-policy-file=" + c.auditPolicy(),
+			"--audit-log-path=" + c.AuditLog(), "--audit-log-maxsize=200", "--audit-log-maxbackup=1",
 		}},
-		ControllerManager: {Name: ControllerManager, Path: c.Bin.ControllerManager, Args: []string{
+		ControllerManager: {Name: ControllerManager, Path: c.Bin.ControllerManager, Args: append([]string{
 			"--kubeconfig=" + cm, "--authentication-kubeconfig=" + cm, "--authorization-kubeconfig=" + cm,
 			"--bind-address=127.0.0.1", "--secure-port=10257",
 			"--leader-elect=false",
@@ -232,7 +257,7 @@ func (c Config) specs() map[string]daemon.Spec {
 			"--horizontal-pod-autoscaler-sync-period=" + c.HPASyncPeriod.String(),
 			"--controllers=*",
 			"--profiling=false",
-		}},
+		}, c.ControllerManagerArgs...)},
 		Scheduler: {Name: Scheduler, Path: c.Bin.Scheduler, Args: []string{
 			"--kubeconfig=" + sched, "--authentication-kubeconfig=" + sched, "--authorization-kubeconfig=" + sched,
 			"--bind-address=127.0.0.1", "--secure-port=10259", "--leader-elect=false", "--profiling=false",
@@ -265,6 +290,9 @@ func Up(ctx context.Context, c Config, progress io.Writer, extra ...Identity) er
 	}
 	ids := append([]Identity{Admin, ControllerManagerIdentity, SchedulerIdentity}, extra...)
 	if err := c.certs(ids...); err != nil {
+		return err
+	}
+	if err := os.WriteFile(c.auditPolicy(), []byte(auditPolicyYAML), 0o644); err != nil {
 		return err
 	}
 	specs := c.specs()
