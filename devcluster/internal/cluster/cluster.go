@@ -36,7 +36,7 @@ type Config struct {
 	HPASyncPeriod time.Duration
 	// ControllerManagerArgs are added to kube-controller-manager's flags.
 	ControllerManagerArgs []string
-	Addons        []string // kustomize directories applied once the node is ready
+	Addons                []string // kustomize directories applied once the node is ready
 
 	NodeBin  node.Binaries
 	ImageDir string // containerd's root (images, snapshots): kept across down
