@@ -77,9 +77,12 @@ func hint(url, msg string) string {
 		return " (check --prometheus-ca-file: it must hold the CA that signed Prometheus' serving certificate)"
 	case strings.Contains(msg, "certificate required") || strings.Contains(msg, "bad certificate") || strings.Contains(msg, "unknown certificate authority"):
 		return " (Prometheus refused the client certificate: check --prometheus-client-tls-cert-file/--prometheus-client-tls-key-file)"
-	case tlsURL && (strings.Contains(msg, "broken pipe") || strings.Contains(msg, "connection reset by peer")):
+	case tlsURL && (strings.Contains(msg, "broken pipe") || strings.Contains(msg, "connection reset by peer") ||
+		strings.Contains(msg, "http2: client conn could not be established")):
 		// With TLS 1.3 a refused client certificate surfaces as the
-		// server closing the connection.
+		// server closing the connection after the handshake: a write that
+		// fails, a reset, or — when the alert arrives while HTTP/2 reads
+		// the server's preface — a connection HTTP/2 could not establish.
 		return " (Prometheus closed the TLS connection: it may require a client certificate that is missing or not signed by a CA it trusts; check --prometheus-client-tls-cert-file/--prometheus-client-tls-key-file)"
 	case strings.Contains(msg, "server gave HTTP response to HTTPS client"):
 		return " (Prometheus speaks plain HTTP: use an http:// --prometheus-url)"
