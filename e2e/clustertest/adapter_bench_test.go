@@ -86,27 +86,14 @@ func BenchmarkAdapterAtThousandPods(b *testing.B) {
 
 	// The stand-in: pod i's counters grow at (i%50+1)/10 requests/s per
 	// series.
-	start := time.Now()
 	rate := func(i int) float64 { return float64(i%50+1) / 10 }
-	ln, err := net.Listen("tcp", "10.88.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		bw := bufio.NewWriter(w)
-		el := time.Since(start).Seconds()
-		fmt.Fprintln(bw, "# TYPE flask_http_request_total counter")
+	standIn(b, func(w io.Writer, elapsed float64) {
 		for i := range pods {
 			for s := range seriesPerPod {
-				fmt.Fprintf(bw, "flask_http_request_total{namespace=%q,pod=\"bench-%04d\",method=\"POST\",path=\"/buy\",status=\"%d\"} %g\n", ns, i, 200+s, rate(i)*el)
+				fmt.Fprintf(w, "flask_http_request_total{namespace=%q,pod=\"bench-%04d\",method=\"POST\",path=\"/buy\",status=\"%d\"} %g\n", ns, i, 200+s, rate(i)*elapsed)
 			}
 		}
-		_ = bw.Flush()
-	})}
-	go func() { _ = srv.Serve(ln) }()
-	b.Cleanup(func() { _ = srv.Close() })
-	restore := addScrapeTarget(b, ln.Addr().String())
-	b.Cleanup(restore)
+	})
 
 	// The seed rule's rate(...[2m]) needs two minutes of samples.
 	b.Logf("waiting 130 s for rate(...[2m]) to cover the stand-in's series")
@@ -193,6 +180,26 @@ func BenchmarkAdapterAtThousandPods(b *testing.B) {
 	b.ReportMetric(float64(rssBefore)/(1<<20), "adapter-rss-MiB-before")
 	b.ReportMetric(float64(adapterRSS(b))/(1<<20), "adapter-rss-MiB-after")
 	b.Logf("Prometheus queries: %.0f for %d requests; adapter RSS %.1f MiB → %.1f MiB", queries, total, float64(rssBefore)/(1<<20), float64(adapterRSS(b))/(1<<20))
+}
+
+// standIn serves, on the bridge address, the flask_http_request_total
+// counters series writes (given the seconds since it started) and has the
+// host Prometheus scrape them until the test ends.
+func standIn(b testing.TB, series func(w io.Writer, elapsed float64)) {
+	start := time.Now()
+	ln, err := net.Listen("tcp", "10.88.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		bw := bufio.NewWriter(w)
+		fmt.Fprintln(bw, "# TYPE flask_http_request_total counter")
+		series(bw, time.Since(start).Seconds())
+		_ = bw.Flush()
+	})}
+	go func() { _ = srv.Serve(ln) }()
+	b.Cleanup(func() { _ = srv.Close() })
+	b.Cleanup(addScrapeTarget(b, ln.Addr().String()))
 }
 
 // addScrapeTarget adds a job scraping addr (labels kept as exposed) to

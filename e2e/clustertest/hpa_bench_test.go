@@ -5,8 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
-	"net/http"
+	"io"
 	"net/url"
 	"os"
 	"os/exec"
@@ -129,23 +128,11 @@ func BenchmarkThousandHPAs(b *testing.B) {
 	})
 
 	// The pods' request counters: pod i at (i%50+1)/10 requests/s.
-	start := time.Now()
-	ln, err := net.Listen("tcp", "10.88.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		bw := bufio.NewWriter(w)
-		el := time.Since(start).Seconds()
-		fmt.Fprintln(bw, "# TYPE flask_http_request_total counter")
+	standIn(b, func(w io.Writer, elapsed float64) {
 		for i := range hpas {
-			fmt.Fprintf(bw, "flask_http_request_total{namespace=%q,pod=%q,method=\"POST\",path=\"/buy\",status=\"200\"} %g\n", nsOf(i), podOf[i], float64(i%50+1)/10*el)
+			fmt.Fprintf(w, "flask_http_request_total{namespace=%q,pod=%q,method=\"POST\",path=\"/buy\",status=\"200\"} %g\n", nsOf(i), podOf[i], float64(i%50+1)/10*elapsed)
 		}
-		_ = bw.Flush()
-	})}
-	go func() { _ = srv.Serve(ln) }()
-	b.Cleanup(func() { _ = srv.Close() })
-	b.Cleanup(addScrapeTarget(b, ln.Addr().String()))
+	})
 
 	// Each HPA's consumer group, with lag on a shared topic; the groups
 	// granted to the bench namespaces in the adapter's config.
