@@ -57,32 +57,17 @@ func BenchmarkAdapterAtThousandPods(b *testing.B) {
 	}
 	rc.QPS, rc.Burst = 500, 500
 	fast := kubernetes.NewForConfigOrDie(rc)
-	var wg sync.WaitGroup
-	errs := make(chan error, pods)
-	sem := make(chan struct{}, 20)
-	for i := range pods {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			p := &corev1.Pod{
-				ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("bench-%04d", i), Labels: map[string]string{"app": "bench"}},
-				Spec: corev1.PodSpec{
-					NodeSelector: map[string]string{"purchase-system.dev/bench": "nowhere"},
-					Containers:   []corev1.Container{{Name: "c", Image: "purchase-system/webserver:dev"}},
-				},
-			}
-			if _, err := fast.CoreV1().Pods(ns).Create(ctx, p, metav1.CreateOptions{}); err != nil {
-				errs <- err
-			}
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		b.Fatal(err)
-	}
+	parallel(b, pods, func(i int) error {
+		p := &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("bench-%04d", i), Labels: map[string]string{"app": "bench"}},
+			Spec: corev1.PodSpec{
+				NodeSelector: map[string]string{"purchase-system.dev/bench": "nowhere"},
+				Containers:   []corev1.Container{{Name: "c", Image: "purchase-system/webserver:dev"}},
+			},
+		}
+		_, err := fast.CoreV1().Pods(ns).Create(ctx, p, metav1.CreateOptions{})
+		return err
+	})
 
 	// The stand-in: pod i's counters grow at (i%50+1)/10 requests/s per
 	// series.

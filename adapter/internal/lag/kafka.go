@@ -437,7 +437,7 @@ func (s *Source) round(calls []*call) {
 					c = NoOffset
 				}
 				part := Partition{Topic: t, Partition: p.partition, Start: p.start, End: p.end, Committed: c}
-				if d := part.End - part.Committed; c >= part.Start && d > 0 && d <= s.MarkerCheckMax {
+				if s.countsRecords(part) {
 					spans = append(spans, span{t, p.partition, part.Committed, part.End})
 				}
 				parts = append(parts, part)
@@ -451,7 +451,7 @@ func (s *Source) round(calls []*call) {
 		counts, err := s.countConsumable(ctx, spans)
 		for i := range answers {
 			for j, p := range answers[i].parts {
-				if d := p.End - p.Committed; p.Committed >= p.Start && d > 0 && d <= s.MarkerCheckMax {
+				if s.countsRecords(p) {
 					if err != nil {
 						answers[i].err, answers[i].parts = s.wrap("counting records after the commit", err), nil
 						break
@@ -661,10 +661,9 @@ func (s *Source) forgetIdle() {
 	}
 }
 
-// KnownGroups is the number of consumer groups asked about in the last
-// GroupIdle.
-func (s *Source) KnownGroups() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.asked)
+// countsRecords reports whether p's short lag is read record by record, so
+// transaction markers are not taken for messages.
+func (s *Source) countsRecords(p Partition) bool {
+	d := p.End - p.Committed
+	return p.Committed >= p.Start && d > 0 && d <= s.MarkerCheckMax
 }
