@@ -10,7 +10,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/pflag"
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/metadata"
 	"k8s.io/client-go/restmapper"
@@ -19,6 +18,7 @@ import (
 	"github.com/purchase-system/purchase-system/adapter/internal/configwatch"
 	"github.com/purchase-system/purchase-system/adapter/internal/explain"
 	"github.com/purchase-system/purchase-system/adapter/internal/metricsapi"
+	"github.com/purchase-system/purchase-system/adapter/internal/rules"
 	"github.com/purchase-system/purchase-system/adapter/internal/store"
 )
 
@@ -70,7 +70,7 @@ func runExplain(s Settings, req explain.Request, kubeconfig string, w io.Writer)
 	for _, warning := range cfg.Warnings {
 		fmt.Fprintln(w, "warning:", warning)
 	}
-	mapper := offlineMapper()
+	var mapper apimeta.RESTMapper = rules.BuiltinMapper()
 	var meta metadata.Interface
 	if kubeconfig != "" {
 		rc, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
@@ -109,26 +109,4 @@ func runExplain(s Settings, req explain.Request, kubeconfig string, w io.Writer)
 		return nil
 	}
 	return ex.Explain(ctx, w, req)
-}
-
-// offlineMapper knows the resources rules usually name, for explaining
-// without a cluster.
-func offlineMapper() apimeta.RESTMapper {
-	m := apimeta.NewDefaultRESTMapper(nil)
-	for _, k := range []struct {
-		gv    schema.GroupVersion
-		kind  string
-		scope apimeta.RESTScope
-	}{
-		{schema.GroupVersion{Version: "v1"}, "Pod", apimeta.RESTScopeNamespace},
-		{schema.GroupVersion{Version: "v1"}, "Service", apimeta.RESTScopeNamespace},
-		{schema.GroupVersion{Version: "v1"}, "Namespace", apimeta.RESTScopeRoot},
-		{schema.GroupVersion{Version: "v1"}, "Node", apimeta.RESTScopeRoot},
-		{schema.GroupVersion{Group: "apps", Version: "v1"}, "Deployment", apimeta.RESTScopeNamespace},
-		{schema.GroupVersion{Group: "apps", Version: "v1"}, "StatefulSet", apimeta.RESTScopeNamespace},
-		{schema.GroupVersion{Group: "apps", Version: "v1"}, "ReplicaSet", apimeta.RESTScopeNamespace},
-	} {
-		m.Add(k.gv.WithKind(k.kind), k.scope)
-	}
-	return m
 }

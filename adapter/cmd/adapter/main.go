@@ -242,6 +242,7 @@ func (s *Settings) build(cfg *rules.Config, mapper apimeta.RESTMapper, reg prome
 	if err != nil {
 		return nil, err
 	}
+	prom.Resolver = rules.MapperResolver(mapper)
 	p := &parts{prom: prom}
 	var extra []string
 	if s.KafkaBootstrap != "" {

@@ -9,6 +9,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -229,14 +230,9 @@ func (c *Catalog) rebuild() {
 	c.o.Metrics.discovered.WithLabelValues("external").Set(float64(len(eInfos)))
 }
 
-// normalize turns a rule's resource ("pod") into the API's ("pods") and
-// says whether it is namespaced.
+// normalize says whether a served resource (discovery resolved the
+// rule's through the REST mapper) is namespaced.
 func (c *Catalog) normalize(gr schema.GroupResource) (schema.GroupResource, bool) {
-	if c.mapper != nil {
-		if gvr, err := c.mapper.ResourceFor(gr.WithVersion("")); err == nil {
-			gr = gvr.GroupResource()
-		}
-	}
 	if gr.Group == "" && gr.Resource == "namespaces" {
 		return gr, false
 	}
@@ -331,15 +327,20 @@ func (c *Catalog) Discoveries() []promsource.RuleDiscovery {
 	return out
 }
 
-// Custom finds the metric serving name on gr.
+// Custom finds the metric serving name on gr (as a request names it:
+// "ingresses.networking.k8s.io", or "ingress", resolved as the rules'
+// resources are).
 func (c *Catalog) Custom(name string, gr schema.GroupResource) (promsource.Metric, bool) {
+	if c.mapper != nil {
+		if gvr, err := c.mapper.ResourceFor(gr.WithVersion("")); err == nil {
+			gr = gvr.GroupResource()
+		}
+	}
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	for _, m := range c.custom[name] {
-		for _, r := range m.Resources {
-			if rules.SameResource(r, gr) {
-				return m, true
-			}
+		if slices.Contains(m.Resources, gr) {
+			return m, true
 		}
 	}
 	return promsource.Metric{}, false

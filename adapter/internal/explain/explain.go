@@ -104,10 +104,13 @@ func Rule(w io.Writer, d promsource.RuleDiscovery) {
 	for _, m := range d.Metrics {
 		fmt.Fprintf(w, "  %s → %s\n", m.Series, m.Name)
 		if !r.External {
-			mapped, unmapped := mapping(r, m.Labels)
+			mapped, unmapped := mapping(m)
 			fmt.Fprintf(w, "    labels mapped to resources: %s\n", orNone(mapped))
 			fmt.Fprintf(w, "    labels not mapped:          %s\n", orNone(unmapped))
 			fmt.Fprintf(w, "    served on:                  %s\n", resources(m.Resources))
+		}
+		for _, u := range m.Unresolved {
+			fmt.Fprintf(w, "    NOT SERVED: %s\n", u)
 		}
 		if q, err := sampleQuery(m); err != nil {
 			fmt.Fprintf(w, "    TEMPLATE ERROR: %v\n", err)
@@ -116,8 +119,11 @@ func Rule(w io.Writer, d promsource.RuleDiscovery) {
 		}
 	}
 	for _, m := range d.Unmapped {
-		_, unmapped := mapping(r, m.Labels)
-		fmt.Fprintf(w, "  %s → %s: no label names a Kubernetes resource (its labels: %s)\n", m.Series, m.Name, orNone(unmapped))
+		_, unmapped := mapping(m)
+		fmt.Fprintf(w, "  %s → %s: no label names a Kubernetes resource this cluster serves (its labels: %s)\n", m.Series, m.Name, orNone(unmapped))
+		for _, u := range m.Unresolved {
+			fmt.Fprintf(w, "    NOT SERVED: %s\n", u)
+		}
 	}
 	if reason := whyNothing(d); reason != "" {
 		fmt.Fprintf(w, "  YIELDS NOTHING: %s\n", reason)
@@ -145,19 +151,25 @@ func whyNothing(d promsource.RuleDiscovery) string {
 	return "every series was filtered out or not renamed"
 }
 
-func mapping(r *rules.Rule, lbls []string) (mapped, unmapped string) {
-	var m, u []string
-	for _, l := range lbls {
+// mapping lists which of a metric's labels name a served resource (as
+// discovery resolved them) and which do not.
+func mapping(m promsource.Metric) (mapped, unmapped string) {
+	byLabel := map[string]schema.GroupResource{}
+	for _, gr := range m.Resources {
+		byLabel[m.ResourceLabels[gr]] = gr
+	}
+	var ms, u []string
+	for _, l := range m.Labels {
 		if l == "__name__" {
 			continue
 		}
-		if gr, ok := r.ResourceFor(l); ok {
-			m = append(m, l+" → "+gr.String())
+		if gr, ok := byLabel[l]; ok {
+			ms = append(ms, l+" → "+gr.String())
 		} else {
 			u = append(u, l)
 		}
 	}
-	return strings.Join(m, ", "), strings.Join(u, ", ")
+	return strings.Join(ms, ", "), strings.Join(u, ", ")
 }
 
 // sampleQuery renders the rule's query as it would run for its first

@@ -221,7 +221,11 @@ func (p *Provider) CustomQuery(ctx context.Context, namespace string, info cmpro
 		return promsource.CustomQuery{}, badRequest(err.Error())
 	}
 	q := promsource.CustomQuery{Metric: m, Resource: info.GroupResource, Namespace: namespace, Selector: ms}
-	if info.GroupResource.Group == "" && info.GroupResource.Resource == "namespaces" && len(names) == 1 {
+	switch {
+	case m.Rule.UsesLabelValues():
+		q.Objects = append([]string(nil), names...)
+		sort.Strings(q.Objects)
+	case info.GroupResource.Group == "" && info.GroupResource.Resource == "namespaces" && len(names) == 1:
 		q.Namespace, q.Object = "", names[0]
 	}
 	return q, nil

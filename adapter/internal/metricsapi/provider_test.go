@@ -53,11 +53,18 @@ func seedConfig(t testing.TB) *rules.Config {
 
 var podsInfo = cmprovider.CustomMetricInfo{GroupResource: schema.GroupResource{Resource: "pods"}, Namespaced: true, Metric: "flask_http_request_per_second"}
 
+// mapper knows what a cluster serves: the core resources, apps, and
+// Ingress in networking.k8s.io only (Kubernetes 1.37 no longer serves
+// extensions).
 func mapper() apimeta.RESTMapper {
-	m := apimeta.NewDefaultRESTMapper([]schema.GroupVersion{{Version: "v1"}})
+	m := apimeta.NewDefaultRESTMapper([]schema.GroupVersion{{Version: "v1"}, {Group: "apps", Version: "v1"}, {Group: "batch", Version: "v1"}, {Group: "networking.k8s.io", Version: "v1"}})
 	m.Add(schema.GroupVersionKind{Version: "v1", Kind: "Pod"}, apimeta.RESTScopeNamespace)
 	m.Add(schema.GroupVersionKind{Version: "v1", Kind: "Namespace"}, apimeta.RESTScopeRoot)
 	m.Add(schema.GroupVersionKind{Version: "v1", Kind: "Secret"}, apimeta.RESTScopeNamespace)
+	m.Add(schema.GroupVersionKind{Version: "v1", Kind: "Node"}, apimeta.RESTScopeRoot)
+	m.Add(schema.GroupVersionKind{Group: "apps", Version: "v1", Kind: "Deployment"}, apimeta.RESTScopeNamespace)
+	m.Add(schema.GroupVersionKind{Group: "networking.k8s.io", Version: "v1", Kind: "Ingress"}, apimeta.RESTScopeNamespace)
+	m.Add(schema.GroupVersionKind{Group: "batch", Version: "v1", Kind: "Job"}, apimeta.RESTScopeNamespace)
 	return m
 }
 
@@ -79,13 +86,19 @@ type fixture struct {
 
 func newFixture(t testing.TB, maxAge time.Duration, series []promtest.Series, objects ...runtime.Object) *fixture {
 	t.Helper()
+	return newFixtureWith(t, seedConfig(t), maxAge, series, objects...)
+}
+
+// newFixtureWith is newFixture under rules of the test's own.
+func newFixtureWith(t testing.TB, cfg *rules.Config, maxAge time.Duration, series []promtest.Series, objects ...runtime.Object) *fixture {
+	t.Helper()
 	prom := promtest.New(series...)
 	t.Cleanup(prom.Close)
-	cfg := seedConfig(t)
 	src, err := promsource.New(promsource.ClientOptions{URL: prom.URL, Timeout: 5 * time.Second}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
+	src.Resolver = rules.MapperResolver(mapper())
 	scheme := metadatafake.NewTestScheme()
 	_ = metav1.AddMetaToScheme(scheme)
 	meta := metadatafake.NewSimpleMetadataClient(scheme, objects...)

@@ -11,6 +11,8 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -41,6 +43,10 @@ type Source struct {
 	// Window is how far back discovery looks for series: a metric whose
 	// series all stopped longer ago is no longer offered.
 	Window time.Duration
+	// Resolver turns the resources rules name into those the cluster
+	// serves (default: the resources Kubernetes itself serves,
+	// rules.BuiltinMapper).
+	Resolver rules.Resolver
 }
 
 // New returns a source for the Prometheus the options name.
@@ -110,6 +116,37 @@ type Metric struct {
 	// asked for on).
 	Labels    []string
 	Resources []schema.GroupResource
+	// ResourceLabels is the label that names each served resource's
+	// objects (the namespace's too, where the rule maps one): resolved at
+	// discovery, so a query never resolves again.
+	ResourceLabels map[schema.GroupResource]string
+	// Unresolved says which of the rule's resources this cluster does
+	// not serve, and what it serves instead.
+	Unresolved []string
+}
+
+var namespaces = schema.GroupResource{Resource: "namespaces"}
+
+// mapResources fills in what the metric's labels name under its rule.
+func (m *Metric) mapResources(res rules.Resolver) {
+	byResource, unresolved := m.Rule.MapLabels(m.Labels, res)
+	if _, ok := byResource[namespaces]; !ok {
+		// The namespace filter of a query needs the rule's namespace
+		// label even where discovery's window saw none.
+		if l, ok := m.Rule.LabelFor(namespaces, res); ok {
+			byResource[namespaces] = l
+		}
+	}
+	m.ResourceLabels, m.Unresolved, m.Resources = byResource, unresolved, nil
+	if m.Rule.External {
+		return
+	}
+	for gr, label := range byResource {
+		if slices.Contains(m.Labels, label) { // the namespace label added above may not be
+			m.Resources = append(m.Resources, gr)
+		}
+	}
+	sort.Slice(m.Resources, func(i, j int) bool { return m.Resources[i].String() < m.Resources[j].String() })
 }
 
 // RuleDiscovery is what one rule found in Prometheus, kept whole so that
@@ -128,6 +165,13 @@ type RuleDiscovery struct {
 	// Unmapped are series of a custom rule none of whose labels names a
 	// Kubernetes resource under the rule's overrides or template.
 	Unmapped []Metric
+}
+
+func (s *Source) resolver() rules.Resolver {
+	if s.Resolver == nil {
+		return rules.MapperResolver(rules.BuiltinMapper())
+	}
+	return s.Resolver
 }
 
 // DiscoverRule asks Prometheus which series names the rule matches and
@@ -168,11 +212,11 @@ func (s *Source) DiscoverRule(ctx context.Context, r *rules.Rule) RuleDiscovery 
 		for _, l := range labels {
 			m.Labels = append(m.Labels, string(l))
 		}
+		m.mapResources(s.resolver())
 		if r.External {
 			d.Metrics = append(d.Metrics, m)
 			continue
 		}
-		m.Resources = r.Resources(m.Labels)
 		if len(m.Resources) == 0 {
 			d.Unmapped = append(d.Unmapped, m)
 			continue
@@ -214,36 +258,42 @@ type CustomQuery struct {
 	Namespace string               // "" for cluster-scoped resources
 	// Object restricts the query to one object's series (the
 	// namespaces resource asks per namespace); "" for all.
-	Object   string
+	Object string
+	// Objects are the names asked about, for a rule whose query renders
+	// them (<<.LabelValuesByName>>); otherwise empty: objects are picked
+	// from the result, and one query serves every set of them.
+	Objects  []string
 	Selector []rules.Matcher // the request's metric selector
 }
 
 // Key identifies the query in the store.
 func (q CustomQuery) Key() string {
-	return strings.Join([]string{"custom", q.Metric.Name, q.Metric.Series, q.Resource.String(), q.Namespace, q.Object, rules.JoinMatchers(q.Selector)}, "|")
+	return strings.Join([]string{"custom", q.Metric.Name, q.Metric.Series, q.Resource.String(), q.Namespace, q.Object, rules.JoinMatchers(q.Selector), strings.Join(q.Objects, ",")}, "|")
 }
 
 // PromQL renders the rule's query for q, and the query of the newest raw
 // sample behind each object (its timestamp is the value's).
 func (q CustomQuery) PromQL() (query, freshness, groupBy string, err error) {
 	r := q.Metric.Rule
-	groupBy, ok := r.LabelFor(q.Resource)
+	groupBy, ok := q.Metric.ResourceLabels[q.Resource]
 	if !ok {
 		return "", "", "", fmt.Errorf("rule %s does not map resource %s to a label", r.Source, q.Resource)
 	}
 	var ms []rules.Matcher
-	values := map[string][]string{}
 	if q.Namespace != "" {
-		if nsLabel, ok := r.LabelFor(schema.GroupResource{Resource: "namespaces"}); ok && nsLabel != groupBy {
+		if nsLabel, ok := q.Metric.ResourceLabels[namespaces]; ok && nsLabel != groupBy {
 			ms = append(ms, rules.Matcher{Label: nsLabel, Op: "=", Value: q.Namespace})
-			values[nsLabel] = []string{q.Namespace}
 		}
 	}
 	if q.Object != "" {
 		ms = append(ms, rules.Matcher{Label: groupBy, Op: "=", Value: q.Object})
-		values[groupBy] = []string{q.Object}
+	}
+	if len(q.Objects) > 0 {
+		// As prometheus-adapter: the names in the matchers too.
+		ms = append(ms, objectsMatcher(groupBy, q.Objects))
 	}
 	ms = append(ms, q.Selector...)
+	values := valuesByName(ms)
 	matchers := rules.JoinMatchers(ms)
 	query, err = r.Render(rules.QueryParts{
 		Series: q.Metric.Series, LabelMatchers: matchers, GroupBy: rules.QuoteLabel(groupBy),
@@ -254,6 +304,55 @@ func (q CustomQuery) PromQL() (query, freshness, groupBy string, err error) {
 	}
 	freshness = fmt.Sprintf("max by (%s) (timestamp(%s))", rules.QuoteLabel(groupBy), rules.Selector(q.Metric.Series, ms))
 	return query, freshness, groupBy, nil
+}
+
+// objectsMatcher selects the named objects: = for one, an anchored
+// alternation of literals for more.
+func objectsMatcher(label string, names []string) rules.Matcher {
+	if len(names) == 1 {
+		return rules.Matcher{Label: label, Op: "=", Value: names[0]}
+	}
+	quoted := make([]string, len(names))
+	for i, n := range names {
+		quoted[i] = regexp.QuoteMeta(n)
+	}
+	return rules.Matcher{Label: label, Op: "=~", Value: strings.Join(quoted, "|")}
+}
+
+// valuesByName is <<.LabelValuesByName>>: each matcher's label and its
+// values as prometheus-adapter gives them, literal and joined by "|"
+// ("bar|baz"; "a.b", not the matcher's "a\.b", which is no valid PromQL
+// string text); a label matched twice keeps its first value. The
+// adapter's regexp matchers only ever hold QuoteMeta'd literals (and
+// Kubernetes names and label values hold no backslash), so dropping each
+// escaping backslash gives the literals back exactly.
+func valuesByName(ms []rules.Matcher) map[string]string {
+	out := map[string]string{}
+	for _, m := range ms {
+		if _, ok := out[m.Label]; ok {
+			continue
+		}
+		v := m.Value
+		if strings.Contains(m.Op, "~") {
+			v = unquoteMeta(v)
+		}
+		out[m.Label] = v
+	}
+	return out
+}
+
+func unquoteMeta(s string) string {
+	var b strings.Builder
+	esc := false
+	for _, c := range s {
+		if c == '\\' && !esc {
+			esc = true
+			continue
+		}
+		esc = false
+		b.WriteRune(c)
+	}
+	return b.String()
 }
 
 // Series is one series a query returned.
@@ -352,7 +451,14 @@ func (q ExternalQuery) PromQL() (query, freshness string, err error) {
 	r := q.Metric.Rule
 	ms := append([]rules.Matcher{}, q.Selector...)
 	if r.Namespaced() && q.Namespace != "" {
-		ms = append([]rules.Matcher{{Label: "namespace", Op: "=", Value: q.Namespace}}, ms...)
+		// The label the rule maps to namespaces (exported_namespace for a
+		// series scraped from another namespace); "namespace" when the
+		// rule maps none.
+		nsLabel, ok := q.Metric.ResourceLabels[namespaces]
+		if !ok {
+			nsLabel = "namespace"
+		}
+		ms = append([]rules.Matcher{{Label: nsLabel, Op: "=", Value: q.Namespace}}, ms...)
 	}
 	var groupBy []string
 	for _, m := range q.Selector {
@@ -364,7 +470,7 @@ func (q ExternalQuery) PromQL() (query, freshness string, err error) {
 		quoted[i] = rules.QuoteLabel(g)
 	}
 	query, err = r.Render(rules.QueryParts{Series: q.Metric.Series, LabelMatchers: rules.JoinMatchers(ms),
-		GroupBy: strings.Join(quoted, ","), GroupBySlice: groupBy})
+		GroupBy: strings.Join(quoted, ","), GroupBySlice: groupBy, LabelValuesByName: valuesByName(ms)})
 	if err != nil {
 		return "", "", err
 	}

@@ -90,7 +90,8 @@ func FuzzSelectorStaysInsideItsMatchers(f *testing.F) {
 		}
 
 		custom := promsource.CustomQuery{
-			Metric:    promsource.Metric{Name: "m", Series: series, Rule: cfg.Rules[0]},
+			Metric: promsource.Metric{Name: "m", Series: series, Rule: cfg.Rules[0], ResourceLabels: map[schema.GroupResource]string{
+				{Resource: "pods"}: "pod", {Resource: "namespaces"}: "namespace"}},
 			Resource:  schema.GroupResource{Resource: "pods"},
 			Namespace: ns, Object: obj, Selector: ms,
 		}

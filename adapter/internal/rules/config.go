@@ -45,12 +45,16 @@ type Rule struct {
 	overrides    map[string]schema.GroupResource // label -> resource
 	template     *template.Template              // resource -> label, when set
 	templateText string
-	templateRE   *regexp.Regexp // label -> resource, from template
-	namespaced   bool
-	matches      *regexp.Regexp
-	as           string
-	query        *template.Template
-	QueryText    string
+	// templateRE finds the group and resource in a label name, shortest
+	// group first and longest group first: kube_<<.Group>>_<<.Resource>>
+	// reads kube_networking_k8s_io_ingress both ways, and the one that
+	// resolves wins.
+	templateRE []*regexp.Regexp
+	namespaced bool
+	matches    *regexp.Regexp
+	as         string
+	query      *template.Template
+	QueryText  string
 	// Fingerprint is the same for the same rule text, wherever it stands
 	// in the file: what the adapter found for a rule survives a reload
 	// that did not change it.
@@ -217,11 +221,13 @@ func compile(file, section string, i int, node *yaml.Node, rs ruleSpec, external
 			return nil, fail(err.Error(), "resources", "template")
 		}
 		r.template, r.templateText = tmpl, t
-		re, err := templateRegexp(t)
-		if err != nil {
-			return nil, fail(err.Error(), "resources", "template")
+		for _, groupRE := range []string{"(?P<group>.*?)", "(?P<group>.*)"} {
+			re, err := templateRegexp(t, groupRE)
+			if err != nil {
+				return nil, fail(err.Error(), "resources", "template")
+			}
+			r.templateRE = append(r.templateRE, re)
 		}
-		r.templateRE = re
 	}
 	if rs.Resources.Namespaced != nil {
 		if !external {
@@ -262,7 +268,7 @@ func compile(file, section string, i int, node *yaml.Node, rs ruleSpec, external
 	r.query = q
 	// Render once with sample values so an unknown field (<<.Foo>>) fails
 	// now, not on the first HPA request.
-	if _, err := r.Render(QueryParts{Series: "s", LabelMatchers: `namespace="n"`, GroupBy: "pod", GroupBySlice: []string{"pod"}, LabelValuesByName: map[string][]string{"pod": {"p"}}}); err != nil {
+	if _, err := r.Render(QueryParts{Series: "s", LabelMatchers: `namespace="n"`, GroupBy: "pod", GroupBySlice: []string{"pod"}, LabelValuesByName: map[string]string{"pod": "p"}}); err != nil {
 		return nil, fail(err.Error(), "metricsQuery")
 	}
 	return r, nil
@@ -270,7 +276,7 @@ func compile(file, section string, i int, node *yaml.Node, rs ruleSpec, external
 
 // templateRegexp turns a resources template such as kube_<<.Group>>_<<.Resource>>
 // into a regexp that finds the group and resource in a label name.
-func templateRegexp(t string) (*regexp.Regexp, error) {
+func templateRegexp(t, groupRE string) (*regexp.Regexp, error) {
 	var b strings.Builder
 	b.WriteString("^")
 	rest := t
@@ -287,7 +293,7 @@ func templateRegexp(t string) (*regexp.Regexp, error) {
 		}
 		switch strings.TrimSpace(rest[i+2 : i+j]) {
 		case ".Group":
-			b.WriteString("(?P<group>.*?)")
+			b.WriteString(groupRE)
 		case ".Resource":
 			b.WriteString("(?P<resource>.+?)")
 		default:

@@ -13,6 +13,8 @@ import (
 
 var pods = schema.GroupResource{Resource: "pods"}
 
+var builtin = rules.MapperResolver(rules.BuiltinMapper())
+
 func parse(t *testing.T, yaml string) *rules.Config {
 	t.Helper()
 	cfg, err := rules.Parse("config.yaml", []byte(yaml))
@@ -39,7 +41,7 @@ func TestSeedRuleRendersTheExpectedPromQL(t *testing.T) {
 	if !ok || name != "flask_http_request_per_second" {
 		t.Fatalf("MetricName = %q %v, want flask_http_request_per_second", name, ok)
 	}
-	label, ok := r.LabelFor(pods)
+	label, ok := r.LabelFor(pods, builtin)
 	if !ok || label != "pod" {
 		t.Fatalf("LabelFor(pods) = %q %v", label, ok)
 	}
@@ -108,24 +110,43 @@ rules:
     metricsQuery: 'x'
 `)
 	tmpl, ov := cfg.Rules[0], cfg.Rules[1]
-	if l, ok := tmpl.LabelFor(schema.GroupResource{Group: "apps", Resource: "deployments"}); !ok || l != "kube_apps_deployment" {
+	deployments := schema.GroupResource{Group: "apps", Resource: "deployments"}
+	if l, ok := tmpl.LabelFor(deployments, builtin); !ok || l != "kube_apps_deployment" {
 		t.Errorf("template LabelFor(deployments.apps) = %q %v", l, ok)
 	}
-	if gr, ok := tmpl.ResourceFor("kube_apps_deployment"); !ok || gr != (schema.GroupResource{Group: "apps", Resource: "deployment"}) {
-		t.Errorf("template ResourceFor = %v %v", gr, ok)
+	if gr, err := tmpl.ResourceFor("kube_apps_deployment", builtin); err != nil || gr != deployments {
+		t.Errorf("template ResourceFor = %v %v", gr, err)
 	}
-	if _, ok := tmpl.ResourceFor("pod"); ok {
+	if _, err := tmpl.ResourceFor("pod", builtin); err == nil {
 		t.Errorf("template matched a label it does not describe")
 	}
-	if l, ok := ov.LabelFor(pods); !ok || l != "exported_pod" {
+	if l, ok := ov.LabelFor(pods, builtin); !ok || l != "exported_pod" {
 		t.Errorf("override LabelFor(pods) = %q %v", l, ok)
 	}
-	if l, ok := ov.LabelFor(schema.GroupResource{Group: "apps", Resource: "deployments"}); !ok || l != "deploy" {
+	if l, ok := ov.LabelFor(deployments, builtin); !ok || l != "deploy" {
 		t.Errorf("override LabelFor(deployments.apps) = %q %v", l, ok)
 	}
-	got := ov.Resources([]string{"exported_pod", "ns", "method"})
-	if len(got) != 2 || got[0].Resource != "namespace" || got[1].Resource != "pod" {
-		t.Errorf("Resources = %v", got)
+	got, unresolved := ov.MapLabels([]string{"exported_pod", "ns", "method"}, builtin)
+	if len(got) != 2 || got[schema.GroupResource{Resource: "namespaces"}] != "ns" || got[pods] != "exported_pod" || len(unresolved) != 0 {
+		t.Errorf("MapLabels = %v %v", got, unresolved)
+	}
+}
+
+// A template writes a group with dots and dashes as underscores, as
+// prometheus-adapter's: kube_networking_k8s_io_ingress is an Ingress.
+func TestTemplateGroupsAreSanitized(t *testing.T) {
+	cfg := parse(t, `
+rules:
+  - seriesQuery: 'm{kube_namespace!=""}'
+    resources: {template: "kube_<<.Group>>_<<.Resource>>"}
+    metricsQuery: 'x'
+`)
+	ingresses := schema.GroupResource{Group: "networking.k8s.io", Resource: "ingresses"}
+	if l, ok := cfg.Rules[0].LabelFor(ingresses, builtin); !ok || l != "kube_networking_k8s_io_ingress" {
+		t.Errorf("LabelFor(ingresses.networking.k8s.io) = %q %v", l, ok)
+	}
+	if gr, err := cfg.Rules[0].ResourceFor("kube_networking_k8s_io_ingress", builtin); err != nil || gr != ingresses {
+		t.Errorf("ResourceFor(kube_networking_k8s_io_ingress) = %v %v", gr, err)
 	}
 }
 
@@ -137,11 +158,11 @@ rules:
     metricsQuery: 'sum(<<.Series>>{<<.LabelMatchers>>}) by (<<.GroupBy>>) # <<range .GroupBySlice>><<.>>;<<end>> <<index .LabelValuesByName "pod">>'
 `)
 	q, err := cfg.Rules[0].Render(rules.QueryParts{Series: "m", LabelMatchers: `namespace="a",pod=~"p1|p2"`, GroupBy: "pod,x",
-		GroupBySlice: []string{"pod", "x"}, LabelValuesByName: map[string][]string{"pod": {"p1", "p2"}}})
+		GroupBySlice: []string{"pod", "x"}, LabelValuesByName: map[string]string{"pod": "p1|p2"}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := `sum(m{namespace="a",pod=~"p1|p2"}) by (pod,x) # pod;x; [p1 p2]`; q != want {
+	if want := `sum(m{namespace="a",pod=~"p1|p2"}) by (pod,x) # pod;x; p1|p2`; q != want {
 		t.Fatalf("got  %s\nwant %s", q, want)
 	}
 }
@@ -233,6 +254,29 @@ func TestSelectorMatchers(t *testing.T) {
 	for _, part := range []string{`consumergroup="g1"`, `topic=~"a\\.b|c"`, `env!="dev"`, `team!=""`, `legacy=""`, `tier!~"x"`} {
 		if !strings.Contains(got, part) {
 			t.Errorf("%s lacks %s", got, part)
+		}
+	}
+}
+
+// An empty <<.LabelMatchers>> leaves no comma behind a brace (Prometheus
+// rejects {,mode!="idle"}); commas inside string literals stay.
+func TestEmptyMatchersRenderValidSelectors(t *testing.T) {
+	cfg := parse(t, `
+rules:
+  - seriesQuery: 'm{node!=""}'
+    resources: {overrides: {node: {resource: node}}}
+    metricsQuery: 'label_replace(sum(rate(<<.Series>>{<<.LabelMatchers>>,mode!="idle"}[2m])) by (<<.GroupBy>>), "x", "{,}", "y", ",}") + <<.Series>>{ <<.LabelMatchers>> } + <<.Series>>{a="1",<<.LabelMatchers>>}'
+`)
+	for matchers, want := range map[string]string{
+		"":          `label_replace(sum(rate(m{mode!="idle"}[2m])) by (node), "x", "{,}", "y", ",}") + m{  } + m{a="1"}`,
+		`node="n1"`: `label_replace(sum(rate(m{node="n1",mode!="idle"}[2m])) by (node), "x", "{,}", "y", ",}") + m{ node="n1" } + m{a="1",node="n1"}`,
+	} {
+		q, err := cfg.Rules[0].Render(rules.QueryParts{Series: "m", LabelMatchers: matchers, GroupBy: "node"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if q != want {
+			t.Errorf("matchers %q rendered\n  %s\nwant\n  %s", matchers, q, want)
 		}
 	}
 }

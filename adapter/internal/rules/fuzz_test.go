@@ -41,7 +41,8 @@ func FuzzParse(f *testing.F) {
 			return
 		}
 		parts := rules.QueryParts{Series: "s", LabelMatchers: `namespace="n"`, GroupBy: "pod",
-			GroupBySlice: []string{"pod"}, LabelValuesByName: map[string][]string{"pod": {"p"}}}
+			GroupBySlice: []string{"pod"}, LabelValuesByName: map[string]string{"pod": "p"}}
+		builtin := rules.MapperResolver(rules.BuiltinMapper())
 		for _, r := range append(append([]*rules.Rule{}, cfg.Rules...), cfg.ExternalRules...) {
 			if r.Source == "" || !strings.HasPrefix(r.Source, "fuzz.yaml:") {
 				t.Fatalf("rule without a source line: %+v", r)
@@ -50,8 +51,8 @@ func FuzzParse(f *testing.F) {
 				t.Fatalf("accepted rule %s does not render: %v", r.Source, err)
 			}
 			r.MetricName("s_total")
-			r.Resources([]string{"namespace", "pod", "node", "kube_deployment"})
-			r.LabelFor(schema.GroupResource{Resource: "pods"})
+			r.MapLabels([]string{"namespace", "pod", "node", "kube_deployment", "__name__"}, builtin)
+			r.LabelFor(schema.GroupResource{Resource: "pods"}, builtin)
 		}
 		_ = cfg.KafkaLag.Allow("purchase-system", []string{"g"}, []string{"t"})
 	})

@@ -3,6 +3,7 @@ package rules
 import (
 	"bytes"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 
@@ -67,76 +68,56 @@ func (r *Rule) Template() string {
 func (r *Rule) Namespaced() bool { return r.namespaced }
 
 // SameResource compares resources the way the API does, ignoring plural
-// and case: "pod" and "pods" are one resource.
+// and case: "pod" and "pods" are one resource (for suggestions in
+// messages; serving compares resolved resources).
 func SameResource(a, b schema.GroupResource) bool {
 	norm := func(s string) string { return strings.TrimSuffix(strings.ToLower(s), "s") }
 	return a.Group == b.Group && norm(a.Resource) == norm(b.Resource)
 }
 
-// LabelFor is the series label that names objects of resource gr.
-func (r *Rule) LabelFor(gr schema.GroupResource) (string, bool) {
-	for label, o := range r.overrides {
-		if SameResource(o, gr) {
-			return label, true
-		}
-	}
-	if r.template == nil {
-		return "", false
-	}
-	singular := strings.TrimSuffix(gr.Resource, "s")
-	var b bytes.Buffer
-	if err := r.template.Execute(&b, struct{ Group, Resource string }{gr.Group, singular}); err != nil {
-		return "", false
-	}
-	return b.String(), true
-}
-
-// ResourceFor is the resource a series label names, if any.
-func (r *Rule) ResourceFor(label string) (schema.GroupResource, bool) {
-	if gr, ok := r.overrides[label]; ok {
-		return gr, true
-	}
-	if r.templateRE == nil {
-		return schema.GroupResource{}, false
-	}
-	m := r.templateRE.FindStringSubmatch(label)
-	if m == nil {
-		return schema.GroupResource{}, false
-	}
-	gr := schema.GroupResource{}
-	for i, name := range r.templateRE.SubexpNames() {
-		switch name {
-		case "group":
-			gr.Group = m[i]
-		case "resource":
-			gr.Resource = m[i]
-		}
-	}
-	return gr, gr.Resource != ""
-}
-
-// Resources lists the resources a series with these labels can be
-// attached to.
-func (r *Rule) Resources(labels []string) []schema.GroupResource {
+// templateResources are the groups and resources the template may
+// describe in a label name, as written there (not resolved).
+func (r *Rule) templateResources(label string) []schema.GroupResource {
 	var out []schema.GroupResource
-	for _, l := range labels {
-		if gr, ok := r.ResourceFor(l); ok {
+	for _, re := range r.templateRE {
+		m := re.FindStringSubmatch(label)
+		if m == nil {
+			continue
+		}
+		gr := schema.GroupResource{}
+		for i, name := range re.SubexpNames() {
+			switch name {
+			case "group":
+				gr.Group = m[i]
+			case "resource":
+				gr.Resource = m[i]
+			}
+		}
+		if gr.Resource != "" && !slices.Contains(out, gr) {
 			out = append(out, gr)
 		}
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].String() < out[j].String() })
 	return out
 }
 
 // QueryParts are the values a metricsQuery template sees, with
 // prometheus-adapter's names.
 type QueryParts struct {
-	Series            string
-	LabelMatchers     string // namespace="ns",pod="p" ...
-	GroupBy           string // pod
-	GroupBySlice      []string
-	LabelValuesByName map[string][]string
+	Series        string
+	LabelMatchers string // namespace="ns",pod="p" ...
+	GroupBy       string // pod
+	GroupBySlice  []string
+	// LabelValuesByName: label → its values joined by "|", as in
+	// prometheus-adapter (pod → "bar|baz"). Names of objects are here
+	// only for rules whose query uses it (UsesLabelValues).
+	LabelValuesByName map[string]string
 }
+
+// UsesLabelValues reports whether the rule's query reads
+// <<.LabelValuesByName>>: only then is a query rendered per set of
+// objects, with their names; the other rules' queries stay the same size
+// at any number of pods.
+func (r *Rule) UsesLabelValues() bool { return strings.Contains(r.QueryText, ".LabelValuesByName") }
 
 // seriesToken stands for the series name while the template runs, so a
 // name that is not a legacy PromQL identifier (Prometheus 3 allows UTF-8
@@ -155,7 +136,7 @@ func (r *Rule) Render(qp QueryParts) (string, error) {
 	if err := r.query.Execute(&b, qp); err != nil {
 		return "", fmt.Errorf("rule %s: rendering metricsQuery: %w", r.Source, err)
 	}
-	out := b.String()
+	out := tidyMatchers(b.String())
 	if !legacy {
 		q := Quote(series)
 		out = strings.ReplaceAll(out, seriesToken+"{}", "{"+q+"}")
@@ -163,4 +144,53 @@ func (r *Rule) Render(qp QueryParts) (string, error) {
 		out = strings.ReplaceAll(out, seriesToken, "{"+q+"}")
 	}
 	return out, nil
+}
+
+// tidyMatchers drops the commas an empty <<.LabelMatchers>> leaves in a
+// selector ({,mode!="idle"} → {mode!="idle"}), which Prometheus rejects:
+// a cluster-scoped resource, or an external rule across namespaces,
+// without a metric selector has no matchers. Text in string literals is
+// left alone.
+func tidyMatchers(q string) string {
+	var b strings.Builder
+	var quote rune
+	esc := false
+	prev := func() byte { // the last byte written that is not a space
+		s := b.String()
+		for i := len(s) - 1; i >= 0; i-- {
+			if s[i] != ' ' && s[i] != '\t' {
+				return s[i]
+			}
+		}
+		return 0
+	}
+	next := func(i int) byte { // the next byte after i that is not a space
+		for j := i + 1; j < len(q); j++ {
+			if q[j] != ' ' && q[j] != '\t' {
+				return q[j]
+			}
+		}
+		return 0
+	}
+	for i, c := range q {
+		switch {
+		case quote != 0:
+			switch {
+			case esc:
+				esc = false
+			case c == '\\' && quote != '`':
+				esc = true
+			case c == quote:
+				quote = 0
+			}
+		case c == '"' || c == '\'' || c == '`':
+			quote = c
+		case c == ',':
+			if p := prev(); p == '{' || p == ',' || next(i) == '}' {
+				continue
+			}
+		}
+		b.WriteRune(c)
+	}
+	return b.String()
 }
