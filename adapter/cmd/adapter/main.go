@@ -100,6 +100,9 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == "explain" {
 		os.Exit(explainMain(os.Args[2:], os.Stdout, os.Stderr))
 	}
+	if len(os.Args) > 1 && os.Args[1] == "migrate-keda" {
+		os.Exit(migrateMain(os.Args[2:], os.Stdin, os.Stdout, os.Stderr))
+	}
 	logs.InitLogs()
 	defer logs.FlushLogs()
 	a := &Adapter{}
