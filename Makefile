@@ -6,9 +6,9 @@
 
 SHELL := /bin/bash
 BIN   := $(CURDIR)/bin
-PROGRAMS := webserver consumer adapter loadgen devcluster imagebuild
+PROGRAMS := webserver consumer adapter loadgen devcluster imagebuild imagepush
 
-.PHONY: help build images run run-local test e2e load bench bench-lag bench-hpa tools cluster-up cluster-down clean
+.PHONY: help build images push run run-local test e2e load bench bench-lag bench-hpa tools cluster-up cluster-down clean
 
 help:
 	@echo "make run        the whole system on a local Kubernetes (no Docker needed), URLs printed"
@@ -18,7 +18,8 @@ help:
 	@echo "make run-local  the two services as host processes beside Kafka, without Kubernetes"
 	@echo "make cluster-up / cluster-down   the local Kubernetes alone (kubeconfig: .cache/devcluster/kubeconfig)"
 	@echo "make build      build the programs into bin/"
-	@echo "make images     container images into _output/images/ (no Docker needed) and the local node's store"
+	@echo "make images     container images into _output/images/ (no Docker needed)"
+	@echo "make push REGISTRY=<host>/<org>   push the images for a real cluster, digests printed"
 	@echo "make bench      measure /buy and consumer throughput (docs/BENCHMARKS.md)"
 	@echo "make bench-lag  measure the lag source with 3,000 consumer groups (docs/BENCHMARKS.md)"
 	@echo "make bench-hpa  measure 1,000 HPAs through the real HPA controller (docs/BENCHMARKS.md)"
@@ -27,12 +28,20 @@ help:
 build:
 	@echo "==> building $(PROGRAMS) into bin/"
 	@go build -o $(BIN)/ ./webserver/cmd/webserver ./consumer/cmd/consumer ./adapter/cmd/adapter \
-		./e2e/cmd/loadgen ./devcluster/cmd/devcluster ./images/cmd/imagebuild
+		./e2e/cmd/loadgen ./devcluster/cmd/devcluster ./images/cmd/imagebuild ./images/cmd/imagepush
 
 # Container images without Docker: _output/images/*.tar (OCI archives that
 # docker load and kind load image-archive take) and the local node's store.
 images: build
 	@scripts/images.sh build
+
+# The project's images into a registry for a real cluster (make push
+# REGISTRY=ghcr.io/acme): byte for byte, digests printed, and a kustomize
+# Component pinning them written to _output/push/ for an overlay to include.
+push: images
+	@[ -n "$(REGISTRY)" ] || { echo "usage: make push REGISTRY=<host>/<org>  (credentials: ~/.docker/config.json)"; exit 2; }
+	@bin/imagepush --into $(REGISTRY) --pins _output/push/kustomization.yaml \
+		_output/images/webserver.tar _output/images/consumer.tar _output/images/adapter.tar
 
 tools:
 	@scripts/tools.sh ensure all

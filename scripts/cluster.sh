@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The local Kubernetes (no Docker needed): a control plane and one node
-# (kubelet, containerd with runc, CNI bridge, kube-proxy, kube-router's
-# NetworkPolicy firewall, CoreDNS), all built from source into the tools
-# cache.
+# (a local registry, kubelet, containerd with runc, CNI bridge, kube-proxy,
+# kube-router's NetworkPolicy firewall, CoreDNS), all built from source
+# into the tools cache.
 #
 #   scripts/cluster.sh up      start it (builds tools into the cache the first time)
 #   scripts/cluster.sh down    stop it and remove every process and file it started
@@ -38,9 +38,15 @@ cluster_flags() {
   echo "--crictl=$(scripts/tools.sh path crictl)"
   # Images and snapshots survive cluster down: a warm start unpacks nothing.
   echo "--containerd-root=${STATE_DIR}/containerd"
-  # make images' archives, imported into containerd at every start (a
-  # second import of unchanged content only re-tags).
+  # The local registry (CNCF distribution) the node pulls every image
+  # from; its storage, like containerd's, survives cluster down.
+  echo "--registry=$(scripts/tools.sh path registry)"
+  echo "--registry-root=${STATE_DIR}/registry"
+  # make images' archives, pushed to the local registry at every start
+  # (unchanged blobs are not sent again) and pinned by digest in a
+  # kustomize Component the addons and the local overlays include.
   echo "--images=${REPO_ROOT}/_output/images"
+  echo "--image-pins=${REPO_ROOT}/manifests/generated/images/kustomization.yaml"
   echo "--addon=${REPO_ROOT}/manifests/addons/coredns"
   echo "--addon=${REPO_ROOT}/manifests/addons/metrics-server"
   echo "--addon=${REPO_ROOT}/manifests/addons/kube-state-metrics"

@@ -28,6 +28,10 @@ CNI_PLUGINS_VERSION="v1.9.1"
 CRICTL_VERSION="v1.37.0"
 KUBE_ROUTER_VERSION="v2.1.0"
 COREDNS_VERSION="v1.14.6"
+# The local registry the node pulls from (tools/distribution/go.mod pins it).
+DISTRIBUTION_VERSION="v3.1.2"
+# Lints, renders and installs the adapter's chart (tools/helm/go.mod pins it).
+HELM_VERSION="v3.22.0"
 
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }

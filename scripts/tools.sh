@@ -3,8 +3,8 @@
 # (outside the checkout), and prints where they are.
 #
 #   scripts/tools.sh ensure kubernetes|etcd|metrics-server|kube-state-metrics|kafka|prometheus|node|all
-#     (node: containerd, runc, cni-plugins, crictl, kube-router, coredns; each also by name)
-#   scripts/tools.sh path   kubernetes|etcd|metrics-server|kube-state-metrics|kafka|prometheus|promtool|prometheus-adapter
+#     (node: registry, containerd, runc, cni-plugins, crictl, kube-router, coredns; each also by name)
+#   scripts/tools.sh path   kubernetes|etcd|metrics-server|kube-state-metrics|kafka|prometheus|promtool|prometheus-adapter|registry|helm
 #
 # A built tool is moved into place only when complete, so an interrupted
 # build leaves nothing that looks finished.
@@ -15,6 +15,8 @@ etcd_dir()           { echo "${TOOLS_DIR}/etcd-${ETCD_VERSION}"; }
 metrics_server_dir() { echo "${TOOLS_DIR}/metrics-server-${METRICS_SERVER_VERSION}"; }
 ksm_dir()            { echo "${TOOLS_DIR}/kube-state-metrics-${KUBE_STATE_METRICS_VERSION}"; }
 prometheus_adapter_dir() { echo "${TOOLS_DIR}/prometheus-adapter-${PROMETHEUS_ADAPTER_VERSION}"; }
+registry_dir()       { echo "${TOOLS_DIR}/distribution-${DISTRIBUTION_VERSION}"; }
+helm_dir()           { echo "${TOOLS_DIR}/helm-${HELM_VERSION}"; }
 kafka_dir()          { echo "${TOOLS_DIR}/kafka-${KAFKA_VERSION}"; }
 prometheus_dir()     { echo "${TOOLS_DIR}/prometheus-${PROMETHEUS_VERSION}"; }
 
@@ -215,6 +217,21 @@ ensure_prometheus_adapter() {
   go_build_tools prometheus-adapter "$out" "-s -w" sigs.k8s.io/prometheus-adapter/cmd/adapter
 }
 
+ensure_registry() {
+  local out; out="$(registry_dir)"
+  have_all "$out" registry && return 0
+  log "distribution (registry) ${DISTRIBUTION_VERSION}: building (a minute or two the first time)"
+  go_build_tools distribution "$out" "-s -w -X github.com/distribution/distribution/v3/version.version=${DISTRIBUTION_VERSION}" \
+    github.com/distribution/distribution/v3/cmd/registry
+}
+
+ensure_helm() {
+  local out; out="$(helm_dir)"
+  have_all "$out" helm && return 0
+  log "helm ${HELM_VERSION}: building (a few minutes the first time)"
+  go_build_tools helm "$out" "-s -w -X helm.sh/helm/v3/internal/version.version=${HELM_VERSION}" helm.sh/helm/v3/cmd/helm
+}
+
 ensure_coredns() {
   local out; out="$(coredns_dir)"
   have_all "$out" coredns && return 0
@@ -238,6 +255,8 @@ tool_path() {
     kube-router) echo "$(kube_router_dir)/kube-router" ;;
     coredns) echo "$(coredns_dir)/coredns" ;;
     prometheus-adapter) echo "$(prometheus_adapter_dir)/adapter" ;;
+    registry) echo "$(registry_dir)/registry" ;;
+    helm) echo "$(helm_dir)/helm" ;;
     *) die "unknown tool: $1" ;;
   esac
 }
@@ -246,7 +265,7 @@ ensure_all() {
   ensure kubernetes &
   local k8s=$!
   local x
-  for x in etcd kafka node metrics-server kube-state-metrics prometheus; do
+  for x in etcd kafka node metrics-server kube-state-metrics prometheus helm; do
     ensure "$x" || { wait "$k8s"; return 1; }
   done
   wait "$k8s" || die "building kubernetes failed"
@@ -259,8 +278,8 @@ ensure() {
     # go build leaves cores idle while it downloads and links, which the
     # other stream uses (cold: about 25 min instead of 40 on 2 cores).
     all) ensure_all ;;
-    node) for x in containerd runc cni-plugins crictl kube-router coredns; do ensure "$x"; done ;;
-    kubernetes|etcd|metrics-server|kube-state-metrics|kafka|prometheus|containerd|runc|cni-plugins|crictl|kube-router|coredns|prometheus-adapter)
+    node) for x in registry containerd runc cni-plugins crictl kube-router coredns; do ensure "$x"; done ;;
+    kubernetes|etcd|metrics-server|kube-state-metrics|kafka|prometheus|containerd|runc|cni-plugins|crictl|kube-router|coredns|prometheus-adapter|registry|helm)
       with_lock "${TOOLS_DIR}/${t}" "ensure_${t//-/_}" ;;
     *) die "unknown tool: $t" ;;
   esac

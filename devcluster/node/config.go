@@ -20,13 +20,18 @@ func (c Config) writeConfigs() error {
 	if err := os.MkdirAll(c.ImageDir, 0o711); err != nil {
 		return err
 	}
+	if err := os.MkdirAll(c.RegistryDir, 0o700); err != nil {
+		return err
+	}
 	files := map[string]string{
+		"registry.yaml":              c.registryConfig(),
 		"containerd.toml":            c.containerdConfig(),
 		"cni/10-devcluster.conflist": c.cniConfig(),
 		"kubelet.yaml":               c.kubeletConfig(),
 		"kube-proxy.yaml":            c.kubeProxyConfig(),
-		// Every pull goes to this machine: an image that was not imported
-		// fails at once, and nothing is fetched from the internet.
+		// Every pull goes to the local registry: an image that was not
+		// pushed there fails at once, and nothing is fetched from the
+		// internet.
 		"certs.d/_default/hosts.toml": "server = \"http://" + LocalRegistry + "\"\n",
 		// Pods with dnsPolicy Default (CoreDNS itself) get no upstream
 		// resolver: nothing outside the cluster is to be resolved from here.
@@ -43,6 +48,27 @@ func (c Config) writeConfigs() error {
 		}
 	}
 	return nil
+}
+
+// registryConfig: distribution's registry on loopback only, plain HTTP
+// (kind's local-registry recipe does the same), storage kept across Down.
+func (c Config) registryConfig() string {
+	return fmt.Sprintf(`# Written by the local cluster's launcher (devcluster/node).
+version: 0.1
+log:
+  level: warn
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: %q
+  delete:
+    enabled: true
+http:
+  addr: %s
+  debug:
+    addr: ""
+`, c.RegistryDir, LocalRegistry)
 }
 
 // containerdConfig: the CRI plugin with runc, the CNI bridge network, the
@@ -207,6 +233,7 @@ conntrack:
 func (c Config) specs() map[string]daemon.Spec {
 	path := strings.Join([]string{c.Bin.ContainerdDir, filepath.Dir(c.Bin.Runc), c.Bin.CNIDir, os.Getenv("PATH")}, ":")
 	return map[string]daemon.Spec{
+		Registry: {Name: Registry, Path: c.Bin.Registry, Args: []string{"serve", c.path("registry.yaml")}},
 		Containerd: {Name: Containerd, Path: filepath.Join(c.Bin.ContainerdDir, "containerd"),
 			Args: []string{"--config", c.path("containerd.toml"), "--log-level", "warn"},
 			// The shim is found on PATH.

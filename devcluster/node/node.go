@@ -1,5 +1,7 @@
-// Package node runs the local cluster's node from upstream parts:
-// containerd with runc runs the pods' containers, the CNI bridge plugin
+// Package node runs the local cluster's node from upstream parts: CNCF
+// distribution's registry on 127.0.0.1:5000 holds every image and
+// containerd (its mirror for every registry) pulls from it, runc runs the
+// pods' containers, the CNI bridge plugin
 // gives each pod an address on the cluster's bridge, the kubelet manages
 // them, kube-proxy programs Services into iptables and kube-router's
 // firewall enforces NetworkPolicies. This package only configures, starts,
@@ -59,6 +61,7 @@ const (
 
 // Component names, as daemons and in logs.
 const (
+	Registry   = "registry"
 	Containerd = "containerd"
 	Kubelet    = "kubelet"
 	KubeProxy  = "kube-proxy"
@@ -66,10 +69,11 @@ const (
 )
 
 // Components in start order; stopped in reverse.
-var Components = []string{Containerd, Kubelet, KubeProxy, KubeRouter}
+var Components = []string{Registry, Containerd, Kubelet, KubeProxy, KubeRouter}
 
 // Binaries are the node's programs.
 type Binaries struct {
+	Registry      string // CNCF distribution's registry
 	ContainerdDir string // containerd, ctr, containerd-shim-runc-v2
 	Runc          string
 	CNIDir        string // bridge, host-local, loopback, portmap
@@ -84,7 +88,10 @@ type Config struct {
 	Name     string
 	Dir      string // the node's state (configs, kubelet root, logs): removed at Down
 	ImageDir string // containerd's root: images and snapshots, kept across Down
-	Bin      Binaries
+	// RegistryDir is the local registry's storage, kept across Down like
+	// ImageDir: a warm start pushes only what changed.
+	RegistryDir string
+	Bin         Binaries
 
 	CAFile           string // client CA of the kubelet API
 	ServingCert      string // kubelet API
@@ -115,7 +122,7 @@ func CheckHost(b Binaries) error {
 	for name, p := range map[string]string{
 		"containerd": filepath.Join(b.ContainerdDir, "containerd"), "runc": b.Runc,
 		"CNI bridge": filepath.Join(b.CNIDir, "bridge"), "kubelet": b.Kubelet,
-		"kube-proxy": b.KubeProxy, "kube-router": b.KubeRouter, "crictl": b.Crictl,
+		"kube-proxy": b.KubeProxy, "kube-router": b.KubeRouter, "crictl": b.Crictl, "registry": b.Registry,
 	} {
 		if _, err := os.Stat(p); err != nil {
 			return fmt.Errorf("%s binary: %w (scripts/tools.sh ensure node kubernetes builds it)", name, err)
@@ -254,6 +261,8 @@ func (c Config) waitStarted(ctx context.Context, name string, timeout time.Durat
 			return errors.New("exited during start")
 		}
 		switch name {
+		case Registry:
+			last = httpOK(ctx, "http://"+LocalRegistry+"/v2/")
 		case Containerd:
 			last = c.ctr(ctx, nil, "version")
 		case Kubelet:
@@ -273,30 +282,6 @@ func (c Config) waitStarted(ctx context.Context, name string, timeout time.Durat
 		}
 	}
 	return fmt.Errorf("not up within %s: %v", timeout, last)
-}
-
-// ImportImages adds image archives (or every *.tar of a directory) to
-// containerd's k8s.io namespace, where the kubelet finds them: the node's
-// `kind load image-archive`.
-func (c Config) ImportImages(ctx context.Context, progress io.Writer, paths ...string) error {
-	var archives []string
-	for _, p := range paths {
-		if st, err := os.Stat(p); err == nil && st.IsDir() {
-			m, _ := filepath.Glob(filepath.Join(p, "*.tar"))
-			archives = append(archives, m...)
-		} else {
-			archives = append(archives, p)
-		}
-	}
-	for _, a := range archives {
-		if err := c.ctr(ctx, nil, "-n", "k8s.io", "images", "import", a); err != nil {
-			return fmt.Errorf("importing %s: %w", a, err)
-		}
-	}
-	if len(archives) > 0 {
-		fmt.Fprintf(progress, "==> %d images imported into containerd\n", len(archives))
-	}
-	return nil
 }
 
 func (c Config) ctr(ctx context.Context, out io.Writer, args ...string) error {
@@ -335,6 +320,7 @@ func Down(c Config, grace time.Duration, progress io.Writer) error {
 	errs = append(errs, c.Daemons().Stop(KubeRouter, 10*time.Second))
 	errs = append(errs, c.Daemons().Stop(KubeProxy, 10*time.Second))
 	errs = append(errs, c.Daemons().Stop(Containerd, 15*time.Second))
+	errs = append(errs, c.Daemons().Stop(Registry, 10*time.Second))
 	// Shims outlive containerd by design (they are in a process group of
 	// their own); with every pod removed they have exited, unless the node
 	// was killed: then they and their containers go now.

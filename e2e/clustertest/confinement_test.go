@@ -116,7 +116,7 @@ func TestARootContainerIsConfined(t *testing.T) {
 			TerminationGracePeriodSeconds: ptr.To(int64(1)),
 			SecurityContext:               &corev1.PodSecurityContext{FSGroup: ptr.To(int64(2000))},
 			Containers: []corev1.Container{{
-				Name: "probe", Image: probeImage, ImagePullPolicy: corev1.PullNever,
+				Name: "probe", Image: probeImage,
 				Args: []string{"confinement", "/etc/probe/a", "/etc/probe/b", "/etc/probe-default/a"},
 				SecurityContext: &corev1.SecurityContext{
 					RunAsUser: ptr.To(int64(0)), RunAsNonRoot: ptr.To(false),
@@ -205,7 +205,7 @@ func TestAContainerOverItsMemoryLimitIsOOMKilledAndRestarted(t *testing.T) {
 			TerminationGracePeriodSeconds: ptr.To(int64(1)),
 			SecurityContext:               restrictedPod(),
 			Containers: []corev1.Container{{
-				Name: "hog", Image: probeImage, ImagePullPolicy: corev1.PullNever,
+				Name: "hog", Image: probeImage,
 				Args:            []string{"alloc", "96"},
 				SecurityContext: restrictedContainer(),
 				Resources:       corev1.ResourceRequirements{Limits: corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("32Mi")}},

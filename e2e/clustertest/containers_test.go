@@ -15,6 +15,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 
+	"github.com/purchase-system/purchase-system/devcluster/node"
 	"github.com/purchase-system/purchase-system/testkit/testproc"
 )
 
@@ -117,8 +118,8 @@ func TestPodsRunTheirImageAsContainers(t *testing.T) {
 	}
 	// The kubelet reports one of the image's tags (the archive has :dev
 	// and :<version>) and its ID.
-	if cs := p.Status.ContainerStatuses[0]; !strings.HasPrefix(cs.Image, "docker.io/purchase-system/webserver:") || !strings.HasPrefix(cs.ImageID, "sha256:") {
-		t.Errorf("image %q imageID %q, want the imported docker.io/purchase-system/webserver by its ID", cs.Image, cs.ImageID)
+	if cs := p.Status.ContainerStatuses[0]; !strings.HasPrefix(cs.Image, "docker.io/purchase-system/webserver:") || !strings.HasPrefix(cs.ImageID, "docker.io/purchase-system/webserver@sha256:") {
+		t.Errorf("image %q imageID %q, want docker.io/purchase-system/webserver, pulled (by digest) from the local registry", cs.Image, cs.ImageID)
 	}
 	// The pod's view: PID 1, its own hostname.
 	if b, err := os.ReadFile(filepath.Join(root, "proc", "1", "comm")); err != nil || strings.TrimSpace(string(b)) != "webserver" {
@@ -138,8 +139,8 @@ func TestPodsRunTheirImageAsContainers(t *testing.T) {
 }
 
 // An image that runs as root is refused under runAsNonRoot, with the
-// kubelet's message; the image comes from an archive imported with
-// devcluster load-image, as kind load image-archive would.
+// kubelet's message; the image comes from an archive pushed to the local
+// registry, where the node pulls it from.
 func TestRunAsNonRootRefusesARootImage(t *testing.T) {
 	ns := namespace(t)
 	archive := filepath.Join(t.TempDir(), "root.tar")
@@ -148,9 +149,9 @@ func TestRunAsNonRootRefusesARootImage(t *testing.T) {
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("imagebuild: %v\n%s", err, out)
 	}
-	load := exec.Command(filepath.Join(repoRoot, "bin", "devcluster"), "load-image", "--containerd-dir", toolPath(t, "containerd"), archive)
-	if out, err := load.CombinedOutput(); err != nil {
-		t.Fatalf("load-image: %v\n%s", err, out)
+	push := exec.Command(filepath.Join(repoRoot, "bin", "imagepush"), "--mirror", node.LocalRegistry, archive)
+	if out, err := push.CombinedOutput(); err != nil {
+		t.Fatalf("imagepush: %v\n%s", err, out)
 	}
 	ctx := context.Background()
 	for name, sc := range map[string]*corev1.SecurityContext{
@@ -191,14 +192,4 @@ func TestAContainerWithoutReadinessProbeBecomesReady(t *testing.T) {
 	if strings.TrimSpace(out) != "1" {
 		t.Fatalf("ready replicas %q, want 1", out)
 	}
-}
-
-// toolPath is scripts/tools.sh path NAME.
-func toolPath(t *testing.T, name string) string {
-	t.Helper()
-	out, err := exec.Command(filepath.Join(repoRoot, "scripts", "tools.sh"), "path", name).Output()
-	if err != nil {
-		t.Fatalf("tools.sh path %s: %v", name, err)
-	}
-	return strings.TrimSpace(string(out))
 }

@@ -100,7 +100,7 @@ func dialFrom(f flow, name string) (bool, string, error) {
 			SecurityContext:               restrictedPod(),
 			AutomountServiceAccountToken:  ptr.To(false),
 			Containers: []corev1.Container{{
-				Name: "probe", Image: probeImage, ImagePullPolicy: corev1.PullNever,
+				Name: "probe", Image: probeImage,
 				Args: []string{"sleep"}, SecurityContext: restrictedContainer(),
 			}},
 		},

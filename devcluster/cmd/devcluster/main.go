@@ -1,13 +1,12 @@
 // Command devcluster runs a real Kubernetes on this machine without
 // Docker: etcd, kube-apiserver, kube-controller-manager and kube-scheduler,
-// and one node of kubelet, containerd with runc, the CNI bridge,
+// and one node of a local registry, kubelet, containerd with runc, the CNI bridge,
 // kube-proxy and kube-router's NetworkPolicy firewall, all built from
 // source into the tools cache (scripts/tools.sh).
 //
 //	devcluster up --state .cache/devcluster --etcd ... --kubelet ...
 //	devcluster down --state .cache/devcluster ...   (the same flags: the node's cleanup uses its binaries)
 //	devcluster status --state .cache/devcluster
-//	devcluster load-image --containerd-dir DIR ARCHIVE...   import image archives into the node (kind load image-archive's twin)
 //	devcluster leftovers --state .cache/devcluster          what of the node is still on the host (exit 1 if anything)
 package main
 
@@ -38,8 +37,6 @@ func main() {
 	switch os.Args[1] {
 	case "up", "down", "status":
 		err = clusterCmd(ctx, os.Args[1], os.Args[2:])
-	case "load-image":
-		err = loadImage(ctx, os.Args[2:])
 	case "leftovers":
 		err = leftovers(os.Args[2:])
 	default:
@@ -52,7 +49,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: devcluster up|down|status|load-image|leftovers [flags]")
+	fmt.Fprintln(os.Stderr, "usage: devcluster up|down|status|leftovers [flags]")
 	os.Exit(2)
 }
 
@@ -82,12 +79,15 @@ func clusterCmd(ctx context.Context, cmd string, args []string) error {
 	fs.StringVar(&c.NodeBin.KubeRouter, "kube-router", "", "kube-router binary (the NetworkPolicy firewall)")
 	fs.StringVar(&c.NodeBin.Crictl, "crictl", "", "crictl binary")
 	fs.StringVar(&c.ImageDir, "containerd-root", ".cache/containerd", "containerd's root: images and snapshots, kept across down")
-	fs.Var(&images, "images", "image archive, or directory of them, to import into containerd at start (repeatable)")
+	fs.StringVar(&c.NodeBin.Registry, "registry", "", "CNCF distribution's registry binary (the node pulls every image from it)")
+	fs.StringVar(&c.RegistryDir, "registry-root", ".cache/registry", "the local registry's storage, kept across down")
+	fs.Var(&images, "images", "image archive, or directory of them, to push to the local registry at start (repeatable)")
+	fs.StringVar(&c.ImagePins, "image-pins", "", "write a kustomize Component pinning every pushed image by digest here")
 	_ = fs.Parse(args)
 	c.Addons, c.Images, c.ControllerManagerArgs = addons, images, cmArgs
 	// Kubeconfigs and configuration files name these paths: they must not
 	// depend on the directory a later command runs in.
-	for _, p := range []*string{&c.StateDir, &c.ImageDir} {
+	for _, p := range []*string{&c.StateDir, &c.ImageDir, &c.RegistryDir} {
 		abs, err := filepath.Abs(*p)
 		if err != nil {
 			return err
@@ -115,20 +115,6 @@ func clusterCmd(ctx context.Context, cmd string, args []string) error {
 		fmt.Printf("%-24s %s\n", name, state)
 	}
 	return nil
-}
-
-// loadImage imports archives (make images', or docker save's) into the
-// node's containerd, where the kubelet finds them: the twin of kind load
-// image-archive.
-func loadImage(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("load-image", flag.ExitOnError)
-	var n node.Config
-	fs.StringVar(&n.Bin.ContainerdDir, "containerd-dir", "", "directory of containerd's ctr")
-	_ = fs.Parse(args)
-	if fs.NArg() == 0 || n.Bin.ContainerdDir == "" {
-		return fmt.Errorf("load-image: give --containerd-dir and at least one archive")
-	}
-	return n.ImportImages(ctx, os.Stdout, fs.Args()...)
 }
 
 // leftovers prints what of the node is still on the host after down.

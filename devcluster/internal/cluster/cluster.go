@@ -23,6 +23,7 @@ import (
 
 	"github.com/purchase-system/purchase-system/devcluster/internal/controlplane"
 	"github.com/purchase-system/purchase-system/devcluster/node"
+	"github.com/purchase-system/purchase-system/images/oci"
 )
 
 // NodeName is the one node of the dev cluster.
@@ -38,11 +39,16 @@ type Config struct {
 	ControllerManagerArgs []string
 	Addons                []string // kustomize directories applied once the node is ready
 
-	NodeBin  node.Binaries
-	ImageDir string // containerd's root (images, snapshots): kept across down
-	// Images are archives (or directories of them) imported into
-	// containerd at start.
+	NodeBin     node.Binaries
+	ImageDir    string // containerd's root (images, snapshots): kept across down
+	RegistryDir string // the local registry's storage: kept across down
+	// Images are archives (or directories of them) pushed to the local
+	// registry at start, before anything runs; the node pulls them from
+	// there.
 	Images []string
+	// ImagePins is where a kustomize Component pinning every pushed image
+	// by digest is written, for the addons and overlays to include.
+	ImagePins string
 }
 
 func (c Config) controlPlane() controlplane.Config {
@@ -56,7 +62,7 @@ func (c Config) Kubeconfig() string { return c.controlPlane().AdminKubeconfig() 
 func (c Config) Node() node.Config {
 	cp := c.controlPlane()
 	return node.Config{
-		Name: NodeName, Dir: filepath.Join(c.StateDir, "node"), ImageDir: c.ImageDir, Bin: c.NodeBin,
+		Name: NodeName, Dir: filepath.Join(c.StateDir, "node"), ImageDir: c.ImageDir, RegistryDir: c.RegistryDir, Bin: c.NodeBin,
 		CAFile:      cp.CAFile(),
 		ServingCert: filepath.Join(c.StateDir, "pki", "kubelet.crt"), ServingKey: filepath.Join(c.StateDir, "pki", "kubelet.key"),
 		KubeletConfig: cp.Kubeconfig("node"), ProxyConfig: cp.Kubeconfig("proxy"), KubeRouterConfig: cp.Kubeconfig("kube-router"),
@@ -87,7 +93,7 @@ func Up(ctx context.Context, c Config, out io.Writer) error {
 	if err := node.Up(ctx, n, out); err != nil {
 		return err
 	}
-	if err := n.ImportImages(ctx, out, c.Images...); err != nil {
+	if err := pushImages(ctx, c, out); err != nil {
 		return err
 	}
 	if err := waitNodeReady(ctx, cs, NodeName, 90*time.Second, func() bool { _, ok := n.Daemons().Running(node.Kubelet); return ok }); err != nil {
@@ -101,6 +107,27 @@ func Up(ctx context.Context, c Config, out io.Writer) error {
 		return err
 	}
 	fmt.Fprintf(out, "==> cluster up in %.1fs; kubeconfig: %s\n", time.Since(start).Seconds(), c.Kubeconfig())
+	return nil
+}
+
+// pushImages puts the images into the local registry, under their own
+// names (containerd's mirror asks for them so), and pins them by digest.
+func pushImages(ctx context.Context, c Config, out io.Writer) error {
+	archives := oci.Archives(c.Images...)
+	if len(archives) == 0 {
+		return nil
+	}
+	start := time.Now()
+	pushed, err := oci.PushArchives(ctx, archives, oci.Mirror(node.LocalRegistry))
+	if err != nil {
+		return fmt.Errorf("pushing images to the local registry: %w", err)
+	}
+	if c.ImagePins != "" {
+		if err := oci.WritePins(c.ImagePins, pushed, true); err != nil {
+			return err
+		}
+	}
+	fmt.Fprintf(out, "==> %d images in the local registry %s (%.1fs), pinned by digest in %s\n", len(pushed), node.LocalRegistry, time.Since(start).Seconds(), c.ImagePins)
 	return nil
 }
 

@@ -1,0 +1,116 @@
+package oci
+
+import (
+	"archive/tar"
+	"context"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+)
+
+// A push sends the archive's image byte for byte: read back from the
+// registry by the printed digest, by tag, under either naming (a mirror
+// keeps the repository path, --into takes the last element), its digest
+// is the one the archive holds.
+func TestPushKeepsTheArchivesDigest(t *testing.T) {
+	img, err := Build(spec(rootfs(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := img.Digest()
+	archive := filepath.Join(t.TempDir(), "prog.tar")
+	if err := WriteArchive(archive, img, "purchase-system/prog:dev", "registry.k8s.io/pause:3.10.2"); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(registry.New())
+	defer srv.Close()
+	host := strings.TrimPrefix(srv.URL, "http://")
+
+	for rename, wantRefs := range map[string][]string{
+		"mirror": {host + "/purchase-system/prog:dev", host + "/pause:3.10.2"},
+		"into":   {host + "/acme/prog:dev", host + "/acme/pause:3.10.2"},
+	} {
+		r := Mirror(host)
+		if rename == "into" {
+			r = Into(host + "/acme/")
+		}
+		pushed, err := PushArchives(context.Background(), Archives(filepath.Dir(archive)), r)
+		if err != nil {
+			t.Fatalf("%s: %v", rename, err)
+		}
+		if len(pushed) != 2 {
+			t.Fatalf("%s: pushed %+v, want both tags", rename, pushed)
+		}
+		for i, p := range pushed {
+			if p.Target.String() != wantRefs[i] || p.Digest != want {
+				t.Errorf("%s: pushed %s %s, want %s %s", rename, p.Target, p.Digest, wantRefs[i], want)
+			}
+			for _, ref := range []string{p.Pinned(), p.Target.String()} {
+				r, err := name.ParseReference(ref, name.Insecure)
+				if err != nil {
+					t.Fatal(err)
+				}
+				d, err := remote.Head(r)
+				if err != nil || d.Digest != want {
+					t.Errorf("%s: %s reads back as %v (%v), want %s", rename, ref, d, err, want)
+				}
+			}
+		}
+		if pushed[0].Name != "purchase-system/prog" || pushed[1].Name != "registry.k8s.io/pause" {
+			t.Errorf("names %q %q, want what manifests write", pushed[0].Name, pushed[1].Name)
+		}
+	}
+}
+
+// The pins are a kustomize Component naming each image once, by digest.
+func TestPinsNameEveryImageByDigest(t *testing.T) {
+	img, err := Build(spec(rootfs(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, _ := img.Digest()
+	tag, _ := name.NewTag("127.0.0.1:5000/purchase-system/prog:dev")
+	tag2, _ := name.NewTag("127.0.0.1:5000/purchase-system/prog:v1")
+	file := filepath.Join(t.TempDir(), "k", "kustomization.yaml")
+	pushed := []Pushed{{Name: "purchase-system/prog", Target: tag, Digest: d}, {Name: "purchase-system/prog", Target: tag2, Digest: d}}
+	for keep, newName := range map[bool]string{true: "purchase-system/prog", false: "127.0.0.1:5000/purchase-system/prog"} {
+		if err := WritePins(file, pushed, keep); err != nil {
+			t.Fatal(err)
+		}
+		b, _ := os.ReadFile(file)
+		want := "kind: Component\nimages:\n  - name: purchase-system/prog\n    newName: " + newName + "\n    digest: " + d.String() + "\n"
+		if !strings.HasSuffix(string(b), want) {
+			t.Errorf("keepName=%v: pins\n%s\nwant them to end with\n%s", keep, b, want)
+		}
+	}
+}
+
+// An archive entry that would land outside the unpacking directory is
+// refused.
+func TestUntarStaysInside(t *testing.T) {
+	dir := t.TempDir()
+	archive := filepath.Join(t.TempDir(), "evil.tar")
+	f, err := os.Create(archive)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tw := tar.NewWriter(f)
+	if err := tw.WriteHeader(&tar.Header{Name: "../../escape", Typeflag: tar.TypeReg, Mode: 0o644, Size: 1}); err != nil {
+		t.Fatal(err)
+	}
+	_, _ = tw.Write([]byte("x"))
+	tw.Close()
+	f.Close()
+	if err := untar(archive, dir); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "escape")); err != nil {
+		t.Errorf("../../escape did not land inside the directory: %v", err)
+	}
+}
