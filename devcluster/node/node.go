@@ -512,7 +512,7 @@ func jumpsToOurs(rule string) bool {
 // and changed sysctls. Empty after Down.
 func Leftovers(dir string) []string {
 	var out []string
-	for _, name := range []string{"containerd", "containerd-shim-runc-v2", "kubelet", "kube-proxy", "kube-router", "runc", "pause"} {
+	for _, name := range []string{"registry", "containerd", "containerd-shim-runc-v2", "kubelet", "kube-proxy", "kube-router", "runc", "pause"} {
 		for _, pid := range processesNamed(name) {
 			out = append(out, fmt.Sprintf("process %s (pid %d)", name, pid))
 		}
