@@ -137,8 +137,9 @@ func convert(so scaledObject) (Result, error) {
 		maxR = *spec.MaxReplicaCount
 	}
 	if minR == 0 {
-		minR = 1
-		warn("minReplicaCount 0 (KEDA's default): the HPA keeps 1 replica; to scale to zero, enable the HPAScaleToZero feature gate and set minReplicas: 0 (README: scale to zero)")
+		// Every metric converted is External, which is what an HPA at 0
+		// replicas wakes on.
+		warn("minReplicaCount 0 (KEDA's default): minReplicas 0, the HPA's own scale to zero (HPAScaleToZero: on by default since Kubernetes 1.37, a feature gate before); set minReplicas: 1 to keep a consumer running")
 	}
 	hpa.Spec.MinReplicas, hpa.Spec.MaxReplicas = &minR, maxR
 	if adv := spec.Advanced; adv != nil {

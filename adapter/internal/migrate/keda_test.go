@@ -130,7 +130,7 @@ spec:
 	}
 	r := results[0]
 	h := r.HPA
-	if h.Name != "orders-hpa" || h.Namespace != "shop" || *h.Spec.MinReplicas != 1 || h.Spec.MaxReplicas != 100 ||
+	if h.Name != "orders-hpa" || h.Namespace != "shop" || *h.Spec.MinReplicas != 0 || h.Spec.MaxReplicas != 100 ||
 		h.Spec.Behavior == nil || *h.Spec.Behavior.ScaleDown.StabilizationWindowSeconds != 120 {
 		t.Errorf("HPA %s/%s min %d max %d behavior %+v", h.Namespace, h.Name, *h.Spec.MinReplicas, h.Spec.MaxReplicas, h.Spec.Behavior)
 	}
