@@ -8,7 +8,7 @@ SHELL := /bin/bash
 BIN   := $(CURDIR)/bin
 PROGRAMS := webserver consumer adapter loadgen devcluster imagebuild imagepush
 
-.PHONY: help build images push run run-local test e2e load bench bench-lag bench-hpa tools cluster-up cluster-down clean
+.PHONY: help build images push run run-local test e2e load bench bench-lag bench-hpa bench-pods tools cluster-up cluster-down clean
 
 help:
 	@echo "make run        the whole system on a local Kubernetes (no Docker needed), URLs printed"
@@ -23,6 +23,7 @@ help:
 	@echo "make bench      measure /buy and consumer throughput (docs/BENCHMARKS.md)"
 	@echo "make bench-lag  measure the lag source with 3,000 consumer groups (docs/BENCHMARKS.md)"
 	@echo "make bench-hpa  measure 1,000 HPAs through the real HPA controller (docs/BENCHMARKS.md)"
+	@echo "make bench-pods measure one selector over 10 to 10,000 pods (docs/BENCHMARKS.md)"
 	@echo "make tools      fetch and build every tool into the cache"
 
 build:
@@ -76,6 +77,11 @@ bench-lag:
 # prometheus-adapter (the local Kubernetes; about 20 minutes).
 bench-hpa: build
 	@cd e2e && go test -run '^$$' -bench ThousandHPAs -benchtime 1x -timeout 60m ./clustertest/
+
+# One HPA's selector matching 10, 100, 1,000 and 10,000 pods (the local
+# Kubernetes; about 3 minutes).
+bench-pods: build
+	@cd e2e && go test -run '^$$' -bench PodsPerSelector -benchtime 1x -timeout 40m ./clustertest/
 
 cluster-up: build
 	@scripts/cluster.sh up

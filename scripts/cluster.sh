@@ -50,6 +50,15 @@ cluster_flags() {
   echo "--addon=${REPO_ROOT}/manifests/addons/coredns"
   echo "--addon=${REPO_ROOT}/manifests/addons/metrics-server"
   echo "--addon=${REPO_ROOT}/manifests/addons/kube-state-metrics"
+  echo "--addon=${REPO_ROOT}/manifests/addons/local-path-provisioner"
+}
+
+# storage_config: where the storage provisioner puts volumes on the node,
+# in the cluster's state (removed with it at cluster down).
+storage_config() {
+  local dir="${REPO_ROOT}/manifests/addons/local-path-provisioner/generated"
+  mkdir -p "$dir"
+  printf '{"nodePathMap": [{"node": "DEFAULT_PATH_FOR_NON_LISTED_NODES", "paths": ["%s"]}]}\n' "${CLUSTER_DIR}/volumes" >"$dir/config.json"
 }
 
 case "${1:-}" in
@@ -63,6 +72,7 @@ case "${1:-}" in
     # Serving certificates of the adapter and metrics-server, whose CA
     # their APIServices carry (kustomize reads them as Secrets).
     scripts/certs.sh
+    storage_config
     mapfile -t flags < <(cluster_flags)
     "$BIN/devcluster" up "${flags[@]}"
     ;;

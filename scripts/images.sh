@@ -92,8 +92,28 @@ build() {
     --entrypoint --port=8080 --entrypoint --telemetry-port=8081
   scripts/tools.sh ensure coredns
   upstream "$(scripts/tools.sh path coredns)" coredns "registry.k8s.io/coredns/coredns:${COREDNS_VERSION}" 53 --user 65532:65532
+  scripts/tools.sh ensure local-path-provisioner busybox
+  upstream "$(scripts/tools.sh path local-path-provisioner)" local-path-provisioner \
+    "docker.io/rancher/local-path-provisioner:${LOCAL_PATH_PROVISIONER_VERSION}" 0 --bin-dir /usr/bin
+  busybox
   pause
   nodeprobe "$v"
+}
+
+# busybox_tag: the upstream version of Debian's package (1:1.35.0-4+deb12u1
+# → 1.35.0; a tag may not hold "+" or ":").
+busybox_tag() { local v="${BUSYBOX_DEB_VERSION#*:}"; echo "${v%%-*}"; }
+
+# busybox: the storage provisioner's helper pods (mkdir and rm of volume
+# directories on the node), Debian's static busybox with the applets the
+# helper scripts use; runs as root, as upstream's busybox image does.
+busybox() {
+  local dir="$OUT/rootfs/busybox" a
+  rm -rf "$dir"; mkdir -p "$dir/bin" "$dir/tmp"; chmod 1777 "$dir/tmp"
+  cp "$(scripts/tools.sh path busybox)" "$dir/bin/busybox"; chmod 0755 "$dir/bin/busybox"
+  for a in sh mkdir rm cat echo ls sleep test; do ln -s busybox "$dir/bin/$a"; done
+  "$BIN/imagebuild" --root "$dir" --out "$OUT/busybox.tar" --user 0:0 --entrypoint /bin/sh \
+    --created 0 --tag "docker.io/library/busybox:$(busybox_tag)" --label "org.opencontainers.image.title=busybox"
 }
 
 # nodeprobe: the node tests' image. Like Debian's and Alpine's images it
@@ -122,19 +142,22 @@ pause() {
     --created 0 --tag "registry.k8s.io/pause:3.10.2" --label "org.opencontainers.image.title=pause"
 }
 
-# upstream BINARY NAME REF PORT [imagebuild args]: an upstream program at
-# its upstream path (/NAME), as its own images lay it out, running as
-# 65534 (nobody), upstream's user.
+# upstream BINARY NAME REF PORT [--bin-dir DIR] [imagebuild args]: an
+# upstream program at its upstream path (/NAME, or DIR/NAME), as its own
+# images lay it out, running as 65534 (nobody), upstream's user; PORT 0
+# exposes none.
 upstream() {
   local bin="$1" prog="$2" ref="$3" port="$4"; shift 4
-  local dir="$OUT/rootfs/$prog"
-  rm -rf "$dir"; mkdir -p "$dir/etc/ssl/certs" "$dir/tmp"; chmod 1777 "$dir/tmp"
-  cp "$bin" "$dir/$prog"; chmod 0755 "$dir/$prog"
+  local dir="$OUT/rootfs/$prog" bindir=""
+  if [[ "${1:-}" == --bin-dir ]]; then bindir="$2"; shift 2; fi
+  rm -rf "$dir"; mkdir -p "$dir/etc/ssl/certs" "$dir/tmp" "$dir$bindir"; chmod 1777 "$dir/tmp"
+  cp "$bin" "$dir$bindir/$prog"; chmod 0755 "$dir$bindir/$prog"
   cp /etc/ssl/certs/ca-certificates.crt "$dir/etc/ssl/certs/"
   printf 'root:x:0:0:root:/root:/sbin/nologin\nnobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin\n' >"$dir/etc/passwd"
   printf 'root:x:0:\nnogroup:x:65534:\n' >"$dir/etc/group"
-  "$BIN/imagebuild" --root "$dir" --out "$OUT/$prog.tar" --user 65534:65534 --entrypoint "/$prog" "$@" \
-    --created 0 --port "${port}/tcp" --tag "$ref" --label "org.opencontainers.image.title=${prog}"
+  local ports=(); [[ "$port" != 0 ]] && ports=(--port "${port}/tcp")
+  "$BIN/imagebuild" --root "$dir" --out "$OUT/$prog.tar" --user 65534:65534 --entrypoint "$bindir/$prog" "$@" \
+    --created 0 "${ports[@]}" --tag "$ref" --label "org.opencontainers.image.title=${prog}"
 }
 
 BIN="${REPO_ROOT}/bin"

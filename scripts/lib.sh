@@ -32,6 +32,10 @@ COREDNS_VERSION="v1.14.6"
 DISTRIBUTION_VERSION="v3.1.2"
 # Lints, renders and installs the adapter's chart (tools/helm/go.mod pins it).
 HELM_VERSION="v3.22.0"
+# Storage on the local cluster, as kind provisions it (tools/local-path-provisioner/go.mod pins it).
+LOCAL_PATH_PROVISIONER_VERSION="v0.0.30"
+# Its helper pods' image: Debian's static busybox, by the .deb's checksum.
+BUSYBOX_DEB_VERSION="1:1.35.0-4+deb12u1+b1"
 
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }

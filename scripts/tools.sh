@@ -3,8 +3,8 @@
 # (outside the checkout), and prints where they are.
 #
 #   scripts/tools.sh ensure kubernetes|etcd|metrics-server|kube-state-metrics|kafka|prometheus|node|all
-#     (node: registry, containerd, runc, cni-plugins, crictl, kube-router, coredns; each also by name)
-#   scripts/tools.sh path   kubernetes|etcd|metrics-server|kube-state-metrics|kafka|prometheus|promtool|prometheus-adapter|registry|helm
+#     (node: registry, containerd, runc, cni-plugins, crictl, kube-router, coredns, local-path-provisioner; each also by name)
+#   scripts/tools.sh path   kubernetes|etcd|metrics-server|kube-state-metrics|kafka|prometheus|promtool|prometheus-adapter|registry|helm|local-path-provisioner
 #
 # A built tool is moved into place only when complete, so an interrupted
 # build leaves nothing that looks finished.
@@ -17,6 +17,8 @@ ksm_dir()            { echo "${TOOLS_DIR}/kube-state-metrics-${KUBE_STATE_METRIC
 prometheus_adapter_dir() { echo "${TOOLS_DIR}/prometheus-adapter-${PROMETHEUS_ADAPTER_VERSION}"; }
 registry_dir()       { echo "${TOOLS_DIR}/distribution-${DISTRIBUTION_VERSION}"; }
 helm_dir()           { echo "${TOOLS_DIR}/helm-${HELM_VERSION}"; }
+lpp_dir()            { echo "${TOOLS_DIR}/local-path-provisioner-${LOCAL_PATH_PROVISIONER_VERSION}"; }
+busybox_dir()        { echo "${TOOLS_DIR}/busybox-static-${BUSYBOX_DEB_VERSION//:/_}"; }
 kafka_dir()          { echo "${TOOLS_DIR}/kafka-${KAFKA_VERSION}"; }
 prometheus_dir()     { echo "${TOOLS_DIR}/prometheus-${PROMETHEUS_VERSION}"; }
 
@@ -232,6 +234,32 @@ ensure_helm() {
   go_build_tools helm "$out" "-s -w -X helm.sh/helm/v3/internal/version.version=${HELM_VERSION}" helm.sh/helm/v3/cmd/helm
 }
 
+ensure_local_path_provisioner() {
+  local out; out="$(lpp_dir)"
+  have_all "$out" local-path-provisioner && return 0
+  log "local-path-provisioner ${LOCAL_PATH_PROVISIONER_VERSION}: building (a minute or two the first time)"
+  go_build_tools local-path-provisioner "$out" "-s -w" github.com/rancher/local-path-provisioner
+}
+
+# Debian's busybox-static, fetched by version through apt (whose signed
+# indexes vouch for the .deb), its checksum kept beside the binary: the
+# local-path-provisioner's helper image is built from exactly this file.
+ensure_busybox() {
+  local out; out="$(busybox_dir)"
+  have_all "$out" busybox && return 0
+  command -v apt-get >/dev/null || die "busybox-static comes from Debian's packages: apt-get is needed"
+  log "busybox-static ${BUSYBOX_DEB_VERSION}: fetching the Debian package"
+  local tmp="${out}.tmp.$$"
+  rm -rf "$tmp"; mkdir -p "$tmp/x"
+  (cd "$tmp" && apt-get download -q -o APT::Sandbox::User=root "busybox-static=${BUSYBOX_DEB_VERSION}" >/dev/null) || { rm -rf "$tmp"; die "apt-get download busybox-static=${BUSYBOX_DEB_VERSION} failed (apt-get update first?)"; }
+  dpkg-deb -x "$tmp"/busybox-static_*.deb "$tmp/x"
+  mkdir -p "$tmp/out"
+  cp "$tmp/x/bin/busybox" "$tmp/out/busybox"
+  sha256sum "$tmp"/busybox-static_*.deb | sed "s#${tmp}/##" >"$tmp/out/deb.sha256"
+  rm -rf "$out"; mv "$tmp/out" "$out"; rm -rf "$tmp"
+  log "busybox-static: $(cat "$out/deb.sha256")"
+}
+
 ensure_coredns() {
   local out; out="$(coredns_dir)"
   have_all "$out" coredns && return 0
@@ -257,6 +285,8 @@ tool_path() {
     prometheus-adapter) echo "$(prometheus_adapter_dir)/adapter" ;;
     registry) echo "$(registry_dir)/registry" ;;
     helm) echo "$(helm_dir)/helm" ;;
+    local-path-provisioner) echo "$(lpp_dir)/local-path-provisioner" ;;
+    busybox) echo "$(busybox_dir)/busybox" ;;
     *) die "unknown tool: $1" ;;
   esac
 }
@@ -278,8 +308,8 @@ ensure() {
     # go build leaves cores idle while it downloads and links, which the
     # other stream uses (cold: about 25 min instead of 40 on 2 cores).
     all) ensure_all ;;
-    node) for x in registry containerd runc cni-plugins crictl kube-router coredns; do ensure "$x"; done ;;
-    kubernetes|etcd|metrics-server|kube-state-metrics|kafka|prometheus|containerd|runc|cni-plugins|crictl|kube-router|coredns|prometheus-adapter|registry|helm)
+    node) for x in registry containerd runc cni-plugins crictl kube-router coredns local-path-provisioner busybox; do ensure "$x"; done ;;
+    kubernetes|etcd|metrics-server|kube-state-metrics|kafka|prometheus|containerd|runc|cni-plugins|crictl|kube-router|coredns|prometheus-adapter|registry|helm|local-path-provisioner|busybox)
       with_lock "${TOOLS_DIR}/${t}" "ensure_${t//-/_}" ;;
     *) die "unknown tool: $t" ;;
   esac

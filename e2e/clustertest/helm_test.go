@@ -48,10 +48,24 @@ func TestHelmChartTakesPrometheusAdapterValues(t *testing.T) {
 		"rules.resource.cpu.containerQuery=x": "rules.resource: resource metrics",
 		"psp.create=true":                     "psp.create: PodSecurityPolicy was removed",
 		"tls.enable=true":                     "tls.enable: tls.ca, tls.certificate and tls.key are all needed",
+		"someValueThisChartLacks=1":           "additional properties 'someValueThisChartLacks' not allowed",
 	} {
 		out, err := helm(t, "template", "x", chart, "-f", values, "--set", value)
 		if err == nil || !strings.Contains(out, want) {
 			t.Errorf("--set %s: %v, want a refusal saying %q:\n%s", value, err, want, out)
+		}
+	}
+
+	// rules.default: prometheus-adapter's chart's six rules, by their
+	// name.matches (its templates/configmap.yaml).
+	defaults, err := helm(t, "template", "x", chart, "--show-only", "templates/configmap.yaml")
+	if err != nil {
+		t.Fatalf("helm template: %v\n%s", err, defaults)
+	}
+	for _, m := range []string{`matches: ^container_(.*)_seconds_total$`, `matches: ^container_(.*)_total$`, `matches: ^container_(.*)$`,
+		`matches: ""`, `matches: ^(.*)_total$`, `matches: ^(.*)_seconds_total$`} {
+		if strings.Count(defaults, m+"\n") != 1 {
+			t.Errorf("rules.default: %q appears %d times, want once:\n%s", m, strings.Count(defaults, m+"\n"), defaults)
 		}
 	}
 

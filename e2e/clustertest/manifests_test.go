@@ -27,6 +27,7 @@ func TestManifestsAreAcceptedByTheAPIServer(t *testing.T) {
 		"manifests/addons/metrics-server",
 		"manifests/addons/kube-state-metrics",
 		"manifests/addons/coredns",
+		"manifests/addons/local-path-provisioner",
 	} {
 		t.Run(strings.ReplaceAll(dir, "/", "_"), func(t *testing.T) {
 			path := filepath.Join(repoRoot, dir)

@@ -80,7 +80,7 @@ func TestExplainSaysWhyEachRuleYieldsNothing(t *testing.T) {
 		t.Fatalf("%d rules explained, want 6", len(rules))
 	}
 	for i, want := range []string{
-		"labels mapped to resources: namespace → namespace, pod → pod",
+		"labels mapped to resources: namespace → namespaces, pod → pods",
 		"YIELDS NOTHING: no series in Prometheus matches the seriesQuery flask_http_requests_total",
 		"YIELDS NOTHING: seriesFilters removed every series the seriesQuery matched (flask_http_request_total)",
 		`YIELDS NOTHING: name.matches "^(.*)_seconds_count$" matches none of the names it saw: flask_http_request_total`,
