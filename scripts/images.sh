@@ -92,6 +92,10 @@ build() {
     --entrypoint --port=8080 --entrypoint --telemetry-port=8081
   scripts/tools.sh ensure coredns
   upstream "$(scripts/tools.sh path coredns)" coredns "registry.k8s.io/coredns/coredns:${COREDNS_VERSION}" 53 --user 65532:65532
+  # Prometheus for clusters that have none (manifests/monitoring): the
+  # binary built from source, where upstream's image has it.
+  scripts/tools.sh ensure prometheus
+  upstream "$(scripts/tools.sh path prometheus)" prometheus "quay.io/prometheus/prometheus:${PROMETHEUS_IMAGE_TAG}" 9090 --bin-dir /bin
   scripts/tools.sh ensure local-path-provisioner busybox
   upstream "$(scripts/tools.sh path local-path-provisioner)" local-path-provisioner \
     "docker.io/rancher/local-path-provisioner:${LOCAL_PATH_PROVISIONER_VERSION}" 0 --bin-dir /usr/bin

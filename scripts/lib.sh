@@ -21,6 +21,9 @@ KUBE_STATE_METRICS_VERSION="v2.20.0"
 # the same HPAs (tools/prometheus-adapter/go.mod pins it).
 PROMETHEUS_ADAPTER_VERSION="v0.12.0"
 PROMETHEUS_VERSION="v0.316.0"
+# The release that module version is (Go module v0.3xx.y is Prometheus v3.xx.y),
+# and so the tag its image carries, as quay.io/prometheus/prometheus names it.
+PROMETHEUS_IMAGE_TAG="v3.16.0"
 # The node (with kubelet and kube-proxy of KUBERNETES_VERSION).
 CONTAINERD_VERSION="v2.2.9"
 RUNC_VERSION="v1.3.7"

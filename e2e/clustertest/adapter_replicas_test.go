@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/purchase-system/purchase-system/testkit/testproc"
 )
 
 // The adapter scales out: each replica keeps its own store and reads the
@@ -43,8 +45,20 @@ func TestTwoAdapterReplicasBehindTheService(t *testing.T) {
 		}
 		return total
 	}
-	before := served()
 	get := aggregatedClient(t)
+	// A replica just Ready can still take the API server for anonymous
+	// for a moment (its front-proxy CA arrives after readiness; noted as
+	// a defect to fix in the readiness check): the comparison starts once
+	// ten requests in a row succeed.
+	testproc.Eventually(t, 30*time.Second, "ten requests in a row through the API server", func() error {
+		for range 10 {
+			if _, err := get(path); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	before := served()
 	for range 40 {
 		if _, err := get(path); err != nil {
 			t.Fatalf("through the API server with two replicas: %v", err)

@@ -27,8 +27,6 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/utils/ptr"
 
 	"github.com/purchase-system/purchase-system/testkit/testproc"
@@ -67,12 +65,7 @@ func BenchmarkThousandHPAs(b *testing.B) {
 	const perNamespace = 100 // the adapter's per-namespace budget is 250 queries
 	deploySystem(b)
 	ctx := context.Background()
-	rc, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
-	if err != nil {
-		b.Fatal(err)
-	}
-	rc.QPS, rc.Burst = 500, 500
-	fast := kubernetes.NewForConfigOrDie(rc)
+	fast := fastClient(b)
 
 	// The scale targets and their pods.
 	var namespaces []string
@@ -91,10 +84,7 @@ func BenchmarkThousandHPAs(b *testing.B) {
 				Selector: &metav1.LabelSelector{MatchLabels: labels},
 				Template: corev1.PodTemplateSpec{
 					ObjectMeta: metav1.ObjectMeta{Labels: labels},
-					Spec: corev1.PodSpec{
-						NodeSelector: map[string]string{"purchase-system.dev/bench": "nowhere"},
-						Containers:   []corev1.Container{{Name: "c", Image: "purchase-system/webserver:dev"}},
-					},
+					Spec:       pendingPodSpec(),
 				},
 			},
 		}

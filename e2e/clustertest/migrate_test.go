@@ -30,10 +30,7 @@ func TestKEDAScaledObjectMovesOver(t *testing.T) {
 	dep := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: target, Namespace: ns}, Spec: appsv1.DeploymentSpec{
 		Replicas: ptr.To(int32(1)),
 		Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": target}},
-		Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"app": target}}, Spec: corev1.PodSpec{
-			NodeSelector: map[string]string{"purchase-system.dev/test": "nowhere"},
-			Containers:   []corev1.Container{{Name: "c", Image: "purchase-system/webserver:dev"}},
-		}},
+		Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"app": target}}, Spec: pendingPodSpec()},
 	}}
 	if _, err := client.AppsV1().Deployments(ns).Create(ctx, dep, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)

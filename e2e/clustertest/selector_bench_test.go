@@ -12,8 +12,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
 )
 
 // BenchmarkPodsPerSelector sweeps the number of pods one HPA's selector
@@ -30,24 +28,13 @@ func BenchmarkPodsPerSelector(b *testing.B) {
 	sizes := []int{10, 100, 1000, 10000}
 	deploySystem(b)
 	ctx := context.Background()
-	rc, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
-	if err != nil {
-		b.Fatal(err)
-	}
-	rc.QPS, rc.Burst = 500, 500
-	fast := kubernetes.NewForConfigOrDie(rc)
+	fast := fastClient(b)
 	nss := make([]string, len(sizes))
 	for k, n := range sizes {
 		nss[k] = namespace(b)
 		b.Logf("creating %d pods in %s", n, nss[k])
 		parallel(b, n, func(i int) error {
-			p := &corev1.Pod{
-				ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("sel-%05d", i), Labels: map[string]string{"app": "sel"}},
-				Spec: corev1.PodSpec{
-					NodeSelector: map[string]string{"purchase-system.dev/bench": "nowhere"},
-					Containers:   []corev1.Container{{Name: "c", Image: "purchase-system/webserver:dev"}},
-				},
-			}
+			p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("sel-%05d", i), Labels: map[string]string{"app": "sel"}}, Spec: pendingPodSpec()}
 			_, err := fast.CoreV1().Pods(nss[k]).Create(ctx, p, metav1.CreateOptions{})
 			return err
 		})
