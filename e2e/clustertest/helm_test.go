@@ -16,17 +16,21 @@ import (
 	"github.com/purchase-system/purchase-system/testkit/testproc"
 )
 
-// helm runs the helm the tools cache holds (built from source).
-func helm(t *testing.T, args ...string) (string, error) {
+// helmRunner runs the helm the tools cache holds (built from source),
+// with state directories of the test's own.
+func helmRunner(t *testing.T) func(args ...string) (string, error) {
 	t.Helper()
 	bin, err := exec.Command(filepath.Join(repoRoot, "scripts", "tools.sh"), "path", "helm").Output()
 	if err != nil {
 		t.Fatalf("tools.sh path helm: %v", err)
 	}
-	cmd := exec.Command(strings.TrimSpace(string(bin)), append([]string{"--kubeconfig", kubeconfig}, args...)...)
-	cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+t.TempDir(), "HELM_CONFIG_HOME="+t.TempDir(), "HELM_DATA_HOME="+t.TempDir())
-	out, err := cmd.CombinedOutput()
-	return string(out), err
+	env := append(os.Environ(), "HELM_CACHE_HOME="+t.TempDir(), "HELM_CONFIG_HOME="+t.TempDir(), "HELM_DATA_HOME="+t.TempDir())
+	return func(args ...string) (string, error) {
+		cmd := exec.Command(strings.TrimSpace(string(bin)), append([]string{"--kubeconfig", kubeconfig}, args...)...)
+		cmd.Env = env
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
 }
 
 // A prometheus-adapter user's values file (docs/migration) installs this
@@ -37,10 +41,11 @@ func helm(t *testing.T, args ...string) (string, error) {
 // local overlay's are restored after.
 func TestHelmChartTakesPrometheusAdapterValues(t *testing.T) {
 	deploySystem(t)
+	helm := helmRunner(t)
 	chart := filepath.Join(repoRoot, "charts", "purchase-metrics-adapter")
 	values := filepath.Join(repoRoot, "docs", "migration", "prometheus-adapter-values.yaml")
 	for _, v := range [][]string{nil, {"-f", values}} {
-		if out, err := helm(t, append([]string{"lint", "--strict", chart}, v...)...); err != nil {
+		if out, err := helm(append([]string{"lint", "--strict", chart}, v...)...); err != nil {
 			t.Fatalf("helm lint %v: %v\n%s", v, err, out)
 		}
 	}
@@ -50,7 +55,7 @@ func TestHelmChartTakesPrometheusAdapterValues(t *testing.T) {
 		"tls.enable=true":                     "tls.enable: tls.ca, tls.certificate and tls.key are all needed",
 		"someValueThisChartLacks=1":           "additional properties 'someValueThisChartLacks' not allowed",
 	} {
-		out, err := helm(t, "template", "x", chart, "-f", values, "--set", value)
+		out, err := helm("template", "x", chart, "-f", values, "--set", value)
 		if err == nil || !strings.Contains(out, want) {
 			t.Errorf("--set %s: %v, want a refusal saying %q:\n%s", value, err, want, out)
 		}
@@ -58,7 +63,7 @@ func TestHelmChartTakesPrometheusAdapterValues(t *testing.T) {
 
 	// rules.default: prometheus-adapter's chart's six rules, by their
 	// name.matches (its templates/configmap.yaml).
-	defaults, err := helm(t, "template", "x", chart, "--show-only", "templates/configmap.yaml")
+	defaults, err := helm("template", "x", chart, "--show-only", "templates/configmap.yaml")
 	if err != nil {
 		t.Fatalf("helm template: %v\n%s", err, defaults)
 	}
@@ -75,7 +80,7 @@ func TestHelmChartTakesPrometheusAdapterValues(t *testing.T) {
 	// The node pulls the adapter by the digest the local registry holds.
 	digest := pinnedDigest(t, "purchase-system/adapter")
 	set := []string{"-f", values, "--set", "prometheus.url=http://10.88.0.1", "--set", "image.tag=" + digest}
-	rendered, err := helm(t, append([]string{"template", release, chart, "-n", ns}, set...)...)
+	rendered, err := helm(append([]string{"template", release, chart, "-n", ns}, set...)...)
 	if err != nil {
 		t.Fatalf("helm template: %v\n%s", err, rendered)
 	}
@@ -88,13 +93,13 @@ func TestHelmChartTakesPrometheusAdapterValues(t *testing.T) {
 	// The chart owns the APIServices it installs: the local overlay's go
 	// for the test and come back at the end.
 	restore := func() {
-		_, _ = helm(t, "uninstall", release, "-n", ns, "--wait")
+		_, _ = helm("uninstall", release, "-n", ns, "--wait")
 		kubectl(t, "apply", "-k", repoRoot+"/manifests/overlays/local")
 		deploySystem(t)
 	}
 	kubectl(t, "delete", "apiservice", "v1beta2.custom.metrics.k8s.io", "v1beta1.custom.metrics.k8s.io", "v1beta1.external.metrics.k8s.io")
 	t.Cleanup(restore)
-	if out, err := helm(t, append([]string{"install", release, chart, "-n", ns, "--wait", "--timeout", "3m"}, set...)...); err != nil {
+	if out, err := helm(append([]string{"install", release, chart, "-n", ns, "--wait", "--timeout", "3m"}, set...)...); err != nil {
 		t.Fatalf("helm install: %v\n%s", err, out)
 	}
 	testproc.Eventually(t, 60*time.Second, "the chart's APIServices available", func() error {

@@ -331,11 +331,20 @@ func (c *Catalog) Discoveries() []promsource.RuleDiscovery {
 // "ingresses.networking.k8s.io", or "ingress", resolved as the rules'
 // resources are).
 func (c *Catalog) Custom(name string, gr schema.GroupResource) (promsource.Metric, bool) {
-	if c.mapper != nil {
-		if gvr, err := c.mapper.ResourceFor(gr.WithVersion("")); err == nil {
-			gr = gvr.GroupResource()
-		}
+	// The API server names the resource as it serves it (pods,
+	// ingresses.networking.k8s.io): the exact match answers every HPA
+	// request; only another spelling goes through the mapper.
+	if m, ok := c.custom1(name, gr); ok || c.mapper == nil {
+		return m, ok
 	}
+	gvr, err := c.mapper.ResourceFor(gr.WithVersion(""))
+	if err != nil || gvr.GroupResource() == gr {
+		return promsource.Metric{}, false
+	}
+	return c.custom1(name, gvr.GroupResource())
+}
+
+func (c *Catalog) custom1(name string, gr schema.GroupResource) (promsource.Metric, bool) {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	for _, m := range c.custom[name] {

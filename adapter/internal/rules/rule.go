@@ -154,16 +154,8 @@ func (r *Rule) Render(qp QueryParts) (string, error) {
 func tidyMatchers(q string) string {
 	var b strings.Builder
 	var quote rune
+	var last rune // the last character written that is not a space
 	esc := false
-	prev := func() byte { // the last byte written that is not a space
-		s := b.String()
-		for i := len(s) - 1; i >= 0; i-- {
-			if s[i] != ' ' && s[i] != '\t' {
-				return s[i]
-			}
-		}
-		return 0
-	}
 	next := func(i int) byte { // the next byte after i that is not a space
 		for j := i + 1; j < len(q); j++ {
 			if q[j] != ' ' && q[j] != '\t' {
@@ -186,11 +178,14 @@ func tidyMatchers(q string) string {
 		case c == '"' || c == '\'' || c == '`':
 			quote = c
 		case c == ',':
-			if p := prev(); p == '{' || p == ',' || next(i) == '}' {
+			if last == '{' || last == ',' || next(i) == '}' {
 				continue
 			}
 		}
 		b.WriteRune(c)
+		if c != ' ' && c != '\t' {
+			last = c
+		}
 	}
 	return b.String()
 }
