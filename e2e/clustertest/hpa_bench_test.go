@@ -160,6 +160,7 @@ func BenchmarkThousandHPAs(b *testing.B) {
 		b.ReportMetric(r.meanInterval.Seconds(), label+"-interval-mean-s")
 		b.ReportMetric(r.intervalP99.Seconds(), label+"-interval-p99-s")
 		b.ReportMetric(100*r.within, label+"-intervals-within-1s-%")
+		b.ReportMetric(ms(r.latencyP50), label+"-request-p50-ms")
 		b.ReportMetric(ms(r.latencyP99), label+"-request-p99-ms")
 		b.ReportMetric(r.adapterCPU, label+"-adapter-cores")
 		b.ReportMetric(r.adapterRSSMiB, label+"-adapter-rss-MiB")

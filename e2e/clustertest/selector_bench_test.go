@@ -80,6 +80,11 @@ func BenchmarkPodsPerSelector(b *testing.B) {
 		name := strconv.Itoa(n) + "-pods"
 		b.ReportMetric(ms(pct(d, 0.50)), name+"-p50-ms")
 		b.ReportMetric(ms(pct(d, 0.99)), name+"-p99-ms")
+		b.ReportMetric(float64(requests)/elapsed, name+"-requests/s")
+		// CPU per second is what a capacity plan reads; per request is
+		// what grows with the pods (one caller asks back to back, so the
+		// two differ by the request rate).
+		b.ReportMetric((cpu1-cpu0)/elapsed, name+"-adapter-cores")
 		b.ReportMetric((cpu1-cpu0)/float64(requests)*1000, name+"-adapter-cpu-ms/request")
 		b.ReportMetric((after["prometheus_custom"]+after["prometheus_freshness"]-before["prometheus_custom"]-before["prometheus_freshness"])/elapsed, name+"-prometheus-queries/s")
 		b.ReportMetric(float64(rssOf(b, pid))/(1<<20), name+"-adapter-rss-MiB")
