@@ -102,6 +102,104 @@ build() {
   busybox
   pause
   nodeprobe "$v"
+  postgres
+  kafka
+}
+
+# unchanged ARCHIVE INPUT...: true when ARCHIVE was built from these very
+# inputs (their checksums are kept beside it); the two images below are
+# large (a JVM, PostgreSQL) and packing them takes tens of seconds.
+unchanged() {
+  local archive="$1"; shift
+  local sums; sums="$(sha256sum "$@" "${BASH_SOURCE[0]}" | cut -d' ' -f1 | sha256sum | cut -d' ' -f1)"
+  if [[ -f "$archive" && "$(cat "$archive.inputs" 2>/dev/null)" == "$sums" ]]; then
+    echo "$archive $(cat "$archive.digest") (unchanged)"
+    return 0
+  fi
+  echo "$sums" >"$archive.inputs.new"
+  return 1
+}
+
+# built ARCHIVE: records the digest imagebuild printed (in LINE) beside
+# ARCHIVE, for the next unchanged().
+built() {
+  local archive="$1" line="$2"
+  echo "$line"
+  echo "$line" | awk '{print $2}' >"$archive.digest"
+  mv "$archive.inputs.new" "$archive.inputs"
+}
+
+# static_entrypoint NAME DIR: images/cmd/NAME, static, into DIR.
+static_entrypoint() {
+  CGO_ENABLED=0 go build -trimpath -buildvcs=false -ldflags "-s -w" -o "$2" "./images/cmd/$1"
+}
+
+# postgres: PostgreSQL 15 from Debian's packages (images/debian/postgres.lock)
+# under the official image's name and contract (images/cmd/postgres-entrypoint).
+# It keeps dash as /bin/sh: initdb and the server start programs through
+# popen() and system(). User postgres, 999:999, as upstream's.
+postgres() {
+  local dir="$OUT/rootfs/postgres" archive="$OUT/postgres.tar" entry="$OUT/rootfs/postgres-entrypoint"
+  local lock=images/debian/postgres.lock pg=/usr/lib/postgresql/15
+  scripts/debs.sh fetch "$lock"
+  static_entrypoint postgres-entrypoint "$entry"
+  unchanged "$archive" "$lock" "$entry" && return 0
+  rm -rf "$dir"
+  scripts/debs.sh unpack "$lock" "$dir"
+  # The JIT (LLVM) and the translations are left out: postgres runs
+  # without them (no llvmjit.so: jit is off).
+  rm -rf "$dir$pg/lib/bitcode" "$dir$pg"/lib/llvmjit* "$dir/usr/share/locale"
+  mkdir -p "$dir/usr/local/bin" "$dir/var/lib/postgresql/data" "$dir/var/run/postgresql" "$dir/tmp"
+  chmod 1777 "$dir/tmp" "$dir/var/lib/postgresql/data" "$dir/var/run/postgresql"
+  cp "$entry" "$dir/usr/local/bin/docker-entrypoint"
+  local p; for p in postgres initdb pg_isready pg_ctl; do ln -s "$pg/bin/$p" "$dir/usr/local/bin/$p"; done
+  printf 'root:x:0:0:root:/root:/usr/sbin/nologin
+postgres:x:999:999:PostgreSQL administrator:/var/lib/postgresql:/bin/sh
+' >"$dir/etc/passwd"
+  printf 'root:x:0:
+postgres:x:999:
+' >"$dir/etc/group"
+  local programs=() f
+  for f in "$dir$pg"/bin/{postgres,initdb,pg_isready,pg_ctl} "$dir$pg"/lib/*.so "$dir/bin/dash"; do programs+=(--program "${f#"$dir"}"); done
+  built "$archive" "$("$BIN/imagebuild" --root "$dir" --out "$archive" --user 999:999 --entrypoint /usr/local/bin/docker-entrypoint \
+    --created 0 --port 5432/tcp --env PGDATA=/var/lib/postgresql/data "${programs[@]}" \
+    --tag "docker.io/library/postgres:15" --label "org.opencontainers.image.title=postgres" \
+    --label "org.opencontainers.image.version=$(awk '$1 == "postgresql-15" {print $2}' "$lock")")"
+}
+
+# kafka: Apache Kafka (the Maven Central jars of the tools cache) on
+# Debian's OpenJDK 17 (images/debian/kafka.lock), under apache/kafka's name
+# and contract (images/cmd/kafka-entrypoint). No shell. User appuser,
+# 1000:1000, as upstream's.
+kafka() {
+  local dir="$OUT/rootfs/kafka" archive="$OUT/kafka.tar" entry="$OUT/rootfs/kafka-entrypoint"
+  local lock=images/debian/kafka.lock jdk=/usr/lib/jvm/java-17-openjdk-amd64
+  scripts/debs.sh fetch "$lock"
+  scripts/tools.sh ensure kafka
+  static_entrypoint kafka-entrypoint "$entry"
+  local jars; jars="$(scripts/tools.sh path kafka)/libs"
+  unchanged "$archive" "$lock" "$entry" "$jars"/*.jar && return 0
+  rm -rf "$dir"
+  scripts/debs.sh unpack "$lock" "$dir"
+  mkdir -p "$dir/opt/kafka/libs" "$dir/opt/kafka/config" "$dir/opt/kafka/logs" "$dir/var/lib/kafka/data" \
+    "$dir/etc/kafka/docker" "$dir/usr/local/bin" "$dir/tmp"
+  chmod 1777 "$dir/tmp" "$dir/opt/kafka/config" "$dir/opt/kafka/logs" "$dir/var/lib/kafka/data"
+  cp "$jars"/*.jar "$dir/opt/kafka/libs/"
+  cp "$entry" "$dir/usr/local/bin/kafka-entrypoint"
+  printf '%s\n' 'rootLogger.level=INFO' 'rootLogger.appenderRef.stdout.ref=stdout' \
+    'appender.stdout.type=Console' 'appender.stdout.name=stdout' \
+    'appender.stdout.layout.type=PatternLayout' 'appender.stdout.layout.pattern=[%d] %p %m (%c)%n' \
+    >"$dir/etc/kafka/docker/log4j2.properties"
+  printf 'root:x:0:0:root:/root:/usr/sbin/nologin\nappuser:x:1000:1000::/home/appuser:/usr/sbin/nologin\n' >"$dir/etc/passwd"
+  printf 'root:x:0:\nappuser:x:1000:\n' >"$dir/etc/group"
+  local programs=(--program "$jdk/bin/java" --program "$jdk/lib/server/libjvm.so") l
+  for l in attach extnet instrument j2gss jaas java jimage jli jsig jsvml management management_agent management_ext net nio prefs rmi verify zip syslookup; do
+    programs+=(--program "$jdk/lib/lib$l.so")
+  done
+  built "$archive" "$("$BIN/imagebuild" --root "$dir" --out "$archive" --user 1000:1000 --entrypoint /usr/local/bin/kafka-entrypoint \
+    --created 0 --port 9092/tcp --workdir /opt/kafka "${programs[@]}" \
+    --tag "docker.io/apache/kafka:${KAFKA_VERSION}" --label "org.opencontainers.image.title=kafka" \
+    --label "org.opencontainers.image.version=${KAFKA_VERSION}")"
 }
 
 # busybox_tag: the upstream version of Debian's package (1:1.35.0-4+deb12u1

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/purchase-system/purchase-system/images/oci"
+	"github.com/purchase-system/purchase-system/images/rootfs"
 )
 
 type list []string
@@ -25,7 +26,7 @@ func (l *list) Set(v string) error { *l = append(*l, v); return nil }
 
 func main() {
 	var s oci.Spec
-	var tags, entrypoint, ports, labels, env list
+	var tags, entrypoint, ports, labels, env, programs list
 	var out, created string
 	flag.StringVar(&s.Root, "root", "", "directory laid out as the image's root filesystem")
 	flag.Var(&tags, "tag", "image reference to write the image under (repeatable)")
@@ -37,6 +38,7 @@ func main() {
 	flag.Var(&labels, "label", "key=value label and annotation (repeatable)")
 	flag.StringVar(&created, "created", "0", "creation time and every file's mtime, in Unix seconds (SOURCE_DATE_EPOCH)")
 	flag.StringVar(&out, "out", "", "archive to write")
+	flag.Var(&programs, "program", "a dynamically linked program of the image (path in the image) whose shared libraries must all be in it (repeatable)")
 	flag.Parse()
 	if s.Root == "" || out == "" || len(tags) == 0 || len(entrypoint) == 0 {
 		fmt.Fprintln(os.Stderr, "imagebuild: --root, --out, --tag and --entrypoint are required")
@@ -58,6 +60,20 @@ func main() {
 			os.Exit(2)
 		}
 		s.Labels[k] = v
+	}
+	if len(programs) > 0 {
+		missing, err := rootfs.MissingLibraries(s.Root, programs)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "imagebuild: --program:", err)
+			os.Exit(1)
+		}
+		if len(missing) > 0 {
+			fmt.Fprintf(os.Stderr, "imagebuild: %s: libraries missing from the image (add the packages that hold them):\n", tags[0])
+			for _, m := range missing {
+				fmt.Fprintln(os.Stderr, "  "+m.String())
+			}
+			os.Exit(1)
+		}
 	}
 	img, err := oci.Build(s)
 	if err == nil {
