@@ -3,7 +3,6 @@ package oci
 import (
 	"encoding/json"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,7 +12,6 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
-	"github.com/google/go-containerregistry/pkg/v1/tarball"
 )
 
 // WriteArchive writes img under refs as an archive that docker load, kind
@@ -82,45 +80,6 @@ func WriteArchive(path string, img v1.Image, refs ...string) error {
 		return err
 	}
 	return os.Rename(tmp, path)
-}
-
-// ReadArchive reads the images of an archive by the tags its manifest.json
-// names (what docker save and WriteArchive write).
-func ReadArchive(path string) (map[string]v1.Image, error) {
-	m, err := tarball.LoadManifest(func() (io.ReadCloser, error) { return os.Open(path) })
-	if err != nil {
-		return nil, fmt.Errorf("%s: not an image archive (docker save or make images): %w", path, err)
-	}
-	out := map[string]v1.Image{}
-	for _, d := range m {
-		for _, t := range d.RepoTags {
-			tag, err := name.NewTag(t)
-			if err != nil {
-				return nil, fmt.Errorf("%s: tag %q: %w", path, t, err)
-			}
-			img, err := tarball.ImageFromPath(path, &tag)
-			if err != nil {
-				return nil, fmt.Errorf("%s: image %s: %w", path, t, err)
-			}
-			out[t] = img
-		}
-	}
-	if len(out) == 0 {
-		return nil, fmt.Errorf("%s: no tagged image in it", path)
-	}
-	return out, nil
-}
-
-// Normalize is the full name of an image reference as the store keys it:
-// purchase-system/webserver:dev becomes
-// index.docker.io/purchase-system/webserver:dev, a name without tag gets
-// :latest.
-func Normalize(ref string) (string, error) {
-	r, err := name.ParseReference(strings.TrimSpace(ref))
-	if err != nil {
-		return "", err
-	}
-	return r.Name(), nil
 }
 
 // ContainerdName is ref as containerd and the kubelet name it: Docker Hub
