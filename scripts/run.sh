@@ -25,7 +25,7 @@ trap stop_all EXIT
 
 [[ -f "$KUBECONFIG_FILE" ]] || started_cluster=true
 [[ -d "${STATE_DIR}/infra" ]] || started_infra=true
-scripts/tools.sh ensure all
+scripts/tools.sh ensure run
 scripts/cluster.sh up
 scripts/infra.sh up
 
