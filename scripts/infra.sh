@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# What runs beside the dev cluster, on the host: the Apache Kafka broker,
-# PostgreSQL and Prometheus. They listen on the pod network's host address
-# (10.88.0.1), which the local overlay's Services point at, so pods reach
-# them as kafka:9092, postgres:5432 and prometheus.monitoring:9090.
+# Kafka, PostgreSQL and Prometheus as host processes beside the dev
+# cluster, for the cluster tests (e2e/clustertest's TestMain runs it): they
+# listen on the pod network's host address (10.88.0.1), which the tests'
+# overlay (e2e/clustertest/testdata/host-infra) gives Services, so pods
+# reach them as kafka:9092, postgres:5432 and prometheus.monitoring:9090
+# and a test reaches them directly. make run and the scenario run all three
+# as pods instead (manifests/overlays/local).
 #
 #   scripts/infra.sh up | down | status
-#   scripts/infra.sh stop|start kafka|postgres|prometheus   (one of them,
-#       data kept: the fault suite restarts them under load)
 source "$(dirname "$0")/lib.sh"
 cd "$REPO_ROOT" || exit 1
 
@@ -39,10 +40,10 @@ prometheus_up() {
   die "prometheus not ready: see $dir/prometheus.log"
 }
 
-# database_secret: the local overlay's DATABASE_URL (git-ignored), with the
+# database_secret: the host-infra overlay's DATABASE_URL (git-ignored), with the
 # password of the role pods connect as.
 database_secret() {
-  local dir="${REPO_ROOT}/manifests/overlays/local/generated"
+  local dir="${REPO_ROOT}/e2e/clustertest/testdata/host-infra/generated"
   mkdir -p "$dir"
   (umask 077; printf 'DATABASE_URL=%s\n' "$(scripts/postgres.sh app-url "$INFRA/postgres" postgres 5432)" >"$dir/database.env")
 }
@@ -63,18 +64,10 @@ case "${1:-}" in
     scripts/postgres.sh stop "$INFRA/postgres"
     rm -rf "$INFRA"
     ;;
-  stop | start)
-    case "${2:-}" in
-      kafka) if [[ $1 == stop ]]; then scripts/kafka.sh stop "$INFRA/kafka"; else scripts/kafka.sh start "$INFRA/kafka" 9092 "$HOST_IP"; fi ;;
-      postgres) if [[ $1 == stop ]]; then scripts/postgres.sh stop "$INFRA/postgres"; else scripts/postgres.sh start "$INFRA/postgres" 5432 "$HOST_IP"; fi ;;
-      prometheus) if [[ $1 == stop ]]; then prometheus_down; else prometheus_up; fi ;;
-      *) die "usage: $0 $1 kafka|postgres|prometheus" ;;
-    esac
-    ;;
   status)
     for f in "$INFRA"/prometheus/pid "$INFRA"/kafka/kafka.pid; do
       [[ -f "$f" ]] && kill -0 "$(cat "$f")" 2>/dev/null && echo "running: $f" || echo "stopped: $f"
     done
     ;;
-  *) die "usage: $0 up|down|status, or stop|start kafka|postgres|prometheus" ;;
+  *) die "usage: $0 up|down|status" ;;
 esac

@@ -85,6 +85,38 @@ wait_workloads() {
   done
 }
 
+# deploy_system OVERLAY KUBECTL...: what every cluster's deployment does
+# once its images are where its node pulls them (make run and make e2e on
+# the local Kubernetes, e2e/kind/run.sh on kind): the generated PostgreSQL
+# password, the aggregated API servers' serving certificates, the
+# namespaces first (the overlay's objects go into them), the overlay (a
+# path from the checkout's root, or absolute), and every workload rolled
+# out.
+deploy_system() {
+  local overlay="$1"; shift
+  "${REPO_ROOT}/scripts/secrets.sh"
+  "${REPO_ROOT}/scripts/certs.sh"
+  log "deploying ${overlay}"
+  "$@" apply -f "${REPO_ROOT}/manifests/base/namespace.yaml" >/dev/null
+  "$@" apply -k "${overlay}" >/dev/null
+  wait_workloads "$@"
+}
+
+# forward_prometheus PORT KUBECTL...: the in-cluster Prometheus on
+# 127.0.0.1:PORT through kubectl port-forward (in the background; its pid in
+# PROMETHEUS_FORWARD_PID), ready when this returns.
+forward_prometheus() {
+  local port="$1"; shift
+  "$@" -n monitoring port-forward svc/prometheus "${port}:9090" >/dev/null 2>&1 &
+  PROMETHEUS_FORWARD_PID=$!
+  for _ in $(seq 1 100); do
+    curl -fs "http://127.0.0.1:${port}/-/ready" >/dev/null 2>&1 && return 0
+    kill -0 "$PROMETHEUS_FORWARD_PID" 2>/dev/null || die "kubectl port-forward to the in-cluster Prometheus exited (is port ${port} free?)"
+    sleep 0.2
+  done
+  die "the in-cluster Prometheus is not ready on 127.0.0.1:${port}: $* -n monitoring describe deployment/prometheus"
+}
+
 # run_scenario KUBECONFIG WEB_URL PROMETHEUS_URL: the end-to-end autoscaling
 # scenario (e2e/scenario) against a deployed system; the timeline lands in
 # _output/e2e/.

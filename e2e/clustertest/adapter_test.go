@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -22,12 +23,12 @@ import (
 
 var deployOnce sync.Once
 
-// deploySystem applies manifests/overlays/local (the services, the
-// adapter and its APIServices) once and waits for the deployments.
+// deploySystem applies systemOverlay (the services, the adapter and its
+// APIServices) once and waits for the deployments.
 func deploySystem(t testing.TB) {
 	t.Helper()
 	deployOnce.Do(func() {
-		kubectl(t, "apply", "-k", repoRoot+"/manifests/overlays/local")
+		kubectl(t, "apply", "-k", filepath.Join(repoRoot, systemOverlay))
 		for _, d := range []string{"purchase-system/customer-web-server", "purchase-system/customer-management-api", "monitoring/purchase-metrics-adapter"} {
 			ns, name, _ := strings.Cut(d, "/")
 			kubectl(t, "-n", ns, "rollout", "status", "deployment/"+name, "--timeout=180s")

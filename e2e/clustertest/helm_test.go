@@ -94,7 +94,7 @@ func TestHelmChartTakesPrometheusAdapterValues(t *testing.T) {
 	// for the test and come back at the end.
 	restore := func() {
 		_, _ = helm("uninstall", release, "-n", ns, "--wait")
-		kubectl(t, "apply", "-k", repoRoot+"/manifests/overlays/local")
+		kubectl(t, "apply", "-k", filepath.Join(repoRoot, systemOverlay))
 		deploySystem(t)
 	}
 	kubectl(t, "delete", "apiservice", "v1beta2.custom.metrics.k8s.io", "v1beta1.custom.metrics.k8s.io", "v1beta1.external.metrics.k8s.io")

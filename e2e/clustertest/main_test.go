@@ -36,6 +36,13 @@ const (
 	prometheusURL = "http://10.88.0.1:9090"
 )
 
+// systemOverlay is the system as the cluster tests deploy it: the local
+// overlay's services with Kafka, PostgreSQL and Prometheus on the host
+// (scripts/infra.sh), so a test can create topics, read tables and query
+// Prometheus directly. make run and the scenario run those as pods
+// (manifests/overlays/local).
+const systemOverlay = "e2e/clustertest/testdata/host-infra"
+
 func TestMain(m *testing.M) {
 	os.Exit(run(m))
 }

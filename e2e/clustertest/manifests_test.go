@@ -14,13 +14,16 @@ import (
 // create the namespace its other objects go into.
 func TestManifestsAreAcceptedByTheAPIServer(t *testing.T) {
 	deploySystem(t)
-	// The kind overlay's generated Secrets, as e2e/kind/run.sh writes them.
-	if out, err := exec.Command(filepath.Join(repoRoot, "e2e", "kind", "secrets.sh")).CombinedOutput(); err != nil {
-		t.Fatalf("e2e/kind/secrets.sh: %v\n%s", err, out)
+	// components/kafka-postgres's generated Secrets, as every deployment
+	// writes them.
+	if out, err := exec.Command(filepath.Join(repoRoot, "scripts", "secrets.sh")).CombinedOutput(); err != nil {
+		t.Fatalf("scripts/secrets.sh: %v\n%s", err, out)
 	}
 	for _, dir := range []string{
 		"manifests/overlays/local",
 		"manifests/overlays/e2e",
+		"manifests/overlays/e2e-three-brokers",
+		systemOverlay,
 		"manifests/overlays/kind",
 		"manifests/overlays/kind-e2e",
 		"manifests/monitoring",

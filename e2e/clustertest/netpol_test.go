@@ -22,7 +22,7 @@ import (
 // this reads them; kind's network plugin enforces the same objects.
 func TestManagementAPIIsReachableOnlyInsideItsNamespace(t *testing.T) {
 	api := labels.Set{"app": "customer-management-api"}
-	for _, dir := range []string{"manifests/overlays/local", "manifests/overlays/e2e", "manifests/overlays/kind", "manifests/overlays/kind-e2e"} {
+	for _, dir := range []string{"manifests/overlays/local", "manifests/overlays/e2e", "manifests/overlays/e2e-three-brokers", "manifests/overlays/kind", "manifests/overlays/kind-e2e", systemOverlay} {
 		t.Run(strings.ReplaceAll(dir, "/", "_"), func(t *testing.T) {
 			rendered := kubectl(t, "kustomize", filepath.Join(repoRoot, dir))
 			denied, rules := false, 0

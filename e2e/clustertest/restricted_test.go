@@ -22,7 +22,7 @@ import (
 // otherwise); this test names the workload and field that slipped.
 func TestEveryWorkloadIsRestricted(t *testing.T) {
 	for _, dir := range []string{
-		"manifests/overlays/local", "manifests/overlays/e2e", "manifests/overlays/kind", "manifests/overlays/kind-e2e",
+		"manifests/overlays/local", "manifests/overlays/e2e", "manifests/overlays/e2e-three-brokers", "manifests/overlays/kind", "manifests/overlays/kind-e2e", systemOverlay,
 		"manifests/monitoring", "manifests/addons/metrics-server", "manifests/addons/kube-state-metrics", "manifests/addons/coredns",
 	} {
 		t.Run(strings.ReplaceAll(dir, "/", "_"), func(t *testing.T) {

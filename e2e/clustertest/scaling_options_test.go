@@ -53,7 +53,7 @@ func TestConsumerScalesToZeroAndWakesOnAPurchase(t *testing.T) {
 	}
 	if err := os.WriteFile(filepath.Join(dir, "kustomization.yaml"), []byte(`apiVersion: kustomize.config.k8s.io/v1beta1
 kind: Kustomization
-resources: [`+rel("manifests/overlays/local")+`]
+resources: [`+rel(systemOverlay)+`]
 components: [`+rel("manifests/components/scale-to-zero")+`]
 patches:
   - target: {kind: HorizontalPodAutoscaler, name: customer-management-api}
@@ -65,7 +65,7 @@ patches:
 	}
 	kubectl(t, "apply", "-k", dir)
 	t.Cleanup(func() {
-		kubectl(t, "apply", "-k", repoRoot+"/manifests/overlays/local")
+		kubectl(t, "apply", "-k", filepath.Join(repoRoot, systemOverlay))
 		waitReplicas(t, "purchase-system", "app=customer-management-api", 1)
 	})
 	ctx := context.Background()

@@ -8,12 +8,13 @@
 // one table per run (_output/faults/table.md); docs/RELIABILITY.md
 // summarises it.
 //
-//	go test ./e2e/faults -args -kubeconfig ... -infra scripts/infra.sh
+//	go test ./e2e/faults -args -kubeconfig ...
 //
-// scripts/e2e.sh runs it after the scenario. It acts on this machine's
-// processes (kill -9 of a pod's process, stopping the host's Kafka,
-// PostgreSQL and Prometheus), so it runs on the local Kubernetes only;
-// without -kubeconfig it is skipped.
+// scripts/e2e.sh runs it after the scenario. Kafka, PostgreSQL and
+// Prometheus are pods there (manifests/overlays/local): their rows kill -9
+// their processes, delete their pods, or scale them to 0 for a while. A
+// kill -9 acts on this machine's processes, so it runs on the local
+// Kubernetes only; without -kubeconfig it is skipped.
 package faults
 
 import (
@@ -22,8 +23,9 @@ import (
 	"flag"
 	"fmt"
 	"github.com/purchase-system/purchase-system/devcluster/node"
+	"net"
+	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"sort"
@@ -50,8 +52,7 @@ var (
 	kubeconfig  = flag.String("kubeconfig", os.Getenv("E2E_KUBECONFIG"), "kubeconfig of the local Kubernetes the system is deployed on")
 	webURL      = flag.String("web-url", "http://localhost:30080", "the web server's URL")
 	namespace   = flag.String("namespace", "purchase-system", "the system's namespace")
-	infraScript = flag.String("infra", "", "scripts/infra.sh of the checkout: stops and starts the host's Kafka, PostgreSQL and Prometheus")
-	databaseURL = flag.String("database-url", "postgres://postgres@127.0.0.1:5432/purchases?sslmode=disable", "the PostgreSQL the consumer stores into, as this machine reaches it (loopback: the pod network may connect only as the purchases role)")
+	databaseURL = flag.String("database-url", "", "the PostgreSQL the consumer stores into, as this machine reaches it (default: the postgres Service's cluster IP, with the password of the Secret postgres)")
 	rate        = flag.Float64("rate", 45, "purchases per second offered during each fault")
 	outDir      = flag.String("out", "", "where the table goes (default _output/faults in the checkout)")
 	only        = flag.String("faults", "", "run only the rows whose name matches this regular expression")
@@ -106,21 +107,12 @@ type row struct {
 }
 
 func TestFaultTable(t *testing.T) {
-	if *kubeconfig == "" || *infraScript == "" {
+	if *kubeconfig == "" {
 		// make test runs it through scripts/e2e.sh, never bare: it is
 		// left out of the plain package list.
-		t.Skip("the fault table needs the system deployed on the local Kubernetes and the script that stops its host's Kafka, PostgreSQL and Prometheus: make e2e (part of make test) deploys it and passes -kubeconfig and -infra; it never guesses a cluster to break")
+		t.Skip("the fault table needs the system deployed on the local Kubernetes: make e2e (part of make test) deploys it and passes -kubeconfig; it never guesses a cluster to break")
 	}
-	cfg, err := clientcmd.BuildConfigFromFlags("", *kubeconfig)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := &env{t: t, client: kubernetes.NewForConfigOrDie(cfg), ns: *namespace}
-	e.db, err = sql.Open("pgx", *databaseURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer e.db.Close()
+	e := newEnv(t)
 	out := *outDir
 	if out == "" {
 		root, err := testproc.RepoRoot()
@@ -183,6 +175,26 @@ func TestFaultTable(t *testing.T) {
 	t.Logf("fault table (%s):\n%s", path, table)
 }
 
+// newEnv connects to the deployed system: its cluster and its database.
+func newEnv(t *testing.T) *env {
+	cfg, err := clientcmd.BuildConfigFromFlags("", *kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &env{t: t, client: kubernetes.NewForConfigOrDie(cfg), ns: *namespace}
+	dsn := *databaseURL
+	if dsn == "" {
+		if dsn, err = e.inClusterDatabaseURL(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if e.db, err = sql.Open("pgx", dsn); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.db.Close() })
+	return e
+}
+
 // faults lists the rows: each part alone, then two at once.
 func (e *env) faults() []fault {
 	lagIsAnError := func(e *env, since time.Duration) error {
@@ -200,13 +212,41 @@ func (e *env) faults() []fault {
 		}
 		return nil
 	}
-	return []fault{
+	kafkaRows := []fault{
+		// The broker's container is restarted by the kubelet: the
+		// producers and the consumer reconnect to the same pod.
+		{name: "kill -9 the Kafka broker", inject: func(e *env) func() { e.kill9("app=kafka"); return nil }},
+	}
+	if n := e.brokers(); n >= 3 {
+		// Three brokers, every partition on each, two in sync needed for
+		// a write (components/kafka-three-brokers): the rows of a broker
+		// lost while the others go on.
+		kafkaRows = []fault{
+			// The other two elect a new leader for its partitions; the
+			// producers' in-flight writes are retried there (idempotent:
+			// never twice).
+			{name: "kill -9 the partition leader's broker", inject: func(e *env) func() {
+				e.kill9Pod(e.podNamed(e.partitionLeaderPod()))
+				return nil
+			}},
+			// Scaled from 3 to 2 (its pod deleted gracefully: it hands its
+			// leaderships over first) and back after a minute, when it
+			// catches up from the other two.
+			{name: "one Kafka broker down (60 s)", away: 60 * time.Second, inject: func(e *env) func() {
+				e.scaleWorkload(e.ns, "statefulset", "kafka", n-1)
+				return func() { e.scaleWorkload(e.ns, "statefulset", "kafka", n) }
+			}},
+		}
+	}
+	rows := []fault{
 		{name: "kill -9 a consumer pod", inject: func(e *env) func() { e.kill9("app=customer-management-api"); return nil }},
 		{name: "kill -9 a web server pod", cutsConnections: true, inject: func(e *env) func() { e.kill9("app=customer-web-server"); return nil }},
-		{name: "restart the Kafka broker", away: 20 * time.Second, during: lagIsAnError,
-			inject: func(e *env) func() { e.infra("stop", "kafka"); return func() { e.infra("start", "kafka") } }},
-		{name: "restart PostgreSQL", away: 15 * time.Second,
-			inject: func(e *env) func() { e.infra("stop", "postgres"); return func() { e.infra("start", "postgres") } }},
+	}
+	rows = append(rows, kafkaRows...)
+	return append(rows, []fault{
+		// A graceful stop; the StatefulSet makes a new pod on the same
+		// volume.
+		{name: "delete the PostgreSQL pod", inject: func(e *env) func() { e.deletePod("app=postgres"); return nil }},
 		{name: "roll the web server Deployment", inject: func(e *env) func() { e.rollout("customer-web-server"); return nil }},
 		// 45 s away: longer than the e2e overlay's 30 s scale-down
 		// windows, so an HPA fed a made-up value (say 0) would have scaled
@@ -225,28 +265,28 @@ func (e *env) faults() []fault {
 		// The consumer's lag comes from Kafka, not Prometheus: it keeps
 		// being served and the consumer's HPA keeps acting on it.
 		{name: "stop Prometheus (45 s)", away: 45 * time.Second, hold: []string{autoscaling.WebServer},
-			inject: func(e *env) func() { e.infra("stop", "prometheus"); return func() { e.infra("start", "prometheus") } }},
+			inject: func(e *env) func() { return e.away("monitoring", "deployment", "prometheus") }},
 		{name: "a rebalance with the database down", away: 15 * time.Second,
 			inject: func(e *env) func() {
-				e.infra("stop", "postgres")
+				restore := e.away(e.ns, "statefulset", "postgres")
 				// A graceful stop: the consumer gives its partitions up
 				// while it cannot store what it holds.
 				e.deletePod("app=customer-management-api")
-				return func() { e.infra("start", "postgres") }
+				return restore
 			}},
 		{name: "kill -9 a consumer pod while PostgreSQL is down", away: 15 * time.Second,
 			inject: func(e *env) func() {
-				e.infra("stop", "postgres")
+				restore := e.away(e.ns, "statefulset", "postgres")
 				e.kill9("app=customer-management-api")
-				return func() { e.infra("start", "postgres") }
+				return restore
 			}},
-		{name: "restart Kafka while the web server rolls", away: 20 * time.Second, during: lagIsAnError,
+		{name: "Kafka away (20 s) while the web server rolls", away: 20 * time.Second, during: lagIsAnError,
 			inject: func(e *env) func() {
-				e.infra("stop", "kafka")
+				restore := e.away(e.ns, "statefulset", "kafka")
 				e.rolloutNoWait("customer-web-server")
-				return func() { e.infra("start", "kafka") }
+				return restore
 			}},
-	}
+	}...)
 }
 
 // answer is one request's outcome.
@@ -540,6 +580,26 @@ func (e *env) webSteadyAbove2() error {
 
 func (e *env) allReady() error {
 	for _, ns := range []string{e.ns, "monitoring"} {
+		// Every workload at its replicas first: a workload scaled back
+		// from 0 has no pod yet to be found not Ready.
+		sets, err := e.client.AppsV1().StatefulSets(ns).List(context.Background(), metav1.ListOptions{})
+		if err != nil {
+			return err
+		}
+		for _, w := range sets.Items {
+			if w.Status.ObservedGeneration < w.Generation || w.Status.ReadyReplicas != *w.Spec.Replicas {
+				return fmt.Errorf("statefulset %s/%s: %d of %d Ready", ns, w.Name, w.Status.ReadyReplicas, *w.Spec.Replicas)
+			}
+		}
+		deps, err := e.client.AppsV1().Deployments(ns).List(context.Background(), metav1.ListOptions{})
+		if err != nil {
+			return err
+		}
+		for _, w := range deps.Items {
+			if w.Status.ObservedGeneration < w.Generation || w.Status.ReadyReplicas != *w.Spec.Replicas {
+				return fmt.Errorf("deployment %s/%s: %d of %d Ready", ns, w.Name, w.Status.ReadyReplicas, *w.Spec.Replicas)
+			}
+		}
 		pods, err := e.client.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{})
 		if err != nil {
 			return err
@@ -577,6 +637,15 @@ func (e *env) pod(ns, selector string) corev1.Pod {
 }
 
 func (e *env) kill9(selector string) { e.kill9In(e.ns, selector) }
+
+// podNamed is the system's pod of that name.
+func (e *env) podNamed(name string) corev1.Pod {
+	p, err := e.client.CoreV1().Pods(e.ns).Get(context.Background(), name, metav1.GetOptions{})
+	if err != nil {
+		e.t.Fatalf("pod %s/%s: %v", e.ns, name, err)
+	}
+	return *p
+}
 
 // kill9In kills a pod's container process with SIGKILL (the container's
 // first process, found through its cgroup on the local node) and waits
@@ -623,18 +692,62 @@ func (e *env) deletePod(selector string) {
 	}
 }
 
-func (e *env) infra(verb, what string) {
-	out, err := exec.Command(*infraScript, verb, what).CombinedOutput()
+func (e *env) scale(ns, deployment string, n int) { e.scaleWorkload(ns, "deployment", deployment, n) }
+
+// scaleWorkload sets the replicas of a Deployment or a StatefulSet.
+func (e *env) scaleWorkload(ns, kind, name string, n int) {
+	patch := []byte(fmt.Sprintf(`{"spec":{"replicas":%d}}`, n))
+	var err error
+	switch kind {
+	case "deployment":
+		_, err = e.client.AppsV1().Deployments(ns).Patch(context.Background(), name, types.MergePatchType, patch, metav1.PatchOptions{})
+	case "statefulset":
+		_, err = e.client.AppsV1().StatefulSets(ns).Patch(context.Background(), name, types.MergePatchType, patch, metav1.PatchOptions{})
+	default:
+		err = fmt.Errorf("cannot scale a %s", kind)
+	}
 	if err != nil {
-		e.t.Fatalf("%s %s %s: %v\n%s", *infraScript, verb, what, err, out)
+		e.t.Fatalf("scale %s/%s %s to %d: %v", ns, kind, name, n, err)
 	}
 }
 
-func (e *env) scale(ns, deployment string, n int) {
-	patch := fmt.Sprintf(`{"spec":{"replicas":%d}}`, n)
-	if _, err := e.client.AppsV1().Deployments(ns).Patch(context.Background(), deployment, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
-		e.t.Fatal(err)
+// away takes a workload away (scaled to 0, its pods deleted gracefully)
+// until the returned restore scales it back to its replicas. Volumes stay:
+// a StatefulSet's new pods mount the same claims.
+func (e *env) away(ns, kind, name string) (restore func()) {
+	n := 1
+	if kind == "statefulset" {
+		set, err := e.client.AppsV1().StatefulSets(ns).Get(context.Background(), name, metav1.GetOptions{})
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		n = int(*set.Spec.Replicas)
 	}
+	e.scaleWorkload(ns, kind, name, 0)
+	return func() { e.scaleWorkload(ns, kind, name, n) }
+}
+
+// inClusterDatabaseURL is how this machine reaches the system's
+// PostgreSQL: the postgres Service's cluster IP (kube-proxy's rules on the
+// node route it from here too, and it stays put when the pod is replaced)
+// with the password of the Secret postgres.
+func (e *env) inClusterDatabaseURL() (string, error) {
+	ctx := context.Background()
+	svc, err := e.client.CoreV1().Services(e.ns).Get(ctx, "postgres", metav1.GetOptions{})
+	if err != nil {
+		return "", fmt.Errorf("the system's PostgreSQL (Service %s/postgres): %w", e.ns, err)
+	}
+	secret, err := e.client.CoreV1().Secrets(e.ns).Get(ctx, "postgres", metav1.GetOptions{})
+	if err != nil {
+		return "", fmt.Errorf("the PostgreSQL password (Secret %s/postgres): %w", e.ns, err)
+	}
+	password := string(secret.Data["POSTGRES_PASSWORD"])
+	if password == "" || svc.Spec.ClusterIP == "" || svc.Spec.ClusterIP == corev1.ClusterIPNone {
+		return "", fmt.Errorf("Secret %s/postgres has no POSTGRES_PASSWORD, or Service postgres no cluster IP", e.ns)
+	}
+	u := url.URL{Scheme: "postgres", User: url.UserPassword("postgres", password), Host: net.JoinHostPort(svc.Spec.ClusterIP, "5432"),
+		Path: "/purchases", RawQuery: "sslmode=disable"}
+	return u.String(), nil
 }
 
 // rolloutNoWait restarts a Deployment's pods the way kubectl rollout

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The end-to-end autoscaling scenario on kind, for people with Docker. The
-# same scenario, images and manifests as the local Kubernetes (make e2e);
-# only the cluster differs.
+# same scenario, images and manifests as the local Kubernetes (make e2e):
+# only creating the cluster and loading the images are kind's; every other
+# step is scripts/lib.sh's (deploy_system, forward_prometheus, run_scenario),
+# which make test runs on the local Kubernetes. The overlays differ only in
+# sizes and image pins (manifests/overlays/local says which).
 #
 #   e2e/kind/run.sh            create the cluster, run the scenario, delete the cluster
 #   KEEP=1 e2e/kind/run.sh     leave the cluster running afterwards (kind delete cluster --name purchase-system)
@@ -24,7 +27,7 @@ done
 KUBECONFIG_FILE="${STATE_DIR}/kind/kubeconfig"
 mkdir -p "$(dirname "$KUBECONFIG_FILE")"
 cleanup() {
-  if [[ -n "${PF_PID:-}" ]]; then kill "$PF_PID" 2>/dev/null || true; fi
+  if [[ -n "${PROMETHEUS_FORWARD_PID:-}" ]]; then kill "$PROMETHEUS_FORWARD_PID" 2>/dev/null || true; fi
   if [[ "$MODE" == scenario && -z "${KEEP:-}" ]]; then
     log "deleting kind cluster ${CLUSTER}"
     kind delete cluster --name "$CLUSTER" || true
@@ -47,13 +50,7 @@ for p in webserver consumer adapter; do
   kind load image-archive "_output/images/${p}.tar" --name "$CLUSTER"
 done
 
-e2e/kind/secrets.sh
-scripts/certs.sh
-log "deploying ${OVERLAY}"
-# Namespaces first: the overlay's objects go into them.
-"${kubectl[@]}" apply -f manifests/base/namespace.yaml >/dev/null
-"${kubectl[@]}" apply -k "$OVERLAY" >/dev/null
-wait_workloads "${kubectl[@]}"
+deploy_system "$OVERLAY" "${kubectl[@]}"
 
 if [[ "$MODE" == deploy ]]; then
   cat <<MSG
@@ -68,11 +65,7 @@ MSG
 fi
 
 # The scenario checks the dashboard and rule expressions against the
-# cluster's Prometheus, reached through a port-forward.
-"${kubectl[@]}" -n monitoring port-forward svc/prometheus 19090:9090 >/dev/null 2>&1 &
-PF_PID=$!
-for _ in $(seq 1 50); do
-  curl -fs http://127.0.0.1:19090/-/ready >/dev/null 2>&1 && break
-  sleep 0.2
-done
+# cluster's Prometheus, reached through a port-forward (as make e2e does on
+# the local Kubernetes).
+forward_prometheus 19090 "${kubectl[@]}"
 run_scenario "$KUBECONFIG_FILE" http://localhost:30080 http://127.0.0.1:19090
