@@ -586,18 +586,18 @@ func (e *env) allReady() error {
 		if err != nil {
 			return err
 		}
-		for _, w := range sets.Items {
-			if w.Status.ObservedGeneration < w.Generation || w.Status.ReadyReplicas != *w.Spec.Replicas {
-				return fmt.Errorf("statefulset %s/%s: %d of %d Ready", ns, w.Name, w.Status.ReadyReplicas, *w.Spec.Replicas)
-			}
-		}
 		deps, err := e.client.AppsV1().Deployments(ns).List(context.Background(), metav1.ListOptions{})
 		if err != nil {
 			return err
 		}
+		for _, w := range sets.Items {
+			if err := rolledOut("statefulset", w.ObjectMeta, w.Status.ObservedGeneration, w.Status.ReadyReplicas, *w.Spec.Replicas); err != nil {
+				return err
+			}
+		}
 		for _, w := range deps.Items {
-			if w.Status.ObservedGeneration < w.Generation || w.Status.ReadyReplicas != *w.Spec.Replicas {
-				return fmt.Errorf("deployment %s/%s: %d of %d Ready", ns, w.Name, w.Status.ReadyReplicas, *w.Spec.Replicas)
+			if err := rolledOut("deployment", w.ObjectMeta, w.Status.ObservedGeneration, w.Status.ReadyReplicas, *w.Spec.Replicas); err != nil {
+				return err
 			}
 		}
 		pods, err := e.client.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{})
@@ -618,6 +618,15 @@ func (e *env) allReady() error {
 				return fmt.Errorf("pod %s/%s not Ready", ns, p.Name)
 			}
 		}
+	}
+	return nil
+}
+
+// rolledOut: a workload's controller has seen its spec and all its
+// replicas are Ready.
+func rolledOut(kind string, m metav1.ObjectMeta, observed int64, ready, want int32) error {
+	if observed < m.Generation || ready != want {
+		return fmt.Errorf("%s %s/%s: %d of %d Ready", kind, m.Namespace, m.Name, ready, want)
 	}
 	return nil
 }
