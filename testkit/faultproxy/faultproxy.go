@@ -1,8 +1,10 @@
 // Package faultproxy is a TCP proxy a test puts between a program and a
 // dependency (the database, a broker) to take the dependency away and
 // bring it back: Cut closes every connection and refuses new ones,
-// Restore lets them through again. The program sees what it would see if
-// the dependency went down.
+// Restore lets them through again, Switch sends new connections to
+// another target while the old ones go silent. The program sees what it
+// would see if the dependency went down, or was replaced behind the same
+// address.
 package faultproxy
 
 import (
@@ -14,13 +16,14 @@ import (
 
 // Proxy forwards connections on Addr to the target.
 type Proxy struct {
-	Addr   string
-	target string
-	ln     net.Listener
+	Addr string
+	ln   net.Listener
 
-	mu    sync.Mutex
-	cut   bool
-	conns map[net.Conn]bool
+	mu       sync.Mutex
+	target   string
+	cut      bool
+	links    map[net.Conn]net.Conn // client end → target end
+	silenced map[net.Conn]bool
 }
 
 // Start listens on a free loopback port and forwards to target until the
@@ -31,7 +34,8 @@ func Start(t testing.TB, target string) *Proxy {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &Proxy{Addr: ln.Addr().String(), target: target, ln: ln, conns: map[net.Conn]bool{}}
+	p := &Proxy{Addr: ln.Addr().String(), target: target, ln: ln,
+		links: map[net.Conn]net.Conn{}, silenced: map[net.Conn]bool{}}
 	go p.serve()
 	t.Cleanup(func() { ln.Close(); p.Cut() })
 	return p
@@ -44,40 +48,49 @@ func (p *Proxy) serve() {
 			return
 		}
 		p.mu.Lock()
-		cut := p.cut
+		cut, target := p.cut, p.target
 		p.mu.Unlock()
 		if cut {
 			c.Close()
 			continue
 		}
-		go p.forward(c)
+		go p.forward(c, target)
 	}
 }
 
-func (p *Proxy) forward(c net.Conn) {
-	up, err := net.Dial("tcp", p.target)
+func (p *Proxy) forward(c net.Conn, target string) {
+	up, err := net.Dial("tcp", target)
 	if err != nil {
 		c.Close()
 		return
 	}
 	p.mu.Lock()
-	if p.cut {
+	if p.cut || p.target != target {
 		p.mu.Unlock()
 		c.Close()
 		up.Close()
 		return
 	}
-	p.conns[c], p.conns[up] = true, true
+	p.links[c] = up
 	p.mu.Unlock()
 	done := make(chan struct{}, 2)
 	go func() { _, _ = io.Copy(up, c); done <- struct{}{} }()
 	go func() { _, _ = io.Copy(c, up); done <- struct{}{} }()
 	<-done
-	c.Close()
 	up.Close()
 	p.mu.Lock()
-	delete(p.conns, c)
-	delete(p.conns, up)
+	silenced := p.silenced[c]
+	p.mu.Unlock()
+	if silenced {
+		// What the client wrote goes nowhere and nothing comes back,
+		// until the client gives up on the connection.
+		<-done
+		_, _ = io.Copy(io.Discard, c)
+	}
+	c.Close()
+	p.mu.Lock()
+	delete(p.links, c)
+	delete(p.silenced, c)
 	p.mu.Unlock()
 }
 
@@ -86,8 +99,9 @@ func (p *Proxy) Cut() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.cut = true
-	for c := range p.conns {
+	for c, up := range p.links {
 		c.Close()
+		up.Close()
 	}
 }
 
@@ -96,4 +110,18 @@ func (p *Proxy) Restore() {
 	p.mu.Lock()
 	p.cut = false
 	p.mu.Unlock()
+}
+
+// Switch sends new connections to target. The open ones go silent, as a
+// Kubernetes Service's connections do when their endpoint is gone and
+// another takes the address: no reset reaches the client, its requests
+// get no answer, and it finds out only by its own timeouts.
+func (p *Proxy) Switch(target string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.target = target
+	for c, up := range p.links {
+		p.silenced[c] = true
+		up.Close()
+	}
 }

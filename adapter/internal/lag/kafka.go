@@ -408,6 +408,17 @@ func (s *Source) round(calls []*call) {
 	stepCtx, stepCancel = context.WithTimeout(ctx, s.StepTimeout)
 	defer stepCancel()
 	logs, topicErr := s.logOffsets(stepCtx, need)
+	if len(groupErr) > 0 || len(topicErr) > 0 {
+		// A failed read may mean the client's map of node ids to
+		// addresses is stale: a Kafka replaced behind the same Service
+		// leaves the old node id at the Service's address, which now
+		// reaches another broker, and every OffsetFetch sent there is
+		// NOT_COORDINATOR. Nothing in Kafka 4.1's answers makes the
+		// client look again before its metadata max age (5 min), so the
+		// round asks. franz-go spaces refreshes by its metadata min age
+		// (5 s): at most one Metadata request per 5 s however many fail.
+		s.cl.ForceMetadataRefresh()
+	}
 
 	// 4. Each call's partitions; short spans are counted for markers.
 	type answer struct {
