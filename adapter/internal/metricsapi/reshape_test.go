@@ -93,6 +93,32 @@ func TestLagAndLagSecondsAreOneFetch(t *testing.T) {
 	}
 }
 
+// An external metric without a fresh value is an error the HPA sees, never
+// a 0 it would scale down on: the source answered nothing, or only a value
+// older than --max-sample-age.
+func TestAnExternalMetricWithoutAFreshValueIsNotFoundNotZero(t *testing.T) {
+	for name, age := range map[string]time.Duration{"no sample": -1, "a stale sample": 10 * time.Minute} {
+		t.Run(name, func(t *testing.T) {
+			st := store.New(store.FetcherFunc(func(ctx context.Context, q store.Query) ([]store.Sample, error) {
+				if age < 0 {
+					return nil, nil
+				}
+				lq := q.(lag.Query)
+				labels := map[string]string{"consumergroup": lq.Groups[0], "topic": lq.Topics[0]}
+				return []store.Sample{{Metric: lag.MetricLag, Labels: labels, Value: 250, Timestamp: time.Now().Add(-age)}}, nil
+			}), store.Options{Fresh: time.Minute})
+			cat := catalog.New(seedConfig(t), nil, mapper(), catalog.Options{Extra: []string{lag.MetricLag, lag.MetricLagSeconds}})
+			p := metricsapi.New(cat, st, mapper(), nil, nil, metricsapi.Options{MaxSampleAge: time.Minute, LagEnabled: true,
+				Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+			sel, _ := labels.Parse("consumergroup=g,topic=t")
+			l, err := p.GetExternalMetric(context.Background(), "shop", sel, cmprovider.ExternalMetricInfo{Metric: lag.MetricLag})
+			if !apierrors.IsNotFound(err) || l != nil {
+				t.Fatalf("GetExternalMetric = %+v, %v; want not found (no fresh value) and no list", l, err)
+			}
+		})
+	}
+}
+
 // A sample without a timestamp cannot be shown to be fresh: not served.
 func TestASampleWithoutATimestampIsNotServed(t *testing.T) {
 	f := newFixture(t, time.Minute, promtest.PodSeries("shop", "web-1", time.Time{}, 4), pod("shop", "web-1", nil))
