@@ -87,6 +87,9 @@ disabled_plugins = [
   "io.containerd.differ.v1.erofs",
   "io.containerd.tracing.processor.v1.otlp",
   "io.containerd.internal.v1.tracing",
+  # NRI (on by default in containerd 2) would leave its socket in
+  # /run/nri on the host; nothing here plugs into it.
+  "io.containerd.nri.v1.nri",
 ]
 
 [grpc]

@@ -18,6 +18,7 @@
 //	network namespaces /run/netns/cni-* unmounted and removed
 //	/run/containerd, /var/lib/cni, /var/log/containers, /var/lib/kubelet
 //	                                   removed (containerd and the kubelet write there whatever they are told)
+//	/run/nri                           never created (containerd's NRI is disabled); removed if an older run left it
 //
 // containerd's content store and snapshots live in ImageDir, outside the
 // cluster's state, so a warm start does not unpack every image again.
@@ -346,7 +347,7 @@ func Down(c Config, grace time.Duration, progress io.Writer) error {
 // HostPaths are the paths outside the configured directories that
 // containerd, the CNI plugins and the kubelet write to whatever they are
 // told (one node per machine, so they are the node's alone).
-var HostPaths = []string{"/run/containerd", "/var/lib/cni", "/var/log/containers", "/var/log/pods", "/var/lib/kubelet", "/run/mount", "/etc/cni/net.d"}
+var HostPaths = []string{"/run/containerd", "/run/nri", "/var/lib/cni", "/var/log/containers", "/var/log/pods", "/var/lib/kubelet", "/run/mount", "/etc/cni/net.d"}
 
 // stopPods stops every container with grace, all at once, then removes
 // the sandboxes (which tears down their networks through CNI).
