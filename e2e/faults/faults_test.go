@@ -504,9 +504,9 @@ func (e *env) checkHold(before autoscaling.Snapshot, hold []string, valueless ma
 			seen = append(seen, name+": "+c.Reason)
 		}
 		for _, m := range now.Metrics {
-			// The adapter's metrics only: CPU comes from metrics-server,
-			// and a fresh pod's is unknown for a while whatever the fault.
-			if !m.Known && m.Name != "cpu" && m.Name != "memory" {
+			// The adapter's metrics only: a fresh pod's CPU is unknown for
+			// a while whatever the fault.
+			if !m.Known && !m.Resource {
 				valueless[name] = true
 			}
 		}

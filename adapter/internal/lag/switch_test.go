@@ -99,6 +99,9 @@ func replaceKafka(t *testing.T, from, to int) {
 	// highest id (with three, not node 0).
 	svc := faultproxy.Start(t, oldAddrs[0])
 	bootstrap := svc.Addr
+	if from == 1 {
+		bootstrap = oldAddrs[0]
+	}
 	var d net.Dialer
 	dial := func(ctx context.Context, network, host string) (net.Conn, error) {
 		if from == 1 && host == oldAddrs[0] {
@@ -107,9 +110,6 @@ func replaceKafka(t *testing.T, from, to int) {
 			host = svc.Addr
 		}
 		return d.DialContext(ctx, network, host)
-	}
-	if from == 1 {
-		bootstrap = oldAddrs[0]
 	}
 	s, err := lag.NewSource(map[string]string{"bootstrap.servers": bootstrap}, nil, nil, kgo.Dialer(dial))
 	if err != nil {

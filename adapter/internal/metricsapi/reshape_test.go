@@ -64,11 +64,21 @@ func TestACancelledRequestDoesNotCutDiscoveryShort(t *testing.T) {
 	}
 }
 
+// lagProvider serves the seed's rules and the lag metrics, whose values
+// fetch gives.
+func lagProvider(t *testing.T, fetch store.FetcherFunc) *metricsapi.Provider {
+	t.Helper()
+	st := store.New(fetch, store.Options{Fresh: time.Minute})
+	cat := catalog.New(seedConfig(t), nil, mapper(), catalog.Options{Extra: []string{lag.MetricLag, lag.MetricLagSeconds}})
+	return metricsapi.New(cat, st, mapper(), nil, nil, metricsapi.Options{MaxSampleAge: time.Minute, LagEnabled: true,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+}
+
 // kafka_consumergroup_lag and kafka_consumergroup_lag_seconds of one
 // selector are one computation: an HPA asking for both costs one fetch.
 func TestLagAndLagSecondsAreOneFetch(t *testing.T) {
 	var fetches atomic.Int64
-	st := store.New(store.FetcherFunc(func(ctx context.Context, q store.Query) ([]store.Sample, error) {
+	p := lagProvider(t, func(ctx context.Context, q store.Query) ([]store.Sample, error) {
 		fetches.Add(1)
 		lq := q.(lag.Query)
 		labels := map[string]string{"consumergroup": lq.Groups[0], "topic": lq.Topics[0]}
@@ -77,10 +87,7 @@ func TestLagAndLagSecondsAreOneFetch(t *testing.T) {
 			{Metric: lag.MetricLag, Labels: labels, Value: 250, Timestamp: now},
 			{Metric: lag.MetricLagSeconds, Labels: labels, Value: 12.5, Timestamp: now},
 		}, nil
-	}), store.Options{Fresh: time.Minute})
-	cat := catalog.New(seedConfig(t), nil, mapper(), catalog.Options{Extra: []string{lag.MetricLag, lag.MetricLagSeconds}})
-	p := metricsapi.New(cat, st, mapper(), nil, nil, metricsapi.Options{MaxSampleAge: time.Minute, LagEnabled: true,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	})
 	sel, _ := labels.Parse("consumergroup=g,topic=t")
 	for metric, want := range map[string]string{lag.MetricLag: "250", lag.MetricLagSeconds: "12500m"} {
 		l, err := p.GetExternalMetric(context.Background(), "shop", sel, cmprovider.ExternalMetricInfo{Metric: metric})
@@ -99,17 +106,14 @@ func TestLagAndLagSecondsAreOneFetch(t *testing.T) {
 func TestAnExternalMetricWithoutAFreshValueIsNotFoundNotZero(t *testing.T) {
 	for name, age := range map[string]time.Duration{"no sample": -1, "a stale sample": 10 * time.Minute} {
 		t.Run(name, func(t *testing.T) {
-			st := store.New(store.FetcherFunc(func(ctx context.Context, q store.Query) ([]store.Sample, error) {
+			p := lagProvider(t, func(ctx context.Context, q store.Query) ([]store.Sample, error) {
 				if age < 0 {
 					return nil, nil
 				}
 				lq := q.(lag.Query)
 				labels := map[string]string{"consumergroup": lq.Groups[0], "topic": lq.Topics[0]}
 				return []store.Sample{{Metric: lag.MetricLag, Labels: labels, Value: 250, Timestamp: time.Now().Add(-age)}}, nil
-			}), store.Options{Fresh: time.Minute})
-			cat := catalog.New(seedConfig(t), nil, mapper(), catalog.Options{Extra: []string{lag.MetricLag, lag.MetricLagSeconds}})
-			p := metricsapi.New(cat, st, mapper(), nil, nil, metricsapi.Options{MaxSampleAge: time.Minute, LagEnabled: true,
-				Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+			})
 			sel, _ := labels.Parse("consumergroup=g,topic=t")
 			l, err := p.GetExternalMetric(context.Background(), "shop", sel, cmprovider.ExternalMetricInfo{Metric: lag.MetricLag})
 			if !apierrors.IsNotFound(err) || l != nil {

@@ -45,6 +45,9 @@ type HPA struct {
 type Metric struct {
 	Name, Current, Target string
 	Known                 bool
+	// Resource: a CPU or memory metric, which metrics-server serves (the
+	// others come from the metrics adapter).
+	Resource bool
 }
 
 // Condition is an HPA condition.
@@ -98,7 +101,8 @@ func fromAPI(h autoscalingv2.HorizontalPodAutoscaler) HPA {
 		out.Conditions[string(c.Type)] = Condition{Status: string(c.Status), Reason: c.Reason, Message: c.Message}
 	}
 	for _, spec := range h.Spec.Metrics {
-		m := Metric{Name: specName(spec), Target: target(spec), Current: "<unknown>"}
+		m := Metric{Name: specName(spec), Target: target(spec), Current: "<unknown>",
+			Resource: spec.Type == autoscalingv2.ResourceMetricSourceType}
 		// The status lists metrics in the spec's order, but only those it
 		// could compute: match by name.
 		for _, st := range h.Status.CurrentMetrics {
