@@ -82,6 +82,10 @@ patches:
 		}
 		return nil
 	})
+	// The HPA sets 0 replicas before the last consumer has stopped: a
+	// purchase sent while it still runs is consumed by it, the lag never
+	// rises and nothing wakes (a CI run failed so). Wait until the pod is gone.
+	waitReplicas(t, "purchase-system", "app=customer-management-api", 0)
 
 	web, err := readyPods(ctx, "purchase-system", "app=customer-web-server")
 	if err != nil || len(web) == 0 {
