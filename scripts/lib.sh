@@ -10,6 +10,9 @@ set -euo pipefail
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TOOLS_DIR="${XDG_CACHE_HOME:-$HOME/.cache}/purchase-system"
 STATE_DIR="${REPO_ROOT}/.cache"
+# kubectl's discovery and HTTP cache for the scripts' and tests' calls: in
+# this checkout's state, not the user's ~/.kube/cache.
+export KUBECACHEDIR="${KUBECACHEDIR:-${STATE_DIR}/kubectl}"
 
 # Pinned versions: change here, and every cache path follows.
 KUBERNETES_VERSION="v1.37.2"

@@ -62,6 +62,11 @@ func run(m *testing.M) int {
 		return 0
 	}
 	kubeconfig = filepath.Join(repoRoot, ".cache", "devcluster", "kubeconfig")
+	// kubectl's cache in the checkout's state, as scripts/lib.sh sets it
+	// for make test, also when the package runs on its own.
+	if os.Getenv("KUBECACHEDIR") == "" {
+		os.Setenv("KUBECACHEDIR", filepath.Join(repoRoot, ".cache", "kubectl"))
+	}
 	_, statErr := os.Stat(kubeconfig)
 	startedHere := statErr != nil
 
