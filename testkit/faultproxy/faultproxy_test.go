@@ -77,20 +77,23 @@ func mustAnswer(t *testing.T, c *client, want string) {
 	}
 }
 
+// mustBeClosed: the connection ends at once (end of stream or a reset),
+// not by the client's own deadline.
+func mustBeClosed(t *testing.T, c *client, what string) {
+	t.Helper()
+	if _, err := c.ask("hi", 5*time.Second); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("%s: %v, want it closed", what, err)
+	}
+}
+
 func TestCutClosesOpenConnectionsAndRefusesNewOnesUntilRestore(t *testing.T) {
 	p := Start(t, echo(t, "a"))
 	open := dial(t, p.Addr)
 	mustAnswer(t, open, "a")
 
 	p.Cut()
-	// The open connection is closed, not left hanging: the client sees
-	// an end of stream or a reset at once, not a timeout.
-	if _, err := open.ask("hi", 5*time.Second); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
-		t.Fatalf("open connection after Cut: %v, want it closed", err)
-	}
-	if _, err := dial(t, p.Addr).ask("hi", 5*time.Second); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
-		t.Fatalf("new connection after Cut: %v, want it closed", err)
-	}
+	mustBeClosed(t, open, "open connection after Cut")
+	mustBeClosed(t, dial(t, p.Addr), "new connection after Cut")
 
 	p.Restore()
 	mustAnswer(t, dial(t, p.Addr), "a")
