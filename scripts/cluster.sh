@@ -64,6 +64,13 @@ storage_config() {
 case "${1:-}" in
   up)
     [[ $(id -u) == 0 ]] || die "the local cluster needs root: containerd, runc and the kubelet manage namespaces, cgroups and iptables (run it as root, e.g. sudo make run)"
+    # The kubelet does not evict for disk (docs/RELIABILITY.md), so a disk
+    # that fills during a run fails writes instead: say so up front.
+    mkdir -p "$STATE_DIR"
+    free_gib=$(( $(df -Pk "$STATE_DIR" | awk 'NR==2 {print $4}') / 1048576 ))
+    if (( free_gib < 5 )); then
+      echo "warning: ${free_gib} GiB free on the disk holding ${STATE_DIR}; a make test run writes about 3 GiB there and Kafka, PostgreSQL and Prometheus fail when it fills" >&2
+    fi
     scripts/tools.sh ensure etcd kubernetes metrics-server kube-state-metrics node
     [[ -x "$BIN/devcluster" ]] || die "bin/devcluster is missing: run make build"
     # The images the node runs, built without Docker (seconds when nothing

@@ -193,11 +193,17 @@ serializeImagePulls: false
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 imageMinimumGCAge: 87600h
-# A dev machine's disk is shared: evict only when it is really full.
+# No eviction for disk (as kind does): a dev machine's disk is shared, and
+# its free share can be a few percent of a large volume (statfs counts
+# reserved blocks as not available). With a percentage threshold the
+# kubelet evicted every pod of the system mid-test when the free space
+# crossed it (docs/RELIABILITY.md). A full disk fails writes loudly instead.
 evictionHard:
   memory.available: "100Mi"
-  nodefs.available: "2%%"
-  imagefs.available: "2%%"
+  nodefs.available: "0%%"
+  nodefs.inodesFree: "0%%"
+  imagefs.available: "0%%"
+  imagefs.inodesFree: "0%%"
 # The kubelet must not tune kernel settings the host owns.
 protectKernelDefaults: false
 `, HostIP, c.ServingCert, c.ServingKey, c.CAFile, Socket, ClusterDNS, c.path("resolv.conf"), c.path("pod-logs"))

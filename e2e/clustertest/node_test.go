@@ -435,3 +435,35 @@ func TestCrashingContainerIsRestartedWithBackOff(t *testing.T) {
 		t.Fatalf("kubectl logs should say why it exits: %v %s", err, logs)
 	}
 }
+
+// TestKubeletDoesNotEvictForDiskSpace: the kubelet that runs evicts no pod
+// because the host's disk is nearly full. With a percentage threshold it
+// evicted the whole system mid-scenario on a machine whose free share is a
+// few percent of a large volume (docs/RELIABILITY.md). Read from the
+// running kubelet's /configz, so a config the kubelet ignores or overrides
+// fails here too.
+func TestKubeletDoesNotEvictForDiskSpace(t *testing.T) {
+	ctx := context.Background()
+	nodes, err := client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	if err != nil || len(nodes.Items) != 1 {
+		t.Fatalf("want the one node: %v (%d nodes)", err, len(nodes.Items))
+	}
+	raw, err := client.CoreV1().RESTClient().Get().AbsPath("/api/v1/nodes", nodes.Items[0].Name, "proxy", "configz").DoRaw(ctx)
+	if err != nil {
+		t.Fatalf("the kubelet's configz: %v", err)
+	}
+	var cfg struct {
+		Kubelet struct {
+			EvictionHard map[string]string `json:"evictionHard"`
+		} `json:"kubeletconfig"`
+	}
+	if err := json.Unmarshal(raw, &cfg); err != nil {
+		t.Fatalf("the kubelet's configz: %v\n%s", err, raw)
+	}
+	for _, signal := range []string{"nodefs.available", "nodefs.inodesFree", "imagefs.available", "imagefs.inodesFree"} {
+		if v, ok := cfg.Kubelet.EvictionHard[signal]; !ok || v != "0%" {
+			t.Errorf("evictionHard %s = %q (set: %v), want \"0%%\": the kubelet evicts pods when the host disk crosses it", signal, v, ok)
+		}
+	}
+	t.Logf("evictionHard: %v", cfg.Kubelet.EvictionHard)
+}

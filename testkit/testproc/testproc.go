@@ -54,7 +54,8 @@ var Programs = map[string]string{
 
 // Binary returns the path of a program's binary. With BIN_DIR set (make
 // test builds into it) that one is used; otherwise all programs are built
-// once into a temporary directory.
+// once into the checkout's .cache/test-bin (reused by the next run rather
+// than left behind in /tmp: the programs weigh about 200 MB).
 func Binary(t testing.TB, name string) string {
 	t.Helper()
 	if d := os.Getenv("BIN_DIR"); d != "" {
@@ -70,8 +71,8 @@ func Binary(t testing.TB, name string) string {
 			buildErr = err
 			return
 		}
-		binDir, buildErr = os.MkdirTemp("", "purchase-bin-")
-		if buildErr != nil {
+		binDir = filepath.Join(root, ".cache", "test-bin")
+		if buildErr = os.MkdirAll(binDir, 0o755); buildErr != nil {
 			return
 		}
 		args := []string{"build", "-o", binDir + "/"}
