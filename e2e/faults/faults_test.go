@@ -44,6 +44,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/purchase-system/purchase-system/e2e/internal/autoscaling"
+	"github.com/purchase-system/purchase-system/e2e/internal/clusterstate"
 	"github.com/purchase-system/purchase-system/e2e/internal/load"
 	"github.com/purchase-system/purchase-system/testkit/testproc"
 )
@@ -182,6 +183,12 @@ func newEnv(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	e := &env{t: t, client: kubernetes.NewForConfigOrDie(cfg), ns: *namespace}
+	// Registered first, so it runs last: the state is the tail of the log.
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Log(clusterstate.Describe(context.Background(), e.client))
+		}
+	})
 	dsn := *databaseURL
 	if dsn == "" {
 		if dsn, err = e.inClusterDatabaseURL(); err != nil {

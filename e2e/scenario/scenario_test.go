@@ -33,6 +33,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/purchase-system/purchase-system/e2e/internal/autoscaling"
+	"github.com/purchase-system/purchase-system/e2e/internal/clusterstate"
 	"github.com/purchase-system/purchase-system/e2e/internal/load"
 	"github.com/purchase-system/purchase-system/e2e/internal/timeline"
 	"github.com/purchase-system/purchase-system/testkit/testproc"
@@ -71,6 +72,12 @@ func TestAutoscalingScenario(t *testing.T) {
 		t.Fatal(err)
 	}
 	client := kubernetes.NewForConfigOrDie(cfg)
+	// Registered first, so it runs last: the state is the tail of the log.
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Log(clusterstate.Describe(context.Background(), client))
+		}
+	})
 	ns := *namespace
 	out := *outDir
 	if out == "" {
