@@ -110,6 +110,8 @@ func fetchSeedRate(t *testing.T, promURL, window string) (map[string]store.Sampl
 // yet is already listed and read as 0 req/s — an idle system gives the HPA
 // a value, not <unknown>.
 func TestIdlePodsAreDiscoveredAndRead0(t *testing.T) {
+	// Beside the package's other Prometheus tests: each mostly waits for scrapes.
+	t.Parallel()
 	addrs := promtest.StartWebServers(t, []string{"web-idle"}, "KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:1")
 	promURL := promtest.StartPrometheus(t, addrs, "1s", promtest.Flags...)
 	testproc.Eventually(t, 30*time.Second, "an idle pod read as 0", func() error {
@@ -134,6 +136,8 @@ func TestIdlePodsAreDiscoveredAndRead0(t *testing.T) {
 // rate() sees no increase and the adapter serves 0 for a pod that just
 // answered a hundred requests.
 func TestFirstBurstBetweenTwoScrapesIsCounted(t *testing.T) {
+	// Beside the package's other Prometheus tests: each mostly waits for scrapes.
+	t.Parallel()
 	_, kafkaAddr := testkafka.Fake(t, "purchases")
 	addrs := promtest.StartWebServers(t, []string{"web-ok", "web-bad"}, "KAFKA_BOOTSTRAP_SERVERS="+kafkaAddr, "KAFKA_EXTRA_CONFIG="+testkafka.FastClientConfig)
 	for _, a := range addrs {

@@ -36,6 +36,8 @@ func seedRule(t *testing.T, window string) *rules.Config {
 // each a known request rate, and checks that the seed rule yields each
 // pod's rate within 10%.
 func TestRatesFromRealPrometheusMatchTheLoadSent(t *testing.T) {
+	// Beside the package's other Prometheus tests: each mostly waits for scrapes.
+	t.Parallel()
 	rates := map[string]float64{"web-0": 20, "web-1": 40, "web-2": 60}
 	// No Kafka: the requests below are rejected with 400 before it is
 	// needed, and every request counts toward the rate.
