@@ -19,7 +19,7 @@ import (
 // this covers the whole script, binaries included.
 func TestTwoClonesBuildTheSameImages(t *testing.T) {
 	if testing.Short() {
-		t.Skip("-short: this test builds all 13 images twice, about 70 s with the Go build cache warm; make test runs it")
+		t.Skip("-short: this test builds all 13 images twice, about 35 s with the Go build cache warm; make test runs it")
 	}
 	if _, err := exec.LookPath("git"); err != nil {
 		missing(t, "needs git to clone the checkout (apt-get install git)")
