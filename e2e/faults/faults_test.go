@@ -183,12 +183,7 @@ func newEnv(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	e := &env{t: t, client: kubernetes.NewForConfigOrDie(cfg), ns: *namespace}
-	// Registered first, so it runs last: the state is the tail of the log.
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Log(clusterstate.Describe(context.Background(), e.client))
-		}
-	})
+	clusterstate.LogOnFailure(t, e.client)
 	dsn := *databaseURL
 	if dsn == "" {
 		if dsn, err = e.inClusterDatabaseURL(); err != nil {

@@ -72,12 +72,7 @@ func TestAutoscalingScenario(t *testing.T) {
 		t.Fatal(err)
 	}
 	client := kubernetes.NewForConfigOrDie(cfg)
-	// Registered first, so it runs last: the state is the tail of the log.
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Log(clusterstate.Describe(context.Background(), client))
-		}
-	})
+	clusterstate.LogOnFailure(t, client)
 	ns := *namespace
 	out := *outDir
 	if out == "" {

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -23,6 +24,17 @@ const (
 	Pods   = 20
 	Events = 15
 )
+
+// LogOnFailure logs Describe at the end of t if t failed. Call it first
+// thing: cleanups run last registered first, so this one runs last and the
+// state is the tail of the log.
+func LogOnFailure(t testing.TB, c kubernetes.Interface) {
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Log(Describe(context.Background(), c))
+		}
+	})
+}
 
 // Describe answers within 20 s; what it cannot read it says it could not.
 func Describe(ctx context.Context, c kubernetes.Interface) string {
