@@ -4,9 +4,12 @@
 # kube-router's NetworkPolicy firewall, CoreDNS), all built from source
 # into the tools cache.
 #
-#   scripts/cluster.sh up      start it (builds tools into the cache the first time)
-#   scripts/cluster.sh down    stop it and remove every process and file it started
+#   scripts/cluster.sh up      start it (builds tools into the cache the first time); refuses,
+#                              naming each, when something on this machine would collide with it
+#   scripts/cluster.sh down    stop it and give back exactly what it took from the host
+#                              (its ledger: .cache/devcluster/host-ledger.jsonl)
 #   scripts/cluster.sh status
+#   scripts/cluster.sh leftovers   what of the cluster is still on the host (exit 1 if anything)
 #
 # The admin kubeconfig is always .cache/devcluster/kubeconfig.
 # HPA_SYNC_PERIOD (default 15s) sets the HPA controller's period;
@@ -47,6 +50,10 @@ cluster_flags() {
   # kustomize Component the addons and the local overlays include.
   echo "--images=${REPO_ROOT}/_output/images"
   echo "--image-pins=${REPO_ROOT}/manifests/generated/images/kustomization.yaml"
+  # The storage helper's image is named inside a ConfigMap, where the
+  # pins above do not reach: pinned into a generated copy.
+  local lpp="${REPO_ROOT}/manifests/addons/local-path-provisioner"
+  echo "--pin-file=${lpp}/helperPod.yaml=${lpp}/generated/helperPod.yaml"
   echo "--addon=${REPO_ROOT}/manifests/addons/coredns"
   echo "--addon=${REPO_ROOT}/manifests/addons/metrics-server"
   echo "--addon=${REPO_ROOT}/manifests/addons/kube-state-metrics"
@@ -85,8 +92,8 @@ case "${1:-}" in
     ;;
   down)
     if [[ -x "$BIN/devcluster" ]]; then
-      # The node's own cleanup modes (kube-proxy --cleanup, kube-router
-      # --cleanup-config, crictl) need the same binaries as up.
+      # The pods are stopped through the node's own containerd and crictl:
+      # the same binaries as up.
       mapfile -t flags < <(cluster_flags)
       "$BIN/devcluster" down "${flags[@]}"
     elif [[ -d "$CLUSTER_DIR" ]]; then
@@ -94,7 +101,7 @@ case "${1:-}" in
     fi
     ;;
   status) "$BIN/devcluster" status --state="${CLUSTER_DIR}" ;;
-  leftovers) "$BIN/devcluster" leftovers --state="${CLUSTER_DIR}" ;;
+  leftovers) "$BIN/devcluster" leftovers --state="${CLUSTER_DIR}" --containerd-root="${STATE_DIR}/containerd" ;;
   kubeconfig) echo "${CLUSTER_DIR}/kubeconfig" ;;
   *) die "usage: $0 up|down|status|leftovers|kubeconfig" ;;
 esac

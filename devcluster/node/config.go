@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 
 	"github.com/purchase-system/purchase-system/devcluster/internal/daemon"
 )
@@ -12,8 +11,8 @@ import (
 // writeConfigs writes containerd's, the CNI network's, the kubelet's and
 // kube-proxy's configuration files into the node's directory.
 func (c Config) writeConfigs() error {
-	for _, d := range []string{"cni", "cni-ipam", "kubelet", "pod-logs", "certs.d/_default"} {
-		if err := os.MkdirAll(c.path(d), 0o755); err != nil {
+	for _, d := range []string{"cni", "cni-ipam", "kubelet", "pod-logs", "run", "certs.d/_default"} {
+		if err := os.MkdirAll(c.path(d), 0o700); err != nil {
 			return err
 		}
 	}
@@ -24,15 +23,12 @@ func (c Config) writeConfigs() error {
 		return err
 	}
 	files := map[string]string{
-		"registry.yaml":              c.registryConfig(),
-		"containerd.toml":            c.containerdConfig(),
-		"cni/10-devcluster.conflist": c.cniConfig(),
-		"kubelet.yaml":               c.kubeletConfig(),
-		"kube-proxy.yaml":            c.kubeProxyConfig(),
-		// Every pull goes to the local registry: an image that was not
-		// pushed there fails at once, and nothing is fetched from the
-		// internet.
-		"certs.d/_default/hosts.toml": "server = \"http://" + LocalRegistry + "\"\n",
+		"registry.yaml":                      c.registryConfig(),
+		"containerd.toml":                    c.containerdConfig(),
+		"cni/10-" + CNINetwork + ".conflist": c.cniConfig(),
+		"kubelet.yaml":                       c.kubeletConfig(),
+		"kube-proxy.yaml":                    c.kubeProxyConfig(),
+		"certs.d/_default/hosts.toml":        c.hostsConfig(),
 		// Pods with dnsPolicy Default (CoreDNS itself) get no upstream
 		// resolver: nothing outside the cluster is to be resolved from here.
 		"resolv.conf": "",
@@ -43,15 +39,18 @@ func (c Config) writeConfigs() error {
 		if old, err := os.ReadFile(c.path(name)); err == nil && string(old) == body {
 			continue
 		}
-		if err := os.WriteFile(c.path(name), []byte(body), 0o644); err != nil {
+		if err := os.WriteFile(c.path(name), []byte(body), 0o600); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// registryConfig: distribution's registry on loopback only, plain HTTP
-// (kind's local-registry recipe does the same), storage kept across Down.
+// registryConfig: distribution's registry on loopback only, storage kept
+// across Down. Every request must come with a client certificate the
+// cluster's registry CA signed (only root can read its key): any local
+// account could otherwise list, pull, push or delete the images the node
+// runs.
 func (c Config) registryConfig() string {
 	return fmt.Sprintf(`# Written by the local cluster's launcher (devcluster/node).
 version: 0.1
@@ -66,18 +65,39 @@ storage:
     enabled: true
 http:
   addr: %s
+  tls:
+    certificate: %q
+    key: %q
+    clientcas:
+      - %q
+    minimumtls: tls1.2
   debug:
     addr: ""
-`, c.RegistryDir, LocalRegistry)
+`, c.RegistryDir, LocalRegistry, c.RegistryTLS.Cert, c.RegistryTLS.Key, c.RegistryTLS.CA)
+}
+
+// hostsConfig: every pull, whatever registry the image names, goes to the
+// local registry with the node's client certificate; nothing is fetched
+// from the internet (an image that was not pushed there fails at once).
+func (c Config) hostsConfig() string {
+	return fmt.Sprintf(`# Written by the local cluster's launcher (devcluster/node).
+server = "https://%s"
+ca = %q
+client = [[%q, %q]]
+`, LocalRegistry, c.RegistryTLS.CA, c.RegistryTLS.ClientCert, c.RegistryTLS.ClientKey)
 }
 
 // containerdConfig: the CRI plugin with runc, the CNI bridge network, the
-// pinned pause image, and the two settings this kind of VM needs.
+// pinned pause image, and the two settings this kind of VM needs. Its
+// socket, state and root are the node's own; the shim and runc are named
+// by absolute path, and runc keeps its state in the node's directory.
 func (c Config) containerdConfig() string {
 	return fmt.Sprintf(`# Written by the local cluster's launcher (devcluster/node).
 version = 3
 root = %q
-state = "/run/containerd"
+state = %q
+# No drop-ins from /etc/containerd/conf.d: those are a system containerd's.
+imports = []
 disabled_plugins = [
   "io.containerd.snapshotter.v1.btrfs",
   "io.containerd.snapshotter.v1.zfs",
@@ -87,9 +107,11 @@ disabled_plugins = [
   "io.containerd.differ.v1.erofs",
   "io.containerd.tracing.processor.v1.otlp",
   "io.containerd.internal.v1.tracing",
-  # NRI (on by default in containerd 2) would leave its socket in
-  # /run/nri on the host; nothing here plugs into it.
+  # NRI (on by default in containerd 2) would put its socket in /run/nri
+  # on the host; nothing here plugs into it.
   "io.containerd.nri.v1.nri",
+  # The opt service would create /opt/containerd on the host.
+  "io.containerd.internal.v1.opt",
 ]
 
 [grpc]
@@ -100,13 +122,17 @@ disabled_plugins = [
   # lower a container's oom_score_adj below its parent's, and every
   # sandbox would fail to start.
   restrict_oom_score_adj = true
+  # The pods' network namespaces in the node's state, not /run/netns.
   netns_mounts_under_state_dir = true
   [plugins.'io.containerd.cri.v1.runtime'.containerd]
     default_runtime_name = "runc"
     [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
+      # By path: not whatever containerd-shim-runc-v2 PATH finds first.
+      runtime_path = %q
       [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
         BinaryName = %q
+        Root = %q
         SystemdCgroup = false
   [plugins.'io.containerd.cri.v1.runtime'.cni]
     bin_dirs = [%q]
@@ -121,7 +147,7 @@ disabled_plugins = [
     config_path = %q
   [plugins.'io.containerd.cri.v1.images'.pinned_images]
     sandbox = %q
-`, c.ImageDir, Socket, c.Bin.Runc, c.Bin.CNIDir, c.path("cni"), c.path("certs.d"), PauseImage)
+`, c.ImageDir, c.ContainerdState(), c.Socket(), c.Bin.Shim(), c.Bin.Runc, c.path("runc"), c.Bin.CNIDir, c.path("cni"), c.path("certs.d"), PauseImage)
 }
 
 // cniConfig: every pod on the bridge with an address of 10.88.1.0 and up.
@@ -130,7 +156,7 @@ disabled_plugins = [
 func (c Config) cniConfig() string {
 	return fmt.Sprintf(`{
   "cniVersion": "1.0.0",
-  "name": "devcluster",
+  "name": %q,
   "plugins": [
     {
       "type": "bridge",
@@ -148,7 +174,7 @@ func (c Config) cniConfig() string {
     {"type": "portmap", "capabilities": {"portMappings": true}}
   ]
 }
-`, Bridge, c.path("cni-ipam"), PodCIDR, HostIP, ServiceCIDR)
+`, CNINetwork, Bridge, c.path("cni-ipam"), PodCIDR, HostIP, ServiceCIDR)
 }
 
 // kubeletConfig: a KubeletConfiguration for this machine (cgroup v1
@@ -172,6 +198,10 @@ authentication:
 authorization:
   mode: Webhook
 containerRuntimeEndpoint: unix://%s
+# Pods' cgroups under a root of the cluster's own in every hierarchy, not
+# /kubepods, which a kubelet of another cluster on this machine uses.
+cgroupRoot: %s
+cgroupsPerQOS: true
 # This VM mounts cgroup v1 (v2 only beside it) and has no systemd as PID 1.
 failCgroupV1: false
 cgroupDriver: cgroupfs
@@ -204,9 +234,11 @@ evictionHard:
   nodefs.inodesFree: "0%%"
   imagefs.available: "0%%"
   imagefs.inodesFree: "0%%"
-# The kubelet must not tune kernel settings the host owns.
-protectKernelDefaults: false
-`, HostIP, c.ServingCert, c.ServingKey, c.CAFile, Socket, ClusterDNS, c.path("resolv.conf"), c.path("pod-logs"))
+# The kubelet checks the kernel settings it needs and fails instead of
+# changing them: the launcher sets them, recorded in its ledger, and puts
+# the host's values back at cluster down.
+protectKernelDefaults: true
+`, HostIP, c.ServingCert, c.ServingKey, c.CAFile, c.Socket(), CgroupRoot, ClusterDNS, c.path("resolv.conf"), c.PodLogs())
 }
 
 // kubeProxyConfig: iptables mode, NodePorts on 127.0.0.1 (the seed's
@@ -240,13 +272,10 @@ conntrack:
 }
 
 func (c Config) specs() map[string]daemon.Spec {
-	path := strings.Join([]string{c.Bin.ContainerdDir, filepath.Dir(c.Bin.Runc), c.Bin.CNIDir, os.Getenv("PATH")}, ":")
 	return map[string]daemon.Spec{
 		Registry: {Name: Registry, Path: c.Bin.Registry, Args: []string{"serve", c.path("registry.yaml")}},
 		Containerd: {Name: Containerd, Path: filepath.Join(c.Bin.ContainerdDir, "containerd"),
-			Args: []string{"--config", c.path("containerd.toml"), "--log-level", "warn"},
-			// The shim is found on PATH.
-			Env: []string{"PATH=" + path}},
+			Args: []string{"--config", c.path("containerd.toml"), "--log-level", "warn"}},
 		Kubelet: {Name: Kubelet, Path: c.Bin.Kubelet, Args: []string{
 			"--config=" + c.path("kubelet.yaml"),
 			"--kubeconfig=" + c.KubeletConfig,
@@ -255,7 +284,7 @@ func (c Config) specs() map[string]daemon.Spec {
 			"--hostname-override=" + c.Name,
 			"--node-ip=" + HostIP,
 			"--v=1",
-		}, Env: []string{"PATH=" + path}},
+		}},
 		KubeProxy: {Name: KubeProxy, Path: c.Bin.KubeProxy, Args: []string{
 			"--config=" + c.path("kube-proxy.yaml"), "--v=1",
 		}},

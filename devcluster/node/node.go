@@ -1,32 +1,38 @@
 // Package node runs the local cluster's node from upstream parts: CNCF
 // distribution's registry on 127.0.0.1:5000 holds every image and
 // containerd (its mirror for every registry) pulls from it, runc runs the
-// pods' containers, the CNI bridge plugin
-// gives each pod an address on the cluster's bridge, the kubelet manages
-// them, kube-proxy programs Services into iptables and kube-router's
-// firewall enforces NetworkPolicies. This package only configures, starts,
-// waits for and stops those programs, and undoes what they did to the host.
+// pods' containers, the CNI bridge plugin gives each pod an address on the
+// cluster's bridge, the kubelet manages them, kube-proxy programs Services
+// into iptables and kube-router's firewall enforces NetworkPolicies. This
+// package only configures, starts, waits for and stops those programs.
 //
-// Host state the node changes, and where it is undone (Down):
+// The node shares its machine: a Docker, a system containerd or the
+// kubelet of another cluster may run beside it. It takes only what it
+// makes, and gives back only that:
 //
-//	bridge psbr0 (10.88.0.1/16)        deleted
-//	sysctls (ip_forward, route_localnet, bridge-nf-call-iptables)
-//	                                   restored from sysctls.json
-//	iptables chains KUBE-*, CNI-*      kube-proxy --cleanup, kube-router --cleanup-config, then any left
-//	ipsets of kube-router              kube-router --cleanup-config
-//	cgroups /kubepods in each hierarchy removed, deepest first
-//	network namespaces /run/netns/cni-* unmounted and removed
-//	/run/containerd, /var/lib/cni, /var/log/containers, /var/lib/kubelet
-//	                                   removed (containerd and the kubelet write there whatever they are told)
-//	/run/nri                           never created (containerd's NRI is disabled); removed if an older run left it
+//   - Each program gets names of its own where upstream allows: containerd
+//     its socket, root and state directories; the kubelet its root, pod
+//     log directory and cgroup root (CgroupRoot); the CNI plugins their
+//     configuration, binaries and IPAM data. All of that lies in the
+//     node's directory, so whatever lies there is the node's.
+//   - Where upstream writes to a fixed shared directory (SharedDirs), the
+//     node removes only its own entries there, known by what names them.
+//   - Everything else it changes on the host (the bridge, routes,
+//     sysctls, its netfilter chains and rules, its cgroup root, the shared
+//     directories it had to create) is written into the cluster's ledger
+//     before it is changed; Down gives back exactly what the ledger names.
+//     Chains and ipsets the programs create themselves are the node's when
+//     their names carry the programs' prefixes and were absent at up (the
+//     ledger keeps the names present then).
 //
-// containerd's content store and snapshots live in ImageDir, outside the
-// cluster's state, so a warm start does not unpack every image again.
+// Before it takes anything, Up names every real conflict (Conflicts): a
+// port, a bridge, chains it did not create, a live kubelet on the device
+// plugin socket. Foreign files in shared directories and foreign
+// processes, whatever their names, are not conflicts: they are left alone.
 package node
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -40,6 +46,8 @@ import (
 	"time"
 
 	"github.com/purchase-system/purchase-system/devcluster/internal/daemon"
+	"github.com/purchase-system/purchase-system/devcluster/internal/ledger"
+	"github.com/purchase-system/purchase-system/devcluster/internal/take"
 )
 
 // Network of the node.
@@ -52,12 +60,29 @@ const (
 	// PauseImage is the sandbox image: built here (images/pause) and
 	// pinned, since none can be pulled.
 	PauseImage = "registry.k8s.io/pause:3.10.2"
-	// Socket is containerd's: at the path cAdvisor probes for containerd,
-	// so the kubelet's container stats carry the pods' labels.
-	Socket = "/run/containerd/containerd.sock"
 	// LocalRegistry is where containerd sends every pull: an address on
-	// this machine, so nothing is fetched from the internet.
+	// this machine, so nothing is fetched from the internet. It serves
+	// TLS and lets in only clients with the cluster's registry client
+	// certificate.
 	LocalRegistry = "127.0.0.1:5000"
+	// NodePort is the web server's NodePort (the seed guide's
+	// localhost:30080): kube-proxy answers it on 127.0.0.1.
+	NodePort = 30080
+)
+
+// Names of the node's own, which tell its objects from anyone else's.
+const (
+	// CgroupRoot is the kubelet's cgroup root: every pod's cgroup lies
+	// under it, in every hierarchy (a kubelet of another cluster uses
+	// /kubepods).
+	CgroupRoot = "/purchase-system-devcluster"
+	// CNINetwork names the pods' network. libcni caches each pod's
+	// attachment as /var/lib/cni/results/<network>-<container>-<interface>
+	// and containerd offers no setting to move it: the name tells the
+	// node's entries from others'.
+	CNINetwork = "purchase-system-devcluster"
+	// ChainPrefix starts the names of the launcher's own netfilter chains.
+	ChainPrefix = "DEVCLUSTER-"
 )
 
 // Component names, as daemons and in logs.
@@ -72,7 +97,30 @@ const (
 // Components in start order; stopped in reverse.
 var Components = []string{Registry, Containerd, Kubelet, KubeProxy, KubeRouter}
 
-// Binaries are the node's programs.
+// Port is an address the node's programs listen on.
+type Port struct {
+	Component string
+	Addr      string // "" for every address
+	Port      int
+}
+
+// Ports the node's programs listen on. The NodePort is not bound by any
+// process (kube-proxy answers it with DNAT), but a listener there would be
+// shadowed, so it must be free too.
+var Ports = []Port{
+	{Registry, "127.0.0.1", 5000},
+	{Kubelet, HostIP, 10250},
+	{Kubelet, "127.0.0.1", 10248},
+	{KubeProxy, "127.0.0.1", 10249},
+	{KubeProxy, "127.0.0.1", 10256},
+	{KubeProxy, "127.0.0.1", NodePort},
+	{KubeRouter, "", 20244},
+}
+
+// Binaries are the node's programs, each run by its absolute path: a
+// Docker installed from Debian puts an older containerd, shim and runc in
+// /usr/bin, and whatever PATH finds first is not what the node was
+// configured for.
 type Binaries struct {
 	Registry      string // CNCF distribution's registry
 	ContainerdDir string // containerd, ctr, containerd-shim-runc-v2
@@ -84,15 +132,27 @@ type Binaries struct {
 	Crictl        string
 }
 
+// Shim is containerd's runc shim, by path.
+func (b Binaries) Shim() string { return filepath.Join(b.ContainerdDir, "containerd-shim-runc-v2") }
+
+// RegistryTLS are the files of the local registry's mutual TLS.
+type RegistryTLS struct {
+	CA         string // signs the registry's serving certificate and its clients'
+	Cert, Key  string // the registry's serving certificate
+	ClientCert string // the node's (containerd's) and the launcher's client certificate
+	ClientKey  string
+}
+
 // Config is the node.
 type Config struct {
 	Name     string
-	Dir      string // the node's state (configs, kubelet root, logs): removed at Down
+	Dir      string // the node's state (configs, kubelet root, containerd state, logs): removed at Down
 	ImageDir string // containerd's root: images and snapshots, kept across Down
 	// RegistryDir is the local registry's storage, kept across Down like
 	// ImageDir: a warm start pushes only what changed.
 	RegistryDir string
 	Bin         Binaries
+	RegistryTLS RegistryTLS
 
 	CAFile           string // client CA of the kubelet API
 	ServingCert      string // kubelet API
@@ -109,128 +169,65 @@ func (c Config) path(parts ...string) string {
 	return filepath.Join(append([]string{c.Dir}, parts...)...)
 }
 
+// Socket is containerd's socket: in the node's directory, not at
+// /run/containerd/containerd.sock, where a system containerd lives (and
+// which dockerd adopts when it finds one).
+func (c Config) Socket() string { return c.path("run", "containerd.sock") }
+
+// ContainerdState is containerd's state directory (tasks, bundles, the
+// pods' network namespaces and mounts).
+func (c Config) ContainerdState() string { return c.path("containerd") }
+
+// PodLogs is the kubelet's pod log directory.
+func (c Config) PodLogs() string { return c.path("pod-logs") }
+
+// KubeletRoot is the kubelet's root directory.
+func (c Config) KubeletRoot() string { return c.path("kubelet") }
+
+// maxSocketPath: a unix socket's path must fit sun_path (108 bytes with
+// its NUL); containerd adds ".ttrpc" to its socket's.
+const maxSocketPath = 100
+
 // CheckHost fails early, saying what to do, when this machine cannot run
 // the node.
-func CheckHost(b Binaries) error {
+func CheckHost(c Config) error {
 	if os.Geteuid() != 0 {
 		return errors.New("the node needs root: containerd, runc and the kubelet manage namespaces, cgroups and iptables")
 	}
-	for _, p := range []string{"ip", "iptables", "ipset", "mount"} {
+	for _, p := range []string{"ip", "iptables", "iptables-save", "ipset", "mount"} {
 		if _, err := exec.LookPath(p); err != nil {
 			return fmt.Errorf("the node needs %s on PATH (apt-get install iproute2 iptables ipset)", p)
 		}
 	}
+	b := c.Bin
 	for name, p := range map[string]string{
-		"containerd": filepath.Join(b.ContainerdDir, "containerd"), "runc": b.Runc,
+		"containerd": filepath.Join(b.ContainerdDir, "containerd"), "containerd-shim-runc-v2": b.Shim(), "runc": b.Runc,
 		"CNI bridge": filepath.Join(b.CNIDir, "bridge"), "kubelet": b.Kubelet,
 		"kube-proxy": b.KubeProxy, "kube-router": b.KubeRouter, "crictl": b.Crictl, "registry": b.Registry,
 	} {
+		if !filepath.IsAbs(p) {
+			return fmt.Errorf("%s binary %q: give an absolute path (the node never runs what PATH finds)", name, p)
+		}
 		if _, err := os.Stat(p); err != nil {
 			return fmt.Errorf("%s binary: %w (scripts/tools.sh ensure node kubernetes builds it)", name, err)
 		}
 	}
-	return nil
-}
-
-// SetUpHost creates the bridge (the API server binds to its address, so it
-// must exist before the control plane starts) and sets the sysctls the
-// node needs, saving their old values for Down. It is idempotent.
-func SetUpHost(dir string) error {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	if !strings.Contains(ipOut("link", "show", Bridge), Bridge) {
-		if err := ip("link", "add", Bridge, "type", "bridge"); err != nil {
-			return err
-		}
-	}
-	if !strings.Contains(ipOut("addr", "show", "dev", Bridge), HostIP+"/16") {
-		if err := ip("addr", "add", HostIP+"/16", "dev", Bridge); err != nil {
-			return err
-		}
-	}
-	if err := ip("link", "set", Bridge, "up"); err != nil {
-		return err
-	}
-	// Cluster IPs are routed to the bridge: kube-proxy's DNAT rewrites
-	// them on the way, and a packet to an unassigned one stays on the
-	// bridge instead of following the host's default route off the machine.
-	if !strings.Contains(ipOut("route", "show", ServiceCIDR), ServiceCIDR) {
-		if err := ip("route", "add", ServiceCIDR, "dev", Bridge); err != nil {
-			return err
-		}
-	}
-	return setSysctls(filepath.Join(dir, "sysctls.json"), map[string]string{
-		// Pod → Service → pod on the same bridge is routed through the host.
-		"net/ipv4/ip_forward": "1",
-		// Bridged pod-to-pod traffic passes iptables: NetworkPolicies and
-		// Services between pods of one bridge need it.
-		"net/bridge/bridge-nf-call-iptables": "1",
-		// kube-proxy serves NodePorts on 127.0.0.1 (the seed's localhost:30080).
-		"net/ipv4/conf/all/route_localnet": "1",
-	})
-}
-
-// setSysctls writes each value, recording in file the value it had before
-// the first change (a second Up keeps the first record).
-func setSysctls(file string, want map[string]string) error {
-	saved := map[string]string{}
-	if b, err := os.ReadFile(file); err == nil {
-		_ = json.Unmarshal(b, &saved)
-	}
-	for k, v := range want {
-		p := filepath.Join("/proc/sys", k)
-		old, err := os.ReadFile(p)
-		if err != nil {
-			return fmt.Errorf("sysctl %s: %w", strings.ReplaceAll(k, "/", "."), err)
-		}
-		if _, ok := saved[k]; !ok {
-			saved[k] = strings.TrimSpace(string(old))
-		}
-		b, _ := json.Marshal(saved)
-		if err := os.WriteFile(file, b, 0o644); err != nil {
-			return err
-		}
-		if err := os.WriteFile(p, []byte(v), 0o644); err != nil {
-			return fmt.Errorf("sysctl %s=%s: %w", strings.ReplaceAll(k, "/", "."), v, err)
-		}
+	if n := len(c.Socket()) + len(".ttrpc"); n > maxSocketPath {
+		return fmt.Errorf("containerd's socket %s.ttrpc is %d bytes long, over the %d a unix socket allows: use a checkout with a shorter path", c.Socket(), n, maxSocketPath)
 	}
 	return nil
 }
 
-func restoreSysctls(file string) error {
-	b, err := os.ReadFile(file)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
+// Up writes the node's configuration, takes from the host what the node
+// needs (recording each thing in led first), starts whatever is not
+// running and waits for each program to answer. It does not wait for the
+// Node object: the caller does, with its API client.
+func Up(ctx context.Context, c Config, led *ledger.Ledger, progress io.Writer) error {
+	if err := CheckHost(c); err != nil {
 		return err
 	}
-	saved := map[string]string{}
-	if err := json.Unmarshal(b, &saved); err != nil {
-		return fmt.Errorf("%s: %w", file, err)
-	}
-	var errs []error
-	for k, v := range saved {
-		if err := os.WriteFile(filepath.Join("/proc/sys", k), []byte(v), 0o644); err != nil {
-			errs = append(errs, fmt.Errorf("restoring sysctl %s=%s: %w", k, v, err))
-		}
-	}
-	if len(errs) == 0 {
-		return os.Remove(file)
-	}
-	return errors.Join(errs...)
-}
-
-// Up writes the node's configuration, starts whatever is not running and
-// waits for each program to answer. It does not wait for the Node object:
-// the caller does, with its API client.
-func Up(ctx context.Context, c Config, progress io.Writer) error {
-	if err := CheckHost(c.Bin); err != nil {
-		return err
-	}
-	if err := SetUpHost(c.Dir); err != nil {
-		return fmt.Errorf("setting up the host network: %w", err)
+	if err := SetUpHost(c, led); err != nil {
+		return fmt.Errorf("setting up the host: %w", err)
 	}
 	if err := c.writeConfigs(); err != nil {
 		return err
@@ -240,9 +237,21 @@ func Up(ctx context.Context, c Config, progress io.Writer) error {
 		if _, running := c.Daemons().Running(name); running {
 			continue
 		}
+		if name == Kubelet {
+			// The kubelet checks these itself (protectKernelDefaults)
+			// and fails rather than change them: the launcher sets them,
+			// recorded, and Down puts the old values back.
+			if err := takeKernelDefaults(led); err != nil {
+				return err
+			}
+		}
 		start := time.Now()
 		fmt.Fprintf(progress, "==> starting %s\n", name)
-		if _, err := c.Daemons().Start(specs[name]); err != nil {
+		pid, err := c.Daemons().Start(specs[name])
+		if err != nil {
+			return err
+		}
+		if err := recordProcess(led, name, pid); err != nil {
 			return err
 		}
 		if err := c.waitStarted(ctx, name, 60*time.Second); err != nil {
@@ -251,6 +260,21 @@ func Up(ctx context.Context, c Config, progress io.Writer) error {
 		fmt.Fprintf(progress, "==> %s up (%.1fs)\n", name, time.Since(start).Seconds())
 	}
 	return nil
+}
+
+// recordProcess writes a started daemon into the ledger with its start
+// time.
+func recordProcess(led *ledger.Ledger, name string, pid int) error {
+	start, err := daemon.StartTime(pid)
+	if err != nil {
+		return fmt.Errorf("%s exited at once: %w", name, err)
+	}
+	return led.Record(ledger.Entry{Kind: ledger.Process, Name: name, PID: pid, Start: start})
+}
+
+// RecordProcess is recordProcess for the control plane's daemons.
+func RecordProcess(led *ledger.Ledger, name string, pid int) error {
+	return recordProcess(led, name, pid)
 }
 
 // waitStarted waits until the component answers where it should.
@@ -263,15 +287,15 @@ func (c Config) waitStarted(ctx context.Context, name string, timeout time.Durat
 		}
 		switch name {
 		case Registry:
-			last = httpOK(ctx, "http://"+LocalRegistry+"/v2/")
+			last = c.registryOK(ctx)
 		case Containerd:
 			last = c.ctr(ctx, nil, "version")
 		case Kubelet:
-			last = httpOK(ctx, "http://127.0.0.1:10248/healthz")
+			last = httpOK(ctx, localClient, "http://127.0.0.1:10248/healthz")
 		case KubeProxy:
-			last = httpOK(ctx, "http://127.0.0.1:10256/healthz")
+			last = httpOK(ctx, localClient, "http://127.0.0.1:10256/healthz")
 		case KubeRouter:
-			last = httpOK(ctx, "http://127.0.0.1:20244/healthz")
+			last = httpOK(ctx, localClient, "http://127.0.0.1:20244/healthz")
 		}
 		if last == nil {
 			return nil
@@ -286,7 +310,7 @@ func (c Config) waitStarted(ctx context.Context, name string, timeout time.Durat
 }
 
 func (c Config) ctr(ctx context.Context, out io.Writer, args ...string) error {
-	cmd := exec.CommandContext(ctx, filepath.Join(c.Bin.ContainerdDir, "ctr"), append([]string{"--address", Socket}, args...)...)
+	cmd := exec.CommandContext(ctx, filepath.Join(c.Bin.ContainerdDir, "ctr"), append([]string{"--address", c.Socket()}, args...)...)
 	var stderr strings.Builder
 	cmd.Stdout, cmd.Stderr = out, &stderr
 	if err := cmd.Run(); err != nil {
@@ -296,7 +320,7 @@ func (c Config) ctr(ctx context.Context, out io.Writer, args ...string) error {
 }
 
 func (c Config) crictl(ctx context.Context, args ...string) (string, error) {
-	cmd := exec.CommandContext(ctx, c.Bin.Crictl, append([]string{"--runtime-endpoint", "unix://" + Socket, "--timeout", "60s"}, args...)...)
+	cmd := exec.CommandContext(ctx, c.Bin.Crictl, append([]string{"--runtime-endpoint", "unix://" + c.Socket(), "--timeout", "60s"}, args...)...)
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
@@ -306,10 +330,13 @@ func (c Config) crictl(ctx context.Context, args ...string) (string, error) {
 	return string(out), nil
 }
 
-// Down stops the pods (their containers get grace to exit), the node's
-// programs, and undoes what they did to the host. It goes on past errors
-// and reports them all: a half-removed node must not stop the rest.
-func Down(c Config, grace time.Duration, progress io.Writer) error {
+// Down stops the pods (their containers get grace to exit) and the node's
+// programs, then gives back what the node took: what lies under its
+// directories, cgroup root and bridge, its entries in the shared
+// directories, the chains and sets its programs made, and every entry of
+// the ledger that is the node's. It goes on past errors and reports them
+// all: a half-removed node must not stop the rest.
+func Down(c Config, led *ledger.Ledger, grace time.Duration, progress io.Writer) error {
 	var errs []error
 	ctx := context.Background()
 	// The kubelet would restart what is stopped under it: it goes first.
@@ -318,36 +345,23 @@ func Down(c Config, grace time.Duration, progress io.Writer) error {
 		fmt.Fprintf(progress, "==> stopping the pods (up to %s each)\n", grace)
 		errs = append(errs, c.stopPods(ctx, grace))
 	}
+	// The shims' sockets are named in the bundles containerd keeps in its
+	// state: read them while it is still there.
+	sockets := c.shimSockets()
 	errs = append(errs, c.Daemons().Stop(KubeRouter, 10*time.Second))
 	errs = append(errs, c.Daemons().Stop(KubeProxy, 10*time.Second))
 	errs = append(errs, c.Daemons().Stop(Containerd, 15*time.Second))
 	errs = append(errs, c.Daemons().Stop(Registry, 10*time.Second))
-	// Shims outlive containerd by design (they are in a process group of
-	// their own); with every pod removed they have exited, unless the node
-	// was killed: then they and their containers go now.
-	killShims()
-	errs = append(errs, c.cleanupNetfilter())
-	errs = append(errs, unmountUnder("/run/containerd", c.Dir, c.ImageDir, "/run/netns"))
-	errs = append(errs, removeNetns())
-	errs = append(errs, removeCgroups())
-	if strings.Contains(ipOut("route", "show", ServiceCIDR), ServiceCIDR) {
-		errs = append(errs, ip("route", "del", ServiceCIDR, "dev", Bridge))
-	}
-	errs = append(errs, removeVeths())
-	if strings.Contains(ipOut("link", "show", Bridge), Bridge) {
-		errs = append(errs, ip("link", "del", Bridge))
-	}
-	errs = append(errs, restoreSysctls(filepath.Join(c.Dir, "sysctls.json")))
-	for _, p := range HostPaths {
-		errs = append(errs, os.RemoveAll(p))
-	}
+	// With every pod removed the shims have exited, unless the node was
+	// killed: then its shims (known by the containerd address they
+	// serve) and what runs in its cgroup root go now.
+	killShims(c.Socket())
+	errs = append(errs, killCgroupRoot())
+	errs = append(errs, take.UnmountUnder(c.Dir, c.ImageDir))
+	errs = append(errs, c.removeSharedEntries(sockets))
+	errs = append(errs, removeProgramsNetfilter(led))
 	return errors.Join(errs...)
 }
-
-// HostPaths are the paths outside the configured directories that
-// containerd, the CNI plugins and the kubelet write to whatever they are
-// told (one node per machine, so they are the node's alone).
-var HostPaths = []string{"/run/containerd", "/run/nri", "/var/lib/cni", "/var/log/containers", "/var/log/pods", "/var/lib/kubelet", "/run/mount", "/etc/cni/net.d"}
 
 // stopPods stops every container with grace, all at once, then removes
 // the sandboxes (which tears down their networks through CNI).
@@ -375,210 +389,6 @@ func (c Config) stopPods(ctx context.Context, grace time.Duration) error {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
-}
-
-func killShims() {
-	// The shim's group holds the containers it started.
-	for _, pid := range processesNamed("containerd-shim-runc-v2") {
-		_ = killGroup(pid)
-	}
-}
-
-// cleanupNetfilter removes the rules and sets of kube-proxy and kube-router
-// with their own cleanup modes, then whatever chain is still theirs or the
-// CNI plugins'.
-func (c Config) cleanupNetfilter() error {
-	var errs []error
-	if out, err := exec.Command(c.Bin.KubeProxy, "--cleanup", "--v=0").CombinedOutput(); err != nil {
-		errs = append(errs, fmt.Errorf("kube-proxy --cleanup: %v: %s", err, lastLines(out, 5)))
-	}
-	// Not kube-router --cleanup-config: it also deletes every IPVS service
-	// on the host ("we assume that we own all of them"), and v2.1.0 then
-	// crashes in its service proxy's cleanup. Its firewall's state is
-	// chains and ipsets named KUBE-*, removed here.
-	errs = append(errs, removeChains())
-	errs = append(errs, removeIPSets())
-	return errors.Join(errs...)
-}
-
-// removeIPSets destroys kube-router's sets (KUBE-SRC-*, KUBE-DST-*), once
-// no rule refers to them.
-func removeIPSets() error {
-	out, err := exec.Command("ipset", "list", "-n").Output()
-	if err != nil {
-		return nil // no ipset: nothing was created
-	}
-	var errs []error
-	for _, s := range strings.Fields(string(out)) {
-		if strings.HasPrefix(s, "KUBE-") {
-			if b, err := exec.Command("ipset", "destroy", s).CombinedOutput(); err != nil {
-				errs = append(errs, fmt.Errorf("ipset destroy %s: %s", s, strings.TrimSpace(string(b))))
-			}
-		}
-	}
-	return errors.Join(errs...)
-}
-
-// ChainPrefixes are the netfilter chains the node's programs create.
-var ChainPrefixes = []string{"KUBE-", "CNI-", "KUBE-ROUTER-"}
-
-// removeChains flushes and deletes every chain of ours still in any table,
-// after removing the rules that jump to them from the built-in chains.
-func removeChains() error {
-	var errs []error
-	for _, table := range []string{"filter", "nat", "mangle", "raw"} {
-		out, err := exec.Command("iptables-save", "-t", table).Output()
-		if err != nil {
-			continue
-		}
-		var ours []string
-		for _, line := range strings.Split(string(out), "\n") {
-			switch {
-			case strings.HasPrefix(line, ":") && ourChain(strings.Fields(line[1:])[0]):
-				ours = append(ours, strings.Fields(line[1:])[0])
-			case strings.HasPrefix(line, "-A ") && jumpsToOurs(line):
-				f := splitRule(line)
-				if !ourChain(f[1]) {
-					args := append([]string{"-t", table, "-D"}, f[1:]...)
-					if b, err := exec.Command("iptables", args...).CombinedOutput(); err != nil {
-						errs = append(errs, fmt.Errorf("iptables %s: %s", strings.Join(args, " "), b))
-					}
-				}
-			}
-		}
-		for _, ch := range ours {
-			_ = exec.Command("iptables", "-t", table, "-F", ch).Run()
-		}
-		for _, ch := range ours {
-			if b, err := exec.Command("iptables", "-t", table, "-X", ch).CombinedOutput(); err != nil {
-				errs = append(errs, fmt.Errorf("iptables -t %s -X %s: %s", table, ch, b))
-			}
-		}
-	}
-	return errors.Join(errs...)
-}
-
-func ourChain(name string) bool {
-	for _, p := range ChainPrefixes {
-		if strings.HasPrefix(name, p) {
-			return true
-		}
-	}
-	return false
-}
-
-// splitRule splits an iptables-save line into arguments, keeping quoted
-// comments ("kube-router netpol - X") whole.
-func splitRule(line string) []string {
-	var args []string
-	var cur strings.Builder
-	inQuote, have := false, false
-	for i := 0; i < len(line); i++ {
-		ch := line[i]
-		switch {
-		case ch == '\\' && inQuote && i+1 < len(line):
-			i++
-			cur.WriteByte(line[i])
-		case ch == '"':
-			inQuote, have = !inQuote, true
-		case ch == ' ' && !inQuote:
-			if have {
-				args = append(args, cur.String())
-				cur.Reset()
-				have = false
-			}
-		default:
-			cur.WriteByte(ch)
-			have = true
-		}
-	}
-	if have {
-		args = append(args, cur.String())
-	}
-	return args
-}
-
-func jumpsToOurs(rule string) bool {
-	f := splitRule(rule)
-	for i := range f {
-		if (f[i] == "-j" || f[i] == "-g") && i+1 < len(f) && ourChain(f[i+1]) {
-			return true
-		}
-	}
-	return false
-}
-
-// Leftovers lists what of the node is still on the host: processes, mounts,
-// cgroups, network namespaces, netfilter chains, the bridge, host paths
-// and changed sysctls. Empty after Down.
-func Leftovers(dir string) []string {
-	var out []string
-	for _, name := range []string{"registry", "containerd", "containerd-shim-runc-v2", "kubelet", "kube-proxy", "kube-router", "runc", "pause"} {
-		for _, pid := range processesNamed(name) {
-			out = append(out, fmt.Sprintf("process %s (pid %d)", name, pid))
-		}
-	}
-	if b, err := os.ReadFile("/proc/self/mountinfo"); err == nil {
-		for _, line := range strings.Split(string(b), "\n") {
-			f := strings.Fields(line)
-			if len(f) > 4 && (strings.HasPrefix(f[4], "/run/containerd") || strings.HasPrefix(f[4], "/run/netns/cni-") ||
-				strings.HasPrefix(f[4], "/var/lib/kubelet") || (dir != "" && strings.HasPrefix(f[4], dir))) {
-				out = append(out, "mount "+f[4])
-			}
-		}
-	}
-	for _, h := range cgroupHierarchies() {
-		if _, err := os.Stat(filepath.Join(h, "kubepods")); err == nil {
-			out = append(out, "cgroup "+filepath.Join(h, "kubepods"))
-		}
-	}
-	if ents, err := os.ReadDir("/run/netns"); err == nil {
-		for _, e := range ents {
-			if strings.HasPrefix(e.Name(), "cni-") {
-				out = append(out, "netns "+e.Name())
-			}
-		}
-	}
-	for _, table := range []string{"filter", "nat", "mangle", "raw"} {
-		b, _ := exec.Command("iptables-save", "-t", table).Output()
-		for _, line := range strings.Split(string(b), "\n") {
-			if strings.HasPrefix(line, ":") && ourChain(strings.Fields(line[1:])[0]) {
-				out = append(out, "iptables chain "+table+"/"+strings.Fields(line[1:])[0])
-			}
-		}
-	}
-	if b, err := exec.Command("ipset", "list", "-n").Output(); err == nil {
-		for _, s := range strings.Fields(string(b)) {
-			if strings.HasPrefix(s, "KUBE-") {
-				out = append(out, "ipset "+s)
-			}
-		}
-	}
-	if strings.Contains(ipOut("link", "show", Bridge), Bridge) {
-		out = append(out, "bridge "+Bridge)
-	}
-	for _, v := range vethsOnBridge() {
-		out = append(out, "veth "+v)
-	}
-	for _, p := range HostPaths {
-		if _, err := os.Stat(p); err == nil {
-			out = append(out, "path "+p)
-		}
-	}
-	if dir != "" {
-		if _, err := os.Stat(filepath.Join(dir, "sysctls.json")); err == nil {
-			out = append(out, "sysctls not restored: "+filepath.Join(dir, "sysctls.json"))
-		}
-	}
-	return out
-}
-
-func lastLines(b []byte, n int) string {
-	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, " | ")
 }
 
 // NodeIP is the node's address as a net.IP.

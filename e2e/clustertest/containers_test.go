@@ -149,7 +149,7 @@ func TestRunAsNonRootRefusesARootImage(t *testing.T) {
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("imagebuild: %v\n%s", err, out)
 	}
-	push := exec.Command(filepath.Join(repoRoot, "bin", "imagepush"), "--mirror", node.LocalRegistry, archive)
+	push := exec.Command(filepath.Join(repoRoot, "bin", "imagepush"), "--mirror", node.LocalRegistry, "--tls-dir", registryTLSDir(), archive)
 	if out, err := push.CombinedOutput(); err != nil {
 		t.Fatalf("imagepush: %v\n%s", err, out)
 	}

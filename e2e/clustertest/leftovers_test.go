@@ -50,12 +50,16 @@ func leftovers() []string {
 	if link, _ := exec.Command("ip", "link", "show", "psbr0").CombinedOutput(); strings.Contains(string(link), "psbr0:") {
 		out = append(out, "bridge psbr0")
 	}
-	if routes, _ := exec.Command("ip", "route", "show", "table", "local").Output(); strings.Contains(string(routes), "10.96.0.0/16") {
-		out = append(out, "local route 10.96.0.0/16")
+	// The service range is routed to the bridge in the main table
+	// (node.SetUpHost).
+	if routes, _ := exec.Command("ip", "route", "show", "table", "main").Output(); strings.Contains(string(routes), node.ServiceCIDR) {
+		out = append(out, "route "+node.ServiceCIDR)
 	}
-	// The upstream node's host state: processes, mounts, cgroups, network
-	// namespaces, netfilter chains and sets, veths, host paths, sysctls.
-	out = append(out, node.Leftovers(filepath.Join(stateDir, "devcluster"))...)
+	// The upstream node's own account of itself: its ledger's entries not
+	// given back, daemons, shims, its cgroup root, mounts, shared entries.
+	// (What the host holds beyond that is compared whole: hoststate.)
+	n := node.Config{Dir: filepath.Join(stateDir, "devcluster", "node"), ImageDir: filepath.Join(stateDir, "containerd")}
+	out = append(out, node.Leftovers(n, filepath.Join(stateDir, "devcluster", "host-ledger.jsonl"))...)
 	for _, d := range []string{"devcluster", "infra"} {
 		if _, err := os.Stat(filepath.Join(stateDir, d)); err == nil {
 			out = append(out, "directory .cache/"+d)
@@ -101,7 +105,8 @@ func listeningPorts() []int {
 
 // killCluster SIGKILLs every process of the cluster: the control plane and
 // node daemons (by their binaries in the tools cache) and everything in
-// the pods' cgroups, shims included. It returns how many it killed.
+// the pods' cgroups, the node's shims included (their command lines name
+// its state). It returns how many it killed.
 func killCluster() int {
 	toolsDir := filepath.Join(cacheHome(), "purchase-system")
 	stateDir := filepath.Join(repoRoot, ".cache", "devcluster")
@@ -114,7 +119,7 @@ func killCluster() int {
 		cg, _ := os.ReadFile(p + "/cgroup")
 		// The host's Prometheus (also from the tools cache) is not the cluster's.
 		cluster := strings.HasPrefix(exe, toolsDir) && !strings.Contains(exe, "/prometheus-")
-		if cluster || strings.Contains(string(cmdline), stateDir) || strings.Contains(string(cg), ":/kubepods/") {
+		if cluster || strings.Contains(string(cmdline), stateDir) || strings.Contains(string(cg), ":"+node.CgroupRoot+"/") {
 			pids = append(pids, pid)
 		}
 	}

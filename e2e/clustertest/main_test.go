@@ -13,12 +13,14 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/purchase-system/purchase-system/e2e/internal/hoststate"
 	"github.com/purchase-system/purchase-system/testkit/realdeps"
 	"github.com/purchase-system/purchase-system/testkit/testproc"
 )
@@ -69,7 +71,93 @@ func run(m *testing.M) int {
 	}
 	_, statErr := os.Stat(kubeconfig)
 	startedHere := statErr != nil
+	if !startedHere {
+		fmt.Println("clustertest: the cluster was already up before the tests: leaving it running (the host checks are not run)")
+		return runTests(m)
+	}
+	return runOnAHostShared(m)
+}
 
+// runOnAHostShared runs the tests on a cluster brought up on a host that
+// holds what a workstation does (setUpBeside: Docker running a container,
+// foreign files in the shared directories, a foreign process named like a
+// shim), and checks what down gives back: the host exactly as before up
+// (hoststate), with all of that still there. Along the way: a down with
+// no cluster changes nothing; the cluster killed with SIGKILL comes back
+// up and still goes down cleanly; an up interrupted halfway is cleaned by
+// the next down.
+func runOnAHostShared(m *testing.M) int {
+	b, err := setUpBeside()
+	defer b.tearDown()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "FAIL: setting up Docker and the planted files beside the cluster:", err)
+		return 1
+	}
+	before := hoststate.Take()
+	code := 0
+	fail := func(format string, args ...any) {
+		fmt.Fprintf(os.Stderr, "FAIL: "+format+"\n", args...)
+		code = 1
+	}
+	// No cluster is up: down has nothing of its own to give back.
+	if err := script("cluster.sh", "down"); err != nil {
+		fail("cluster down with no cluster up: %v", err)
+	}
+	if d := hoststate.Diff(before, hoststate.Take()); len(d) > 0 {
+		fail("cluster down with no cluster up changed the host:\n  %s", strings.Join(d, "\n  "))
+	}
+	if c := runTests(m); c != 0 {
+		code = c
+	}
+
+	// A machine whose cluster was killed (SIGKILL to every process of it,
+	// containers and shims included, as an OOM killer or a crash would):
+	// cluster up must bring it back, and down must still leave nothing.
+	if n := killCluster(); n == 0 {
+		fail("found no process of the cluster to kill")
+	} else {
+		fmt.Printf("clustertest: killed %d processes of the cluster with SIGKILL; starting it again\n", n)
+	}
+	if err := script("cluster.sh", "up"); err != nil {
+		fail("cluster up after SIGKILL: %v", err)
+	}
+	// The cluster first: its pods drain while Kafka is still there.
+	if err := script("cluster.sh", "down"); err != nil {
+		fail("%v", err)
+	}
+	if err := script("infra.sh", "down"); err != nil {
+		fail("%v", err)
+	}
+	if left := leftovers(); len(left) > 0 {
+		fail("cluster down left things behind:\n  %s", strings.Join(left, "\n  "))
+	}
+	if d := hoststate.Diff(before, hoststate.Take()); len(d) > 0 {
+		fail("the host after cluster down is not as it was before up:\n  %s", strings.Join(d, "\n  "))
+	} else {
+		fmt.Println("clustertest: after cluster down the host is as it was before up: links, routes, chains, rules and policies, ipsets, sysctls, mounts, cgroups, shared directories")
+	}
+	if err := interruptedUp(); err != nil {
+		fail("%v", err)
+	}
+	if err := script("cluster.sh", "down"); err != nil {
+		fail("cluster down after an interrupted up: %v", err)
+	}
+	if d := hoststate.Diff(before, hoststate.Take()); len(d) > 0 {
+		fail("an interrupted up, then down, left the host changed:\n  %s", strings.Join(d, "\n  "))
+	} else {
+		fmt.Println("clustertest: an up killed halfway was given back by the next down")
+	}
+	if bad := b.check(); len(bad) > 0 {
+		fail("what ran beside the cluster did not survive it:\n  %s", strings.Join(bad, "\n  "))
+	} else {
+		fmt.Println("clustertest: the Docker container still runs and answers docker exec; the planted process and files are all there")
+	}
+	return code
+}
+
+// runTests brings the cluster and the host services up and runs the
+// tests.
+func runTests(m *testing.M) int {
 	if err := script("cluster.sh", "up"); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -90,42 +178,35 @@ func run(m *testing.M) int {
 		return 1
 	}
 	client = kubernetes.NewForConfigOrDie(cfg)
+	return m.Run()
+}
 
-	code := m.Run()
-
-	if !startedHere {
-		fmt.Println("clustertest: the cluster was already up before the tests: leaving it running (down check not run)")
-		return code
+// interruptedUp starts cluster up and kills it (the launcher, not the
+// daemons it started) once the node's containerd has been started: what
+// it took so far is in the ledger, and the next down gives it back.
+func interruptedUp() error {
+	cmd := exec.Command(filepath.Join(repoRoot, "scripts", "cluster.sh"), "up")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		return err
 	}
-	// A machine whose cluster was killed (SIGKILL to every process of it,
-	// containers and shims included, as an OOM killer or a crash would):
-	// cluster up must bring it back, and down must still leave nothing.
-	if n := killCluster(); n == 0 {
-		fmt.Fprintln(os.Stderr, "FAIL: found no process of the cluster to kill")
-		code = 1
-	} else {
-		fmt.Printf("clustertest: killed %d processes of the cluster with SIGKILL; starting it again\n", n)
+	ledgerFile := filepath.Join(repoRoot, ".cache", "devcluster", "host-ledger.jsonl")
+	deadline := time.Now().Add(10 * time.Minute)
+	for time.Now().Before(deadline) {
+		if b, _ := os.ReadFile(ledgerFile); strings.Contains(string(b), `"kind":"process","name":"containerd"`) {
+			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			_ = cmd.Wait()
+			fmt.Println("clustertest: killed cluster up once it had started the node's containerd")
+			return nil
+		}
+		if cmd.ProcessState != nil {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
-	if err := script("cluster.sh", "up"); err != nil {
-		fmt.Fprintln(os.Stderr, "FAIL: cluster up after SIGKILL:", err)
-		code = 1
-	}
-	// The cluster first: its pods drain while Kafka is still there.
-	if err := script("cluster.sh", "down"); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		code = 1
-	}
-	if err := script("infra.sh", "down"); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		code = 1
-	}
-	if left := leftovers(); len(left) > 0 {
-		fmt.Fprintf(os.Stderr, "FAIL: cluster down left things behind:\n  %s\n", strings.Join(left, "\n  "))
-		code = 1
-	} else {
-		fmt.Println("clustertest: cluster down left no process, port, namespace or file behind")
-	}
-	return code
+	_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+	_ = cmd.Wait()
+	return fmt.Errorf("cluster up did not reach the node's containerd to be interrupted")
 }
 
 func script(name string, args ...string) error {

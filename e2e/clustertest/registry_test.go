@@ -3,6 +3,8 @@ package clustertest
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"io"
 	"net/http"
@@ -15,19 +17,44 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/yaml"
 
 	"github.com/purchase-system/purchase-system/devcluster/node"
 	"github.com/purchase-system/purchase-system/testkit/testproc"
 )
+
+// registryTLSDir holds the local registry's CA and the client
+// certificate the node and the launcher present (root only).
+func registryTLSDir() string {
+	return filepath.Join(repoRoot, ".cache", "devcluster", "pki", "registry")
+}
+
+// registryClient speaks to the local registry as the node does, with its
+// client certificate.
+func registryClient(t *testing.T) *http.Client {
+	t.Helper()
+	dir := registryTLSDir()
+	caPEM, err := os.ReadFile(filepath.Join(dir, "ca.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(caPEM)
+	cert, err := tls.LoadX509KeyPair(filepath.Join(dir, "client.crt"), filepath.Join(dir, "client.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}}}}
+}
 
 // manifestDigest reads a manifest from the local registry as a fresh
 // pull would, and returns the digest the registry names and the one its
 // bytes have.
 func manifestDigest(t *testing.T, repo, reference string) (named, computed string) {
 	t.Helper()
-	req, _ := http.NewRequest(http.MethodGet, "http://"+node.LocalRegistry+"/v2/"+repo+"/manifests/"+reference, nil)
+	req, _ := http.NewRequest(http.MethodGet, "https://"+node.LocalRegistry+"/v2/"+repo+"/manifests/"+reference, nil)
 	req.Header.Set("Accept", "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json")
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := registryClient(t).Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -45,7 +72,7 @@ func manifestDigest(t *testing.T, repo, reference string) (named, computed strin
 // agree — and the node pulls it by that digest.
 func TestPushKeepsTheDigests(t *testing.T) {
 	pins := filepath.Join(t.TempDir(), "kustomization.yaml")
-	out, err := exec.Command(filepath.Join(repoRoot, "bin", "imagepush"), "--into", node.LocalRegistry+"/pushtest", "--pins", pins,
+	out, err := exec.Command(filepath.Join(repoRoot, "bin", "imagepush"), "--into", node.LocalRegistry+"/pushtest", "--tls-dir", registryTLSDir(), "--pins", pins,
 		filepath.Join(repoRoot, "_output", "images", "webserver.tar"), filepath.Join(repoRoot, "_output", "images", "adapter.tar")).Output()
 	if err != nil {
 		t.Fatalf("imagepush: %v\n%s", err, out)
@@ -104,19 +131,37 @@ func TestPushKeepsTheDigests(t *testing.T) {
 }
 
 // Every pod the cluster runs from this project's or an addon's image runs
-// it by the digest the local registry holds (manifests/generated/images).
+// it by the digest the local registry holds (manifests/generated/images):
+// the addons', the storage provisioner's, and its helper's, which is named
+// inside a ConfigMap the image pins of kustomize do not reach.
 func TestPodsRunImagesByDigestFromTheLocalRegistry(t *testing.T) {
 	b, err := os.ReadFile(filepath.Join(repoRoot, "manifests", "generated", "images", "kustomization.yaml"))
 	if err != nil {
 		t.Fatalf("the pins cluster up writes: %v", err)
 	}
 	pins := string(b)
-	pods, err := client.CoreV1().Pods("kube-system").List(context.Background(), metav1.ListOptions{})
+	ctx := context.Background()
+	var pods []corev1.Pod
+	for _, ns := range []string{"kube-system", "local-path-storage"} {
+		list, err := client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		pods = append(pods, list.Items...)
+	}
+	cm, err := client.CoreV1().ConfigMaps("local-path-storage").Get(ctx, "local-path-config", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
+	var helper struct {
+		Spec corev1.PodSpec `json:"spec"`
+	}
+	if err := yaml.Unmarshal([]byte(cm.Data["helperPod.yaml"]), &helper); err != nil || len(helper.Spec.Containers) != 1 {
+		t.Fatalf("the provisioner's helper pod template: %v\n%s", err, cm.Data["helperPod.yaml"])
+	}
+	pods = append(pods, corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "the storage helper (ConfigMap local-path-config)"}, Spec: helper.Spec})
 	seen := 0
-	for _, p := range pods.Items {
+	for _, p := range pods {
 		for i, c := range p.Spec.Containers {
 			_, digest, ok := strings.Cut(c.Image, "@")
 			if !ok || !strings.Contains(pins, "digest: "+digest) {
@@ -130,7 +175,7 @@ func TestPodsRunImagesByDigestFromTheLocalRegistry(t *testing.T) {
 			seen++
 		}
 	}
-	if seen < 3 {
-		t.Errorf("%d containers checked in kube-system, want CoreDNS, metrics-server and kube-state-metrics", seen)
+	if seen < 5 {
+		t.Errorf("%d containers checked, want CoreDNS, metrics-server, kube-state-metrics, the storage provisioner and its helper", seen)
 	}
 }

@@ -237,3 +237,33 @@ func Archives(paths ...string) []string {
 	}
 	return out
 }
+
+// PinText rewrites every "image: NAME[:TAG]" line of a manifest whose
+// NAME a push wrote into "image: NAME@DIGEST": for images named where
+// kustomize's image pins do not reach (a pod template inside a ConfigMap,
+// as the storage provisioner's helper is).
+func PinText(text string, pushed []Pushed) string {
+	digests := map[string]string{}
+	for _, p := range pushed {
+		digests[p.Name] = p.Digest.String()
+	}
+	lines := strings.Split(text, "\n")
+	for i, l := range lines {
+		indent, rest, ok := strings.Cut(l, "image:")
+		if !ok || strings.TrimSpace(indent) != "" && strings.TrimSpace(indent) != "-" {
+			continue
+		}
+		ref := strings.Trim(strings.TrimSpace(rest), `"'`)
+		if strings.Contains(ref, "@") {
+			continue
+		}
+		repo := ref
+		if i := strings.LastIndexByte(ref, ':'); i > strings.LastIndexByte(ref, '/') {
+			repo = ref[:i]
+		}
+		if d, ok := digests[repo]; ok {
+			lines[i] = indent + "image: " + repo + "@" + d
+		}
+	}
+	return strings.Join(lines, "\n")
+}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 )
 
@@ -112,5 +113,17 @@ func TestUntarStaysInside(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "escape")); err != nil {
 		t.Errorf("../../escape did not land inside the directory: %v", err)
+	}
+}
+
+func TestPinTextPinsImagesNamedInsideAnyManifest(t *testing.T) {
+	d, _ := v1.NewHash("sha256:" + strings.Repeat("ab", 32))
+	pushed := []Pushed{{Name: "busybox", Digest: d}, {Name: "registry.k8s.io/pause", Digest: d}}
+	in := "spec:\n  containers:\n    - name: helper\n      image: busybox:1.35.0\n    - image: \"registry.k8s.io/pause:3.10.2\"\n    - image: other:1\n    - image: busybox@sha256:00\n"
+	got := PinText(in, pushed)
+	for _, want := range []string{"      image: busybox@" + d.String() + "\n", "    - image: registry.k8s.io/pause@" + d.String() + "\n", "    - image: other:1\n", "image: busybox@sha256:00\n"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("PinText lacks %q:\n%s", want, got)
+		}
 	}
 }

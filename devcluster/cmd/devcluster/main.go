@@ -8,10 +8,13 @@
 //	devcluster down --state .cache/devcluster ...   (the same flags: the node's cleanup uses its binaries)
 //	devcluster status --state .cache/devcluster
 //	devcluster leftovers --state .cache/devcluster          what of the node is still on the host (exit 1 if anything)
+//	devcluster docker up|down|host --state .cache/docker --dockerd /usr/bin/dockerd ...
+//	    a dockerd of the checkout's own when none runs (the kind path, the cluster-beside-Docker test)
 package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -24,6 +27,7 @@ import (
 	"github.com/purchase-system/purchase-system/devcluster/internal/cluster"
 	"github.com/purchase-system/purchase-system/devcluster/internal/controlplane"
 	"github.com/purchase-system/purchase-system/devcluster/internal/daemon"
+	"github.com/purchase-system/purchase-system/devcluster/internal/dockerd"
 	"github.com/purchase-system/purchase-system/devcluster/node"
 )
 
@@ -39,6 +43,8 @@ func main() {
 		err = clusterCmd(ctx, os.Args[1], os.Args[2:])
 	case "leftovers":
 		err = leftovers(os.Args[2:])
+	case "docker":
+		err = dockerCmd(ctx, os.Args[2:])
 	default:
 		usage()
 	}
@@ -49,7 +55,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: devcluster up|down|status|leftovers [flags]")
+	fmt.Fprintln(os.Stderr, "usage: devcluster up|down|status|leftovers [flags] | devcluster docker up|down|host [flags]")
 	os.Exit(2)
 }
 
@@ -61,7 +67,7 @@ func (l *list) Set(v string) error { *l = append(*l, v); return nil }
 func clusterCmd(ctx context.Context, cmd string, args []string) error {
 	fs := flag.NewFlagSet(cmd, flag.ExitOnError)
 	var c cluster.Config
-	var addons, images, cmArgs list
+	var addons, images, cmArgs, pinFiles list
 	fs.StringVar(&c.StateDir, "state", ".cache/devcluster", "directory for the cluster's certificates, data, logs and kubeconfig")
 	fs.StringVar(&c.Bin.Etcd, "etcd", "", "etcd binary")
 	fs.StringVar(&c.Bin.APIServer, "kube-apiserver", "", "kube-apiserver binary")
@@ -83,8 +89,9 @@ func clusterCmd(ctx context.Context, cmd string, args []string) error {
 	fs.StringVar(&c.RegistryDir, "registry-root", ".cache/registry", "the local registry's storage, kept across down")
 	fs.Var(&images, "images", "image archive, or directory of them, to push to the local registry at start (repeatable)")
 	fs.StringVar(&c.ImagePins, "image-pins", "", "write a kustomize Component pinning every pushed image by digest here")
+	fs.Var(&pinFiles, "pin-file", "SRC=DST: write DST, SRC with every image it names pinned by digest (repeatable; for pod templates inside ConfigMaps)")
 	_ = fs.Parse(args)
-	c.Addons, c.Images, c.ControllerManagerArgs = addons, images, cmArgs
+	c.Addons, c.Images, c.ControllerManagerArgs, c.PinFiles = addons, images, cmArgs, pinFiles
 	// Kubeconfigs and configuration files name these paths: they must not
 	// depend on the directory a later command runs in.
 	for _, p := range []*string{&c.StateDir, &c.ImageDir, &c.RegistryDir} {
@@ -121,13 +128,67 @@ func clusterCmd(ctx context.Context, cmd string, args []string) error {
 func leftovers(args []string) error {
 	fs := flag.NewFlagSet("leftovers", flag.ExitOnError)
 	state := fs.String("state", ".cache/devcluster", "the cluster's state directory")
+	images := fs.String("containerd-root", ".cache/containerd", "containerd's root")
 	_ = fs.Parse(args)
-	left := node.Leftovers(filepath.Join(*state, "node"))
+	c := cluster.Config{StateDir: *state, ImageDir: *images}
+	for _, p := range []*string{&c.StateDir, &c.ImageDir} {
+		abs, err := filepath.Abs(*p)
+		if err != nil {
+			return err
+		}
+		*p = abs
+	}
+	left := node.Leftovers(c.Node(), c.LedgerPath())
 	for _, l := range left {
 		fmt.Println(l)
 	}
 	if len(left) > 0 {
 		return fmt.Errorf("%d things of the node are left on the host", len(left))
 	}
+	return nil
+}
+
+// dockerCmd runs the checkout's own dockerd (package dockerd). host
+// prints the DOCKER_HOST to use: the checkout's dockerd's when it runs,
+// empty when another dockerd runs (Docker's default), and fails when
+// neither does.
+func dockerCmd(ctx context.Context, args []string) error {
+	if len(args) == 0 {
+		usage()
+	}
+	fs := flag.NewFlagSet("docker "+args[0], flag.ExitOnError)
+	var c dockerd.Config
+	fs.StringVar(&c.StateDir, "state", ".cache/docker", "the checkout's dockerd's data root, logs and ledger")
+	fs.StringVar(&c.RunDir, "run-dir", "/run/purchase-system-docker", "its sockets (a short path: unix sockets live there)")
+	fs.StringVar(&c.Dockerd, "dockerd", "/usr/bin/dockerd", "dockerd binary (Debian's docker.io)")
+	fs.StringVar(&c.Containerd, "containerd", "/usr/bin/containerd", "containerd binary for dockerd")
+	fs.StringVar(&c.Runtime, "runtime", "", "OCI runtime dockerd runs containers with (default runc)")
+	_ = fs.Parse(args[1:])
+	abs, err := filepath.Abs(c.StateDir)
+	if err != nil {
+		return err
+	}
+	c.StateDir = abs
+	switch args[0] {
+	case "up":
+		if pid := dockerd.Foreign(c); pid != 0 {
+			fmt.Fprintf(os.Stderr, "==> using the dockerd that runs on this machine (pid %d), as it is\n", pid)
+			return nil
+		}
+		return dockerd.Up(ctx, c, os.Stderr)
+	case "down":
+		return dockerd.Down(c, os.Stderr)
+	case "host":
+		switch {
+		case dockerd.Running(c):
+			fmt.Println(c.Host())
+		case dockerd.Foreign(c) != 0:
+			fmt.Println("")
+		default:
+			return errors.New("no dockerd runs (devcluster docker up starts one)")
+		}
+		return nil
+	}
+	usage()
 	return nil
 }

@@ -23,6 +23,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/purchase-system/purchase-system/devcluster/internal/daemon"
+	"github.com/purchase-system/purchase-system/devcluster/internal/ledger"
 	"github.com/purchase-system/purchase-system/devcluster/internal/pki"
 	"github.com/purchase-system/purchase-system/devcluster/node"
 )
@@ -55,6 +56,18 @@ const (
 
 // Components in start order; stopped in reverse.
 var Components = []string{Etcd, APIServer, ControllerManager, Scheduler}
+
+// Ports the control plane listens on.
+func (c Config) Ports() []node.Port {
+	c.defaults()
+	return []node.Port{
+		{Component: Etcd, Addr: "127.0.0.1", Port: c.EtcdPort},
+		{Component: Etcd + " (peer)", Addr: "127.0.0.1", Port: c.EtcdPort + 1},
+		{Component: APIServer, Addr: node.HostIP, Port: c.APIServerPort},
+		{Component: ControllerManager, Addr: "127.0.0.1", Port: 10257},
+		{Component: Scheduler, Addr: "127.0.0.1", Port: 10259},
+	}
+}
 
 func (c *Config) defaults() {
 	if c.APIServerPort == 0 {
@@ -135,10 +148,27 @@ func NodeIdentity(name string) Identity {
 	return Identity{"node", "system:node:" + name, []string{"system:nodes"}}
 }
 
+// etcdFile is a file of etcd's own PKI. etcd has a CA of its own, as
+// kubeadm sets it up: a certificate of the cluster CA (an admin's, a
+// node's) is not an etcd client certificate, and only the API server (and
+// the launcher's health check) holds one.
+func (c Config) etcdFile(name string) string { return filepath.Join(c.pkiDir(), "etcd", name) }
+
+// RegistryTLS are the local registry's mutual TLS files: its own CA, its
+// serving certificate, and the client certificate containerd and the
+// launcher present (readable by root only, like every key here).
+func (c Config) RegistryTLS() node.RegistryTLS {
+	p := func(name string) string { return filepath.Join(c.pkiDir(), "registry", name) }
+	return node.RegistryTLS{CA: p("ca.crt"), Cert: p("server.crt"), Key: p("server.key"), ClientCert: p("client.crt"), ClientKey: p("client.key")}
+}
+
 // certs issues every certificate and key the control plane needs (kept
 // across restarts), and the kubeconfigs for ids.
 func (c Config) certs(ids ...Identity) error {
 	dir := c.pkiDir()
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
 	ca, err := pki.LoadOrCreateCA(dir, "ca", "devcluster-ca")
 	if err != nil {
 		return err
@@ -146,6 +176,31 @@ func (c Config) certs(ids ...Identity) error {
 	frontProxyCA, err := pki.LoadOrCreateCA(dir, "front-proxy-ca", "devcluster-front-proxy-ca")
 	if err != nil {
 		return err
+	}
+	etcdCA, err := pki.LoadOrCreateCA(filepath.Join(dir, "etcd"), "ca", "devcluster-etcd-ca")
+	if err != nil {
+		return err
+	}
+	registryCA, err := pki.LoadOrCreateCA(filepath.Join(dir, "registry"), "ca", "devcluster-registry-ca")
+	if err != nil {
+		return err
+	}
+	loopback := []net.IP{net.ParseIP("127.0.0.1")}
+	for _, l := range []struct {
+		ca   *pki.CA
+		dir  string
+		leaf pki.Leaf
+	}{
+		{etcdCA, "etcd", pki.Leaf{Name: "server", CommonName: "devcluster-etcd", Server: true, Client: true, IPs: loopback, DNSNames: []string{"localhost"}}},
+		{etcdCA, "etcd", pki.Leaf{Name: "peer", CommonName: "devcluster-etcd-peer", Server: true, Client: true, IPs: loopback, DNSNames: []string{"localhost"}}},
+		{etcdCA, "etcd", pki.Leaf{Name: "healthcheck-client", CommonName: "devcluster-etcd-healthcheck-client", Client: true}},
+		{etcdCA, ".", pki.Leaf{Name: "apiserver-etcd-client", CommonName: "kube-apiserver-etcd-client", Client: true}},
+		{registryCA, "registry", pki.Leaf{Name: "server", CommonName: "devcluster-registry", Server: true, IPs: loopback}},
+		{registryCA, "registry", pki.Leaf{Name: "client", CommonName: "devcluster-node", Client: true}},
+	} {
+		if _, _, err := l.ca.Issue(filepath.Join(dir, l.dir), l.leaf); err != nil {
+			return fmt.Errorf("issuing %s/%s certificate: %w", l.dir, l.leaf.Name, err)
+		}
 	}
 	leaves := []struct {
 		ca   *pki.CA
@@ -193,7 +248,7 @@ func (c Config) writeKubeconfig(path string, id Identity) error {
 	}
 	cfg.Contexts["devcluster"] = &clientcmdapi.Context{Cluster: "devcluster", AuthInfo: id.Name}
 	cfg.CurrentContext = "devcluster"
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return err
 	}
 	return clientcmd.WriteToFile(*cfg, path)
@@ -201,8 +256,8 @@ func (c Config) writeKubeconfig(path string, id Identity) error {
 
 func (c Config) specs() map[string]daemon.Spec {
 	p := func(name string) string { return filepath.Join(c.pkiDir(), name) }
-	etcdURL := "http://127.0.0.1:" + strconv.Itoa(c.EtcdPort)
-	peerURL := "http://127.0.0.1:" + strconv.Itoa(c.EtcdPort+1)
+	etcdURL := "https://127.0.0.1:" + strconv.Itoa(c.EtcdPort)
+	peerURL := "https://127.0.0.1:" + strconv.Itoa(c.EtcdPort+1)
 	cm := c.Kubeconfig(ControllerManagerIdentity.Name)
 	sched := c.Kubeconfig(SchedulerIdentity.Name)
 	return map[string]daemon.Spec{
@@ -211,11 +266,20 @@ func (c Config) specs() map[string]daemon.Spec {
 			"--listen-client-urls=" + etcdURL, "--advertise-client-urls=" + etcdURL,
 			"--listen-peer-urls=" + peerURL, "--initial-advertise-peer-urls=" + peerURL,
 			"--initial-cluster=devcluster=" + peerURL,
+			// TLS both ways, clients and peer alike, as kubeadm sets it
+			// up: on loopback every local account could otherwise read
+			// and write every object, Secrets and RBAC included.
+			"--client-cert-auth=true", "--trusted-ca-file=" + c.etcdFile("ca.crt"),
+			"--cert-file=" + c.etcdFile("server.crt"), "--key-file=" + c.etcdFile("server.key"),
+			"--peer-client-cert-auth=true", "--peer-trusted-ca-file=" + c.etcdFile("ca.crt"),
+			"--peer-cert-file=" + c.etcdFile("peer.crt"), "--peer-key-file=" + c.etcdFile("peer.key"),
 			// A throwaway dev cluster: durability of each write is not worth an fsync.
 			"--unsafe-no-fsync=true", "--log-level=warn",
 		}},
 		APIServer: {Name: APIServer, Path: c.Bin.APIServer, Args: []string{
 			"--etcd-servers=" + etcdURL,
+			"--etcd-cafile=" + c.etcdFile("ca.crt"),
+			"--etcd-certfile=" + p("apiserver-etcd-client.crt"), "--etcd-keyfile=" + p("apiserver-etcd-client.key"),
 			"--bind-address=" + node.HostIP, "--advertise-address=" + node.HostIP,
 			"--secure-port=" + strconv.Itoa(c.APIServerPort),
 			"--tls-cert-file=" + p("apiserver.crt"), "--tls-private-key-file=" + p("apiserver.key"),
@@ -269,7 +333,7 @@ func (c Config) specs() map[string]daemon.Spec {
 func (c Config) health(name string) string {
 	switch name {
 	case Etcd:
-		return "http://127.0.0.1:" + strconv.Itoa(c.EtcdPort) + "/health"
+		return "https://127.0.0.1:" + strconv.Itoa(c.EtcdPort) + "/health"
 	case APIServer:
 		return c.ServerURL() + "/readyz"
 	case ControllerManager:
@@ -279,24 +343,33 @@ func (c Config) health(name string) string {
 	}
 }
 
-// Up starts every component that is not running and waits until each is
-// healthy. extra are identities to issue kubeconfigs for (the node's).
-func Up(ctx context.Context, c Config, progress io.Writer, extra ...Identity) error {
+// Certs issues every certificate and kubeconfig of the cluster (kept
+// across restarts); extra are identities to issue kubeconfigs for (the
+// node's).
+func Certs(c Config, extra ...Identity) error {
+	c.defaults()
+	ids := append([]Identity{Admin, ControllerManagerIdentity, SchedulerIdentity}, extra...)
+	return c.certs(ids...)
+}
+
+// Up starts every component that is not running, each recorded in led,
+// and waits until each is healthy. Certs must have run.
+func Up(ctx context.Context, c Config, led *ledger.Ledger, progress io.Writer) error {
 	c.defaults()
 	for name, path := range map[string]string{Etcd: c.Bin.Etcd, APIServer: c.Bin.APIServer, ControllerManager: c.Bin.ControllerManager, Scheduler: c.Bin.Scheduler} {
 		if _, err := os.Stat(path); err != nil {
 			return fmt.Errorf("%s binary: %w (scripts/tools.sh ensure kubernetes etcd builds it)", name, err)
 		}
 	}
-	ids := append([]Identity{Admin, ControllerManagerIdentity, SchedulerIdentity}, extra...)
-	if err := c.certs(ids...); err != nil {
-		return err
-	}
-	if err := os.WriteFile(c.auditPolicy(), []byte(auditPolicyYAML), 0o644); err != nil {
+	if err := os.WriteFile(c.auditPolicy(), []byte(auditPolicyYAML), 0o600); err != nil {
 		return err
 	}
 	specs := c.specs()
-	client, err := c.healthClient()
+	client, err := c.healthClient(c.CAFile(), filepath.Join(c.pkiDir(), "client-admin.crt"), filepath.Join(c.pkiDir(), "client-admin.key"))
+	if err != nil {
+		return err
+	}
+	etcdClient, err := c.healthClient(c.etcdFile("ca.crt"), c.etcdFile("healthcheck-client.crt"), c.etcdFile("healthcheck-client.key"))
 	if err != nil {
 		return err
 	}
@@ -304,13 +377,20 @@ func Up(ctx context.Context, c Config, progress io.Writer, extra ...Identity) er
 		start := time.Now()
 		if _, running := c.Daemons().Running(name); !running {
 			fmt.Fprintf(progress, "==> starting %s\n", name)
-			if _, err := c.Daemons().Start(specs[name]); err != nil {
+			pid, err := c.Daemons().Start(specs[name])
+			if err != nil {
+				return err
+			}
+			if err := node.RecordProcess(led, name, pid); err != nil {
 				return err
 			}
 		}
 		hc := client
-		if name == ControllerManager || name == Scheduler {
+		switch name {
+		case ControllerManager, Scheduler:
 			hc = selfSigned
+		case Etcd:
+			hc = etcdClient
 		}
 		if err := waitHealthy(ctx, hc, c.health(name), 90*time.Second, func() bool {
 			_, ok := c.Daemons().Running(name)
@@ -333,15 +413,15 @@ func Down(c Config) error {
 	return nil
 }
 
-// healthClient trusts the cluster CA and presents the admin certificate.
-func (c Config) healthClient() (*http.Client, error) {
-	caPEM, err := os.ReadFile(c.CAFile())
+// healthClient trusts caFile and presents a client certificate.
+func (c Config) healthClient(caFile, certFile, keyFile string) (*http.Client, error) {
+	caPEM, err := os.ReadFile(caFile)
 	if err != nil {
 		return nil, err
 	}
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(caPEM)
-	cert, err := tls.LoadX509KeyPair(filepath.Join(c.pkiDir(), "client-admin.crt"), filepath.Join(c.pkiDir(), "client-admin.key"))
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
 	if err != nil {
 		return nil, err
 	}

@@ -38,11 +38,11 @@ func (d Dir) Start(spec Spec) (int, error) {
 		return pid, nil
 	}
 	for _, sub := range []string{"pids", "logs"} {
-		if err := os.MkdirAll(filepath.Join(string(d), sub), 0o755); err != nil {
+		if err := os.MkdirAll(filepath.Join(string(d), sub), 0o700); err != nil {
 			return 0, err
 		}
 	}
-	logf, err := os.OpenFile(d.LogFile(spec.Name), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	logf, err := os.OpenFile(d.LogFile(spec.Name), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return 0, err
 	}
@@ -58,7 +58,43 @@ func (d Dir) Start(spec Spec) (int, error) {
 	pid := cmd.Process.Pid
 	// Reap it if it dies while we are still around; once we exit, init does.
 	go func() { _ = cmd.Wait() }()
-	return pid, os.WriteFile(d.pidFile(spec.Name), []byte(strconv.Itoa(pid)+"\n"+spec.Path+"\n"), 0o644)
+	start, err := StartTime(pid)
+	if err != nil {
+		return 0, fmt.Errorf("%s exited at once: %w (log: %s)", spec.Name, err, d.LogFile(spec.Name))
+	}
+	return pid, os.WriteFile(d.pidFile(spec.Name), []byte(fmt.Sprintf("%d\n%s\n%d\n", pid, spec.Path, start)), 0o600)
+}
+
+// StartTime is when pid started, in clock ticks after boot (field 22 of
+// /proc/<pid>/stat): with the pid it names one process, never a later one
+// that reuses the pid.
+func StartTime(pid int) (uint64, error) {
+	st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name (field 2) may hold spaces and parentheses: count
+	// fields after the last ')'. starttime is field 22, the 20th after it.
+	f := strings.Fields(string(st[strings.LastIndexByte(string(st), ')')+1:]))
+	if len(f) < 20 {
+		return 0, fmt.Errorf("/proc/%d/stat: too few fields", pid)
+	}
+	return strconv.ParseUint(f[19], 10, 64)
+}
+
+// Alive reports whether the process pid that started at start still runs
+// (and is not a zombie awaiting its reaping).
+func Alive(pid int, start uint64) bool {
+	got, err := StartTime(pid)
+	if err != nil || got != start {
+		return false
+	}
+	st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	f := strings.Fields(string(st[strings.LastIndexByte(string(st), ')')+1:]))
+	return len(f) > 0 && f[0] != "Z"
 }
 
 // Running reports the daemon's pid if its pid file names a live process
@@ -68,11 +104,18 @@ func (d Dir) Running(name string) (int, bool) {
 	if err != nil {
 		return 0, false
 	}
-	lines := strings.SplitN(strings.TrimSpace(string(b)), "\n", 2)
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
 	pid, err := strconv.Atoi(lines[0])
 	if err != nil || pid <= 0 {
 		return 0, false
 	}
+	if len(lines) >= 3 {
+		start, err := strconv.ParseUint(lines[2], 10, 64)
+		if err != nil || !Alive(pid, start) {
+			return 0, false
+		}
+	}
+	lines = lines[:min(len(lines), 2)]
 	exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
 	if err != nil {
 		return 0, false

@@ -1,0 +1,163 @@
+package clustertest
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+)
+
+// beside is what a workstation holds before the local cluster comes up,
+// as the cluster tests set it: a Docker daemon running a container (its
+// shims are containerd-shim-runc-v2, its chains DOCKER-*, its FORWARD
+// policy DROP when it found forwarding off), another process named
+// containerd-shim-runc-v2, and files in the shared directories the
+// cluster's parts write to. None of it may stop the cluster, and all of
+// it must be there, unchanged, after cluster down.
+type beside struct {
+	dockerHost string
+	container  string
+	image      string
+	shim       *exec.Cmd
+	files      map[string]string // path → content
+	madeDirs   []string          // directories made for the files, removed afterwards (deepest last)
+}
+
+// plantedFiles are foreign files where the cluster's parts write.
+var plantedFiles = map[string]string{
+	"/etc/cni/net.d/99-planted.conflist": `{"cniVersion": "1.0.0", "name": "planted", "plugins": []}` + "\n",
+	"/run/mount/planted":                 "planted by the cluster tests\n",
+	"/var/lib/kubelet/planted":           "planted by the cluster tests\n",
+}
+
+func setUpBeside() (*beside, error) {
+	b := &beside{container: "purchase-system-beside", image: "purchase-system/beside:test", files: plantedFiles}
+	if err := script("docker.sh", "up"); err != nil {
+		return b, err
+	}
+	host, err := exec.Command(filepath.Join(repoRoot, "scripts", "docker.sh"), "host").Output()
+	if err != nil {
+		return b, fmt.Errorf("scripts/docker.sh host: %w", err)
+	}
+	b.dockerHost = strings.TrimSpace(string(host))
+	// An image imported here (nothing can be pulled): Debian's static
+	// busybox, which the tools cache holds for the storage helper.
+	busybox, err := exec.Command(filepath.Join(repoRoot, "scripts", "tools.sh"), "path", "busybox").Output()
+	if err != nil {
+		return b, err
+	}
+	root, err := os.MkdirTemp("", "beside-image-")
+	if err != nil {
+		return b, err
+	}
+	defer os.RemoveAll(root)
+	if err := os.MkdirAll(filepath.Join(root, "bin"), 0o755); err != nil {
+		return b, err
+	}
+	bb, err := os.ReadFile(strings.TrimSpace(string(busybox)))
+	if err != nil {
+		return b, err
+	}
+	if err := os.WriteFile(filepath.Join(root, "bin", "busybox"), bb, 0o755); err != nil {
+		return b, err
+	}
+	tarball := filepath.Join(root, "image.tar")
+	if out, err := exec.Command("tar", "-C", root, "-cf", tarball, "bin").CombinedOutput(); err != nil {
+		return b, fmt.Errorf("tar: %v: %s", err, out)
+	}
+	_, _ = b.docker("rm", "-f", b.container)
+	if out, err := b.docker("import", tarball, b.image); err != nil {
+		return b, fmt.Errorf("docker import: %v: %s", err, out)
+	}
+	if out, err := b.docker("run", "-d", "--name", b.container, b.image, "/bin/busybox", "sleep", "1000000"); err != nil {
+		return b, fmt.Errorf("docker run: %v: %s", err, out)
+	}
+	// A process of someone else's named like the node's shims.
+	dir, err := os.MkdirTemp("", "beside-shim-")
+	if err != nil {
+		return b, err
+	}
+	sleep, err := os.ReadFile("/bin/sleep")
+	if err != nil {
+		return b, err
+	}
+	shim := filepath.Join(dir, "containerd-shim-runc-v2")
+	if err := os.WriteFile(shim, sleep, 0o755); err != nil {
+		return b, err
+	}
+	b.shim = exec.Command(shim, "1000000")
+	b.shim.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := b.shim.Start(); err != nil {
+		return b, err
+	}
+	for path, content := range b.files {
+		for d := filepath.Dir(path); ; d = filepath.Dir(d) {
+			if _, err := os.Stat(d); err == nil {
+				break
+			}
+			b.madeDirs = append([]string{d}, b.madeDirs...)
+		}
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			return b, err
+		}
+		if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+			return b, err
+		}
+	}
+	return b, nil
+}
+
+func (b *beside) docker(args ...string) (string, error) {
+	cmd := exec.Command("docker", args...)
+	if b.dockerHost != "" {
+		// The checkout's own dockerd; otherwise the user's, as configured.
+		cmd.Env = append(os.Environ(), "DOCKER_HOST="+b.dockerHost)
+	}
+	out, err := cmd.CombinedOutput()
+	return strings.TrimSpace(string(out)), err
+}
+
+// check lists what of it is not as it was set up.
+func (b *beside) check() []string {
+	var out []string
+	if running, err := b.docker("inspect", "-f", "{{.State.Running}}", b.container); err != nil || running != "true" {
+		out = append(out, fmt.Sprintf("the Docker container %s no longer runs: %v %s", b.container, err, running))
+	}
+	if o, err := b.docker("exec", b.container, "/bin/busybox", "echo", "answers"); err != nil || o != "answers" {
+		out = append(out, fmt.Sprintf("docker exec %s: %v %s", b.container, err, o))
+	}
+	if b.shim != nil && b.shim.Process != nil && syscall.Kill(b.shim.Process.Pid, 0) != nil {
+		out = append(out, fmt.Sprintf("the process named containerd-shim-runc-v2 (pid %d) was killed", b.shim.Process.Pid))
+	}
+	for path, content := range b.files {
+		if got, err := os.ReadFile(path); err != nil || string(got) != content {
+			out = append(out, fmt.Sprintf("%s: %v (content %q)", path, err, got))
+		}
+	}
+	return out
+}
+
+// tearDown removes what setUpBeside made and stops the dockerd only if
+// this checkout started it.
+func (b *beside) tearDown() {
+	if b.dockerHost != "" || b.container != "" {
+		_, _ = b.docker("rm", "-f", b.container)
+		_, _ = b.docker("rmi", b.image)
+	}
+	if b.shim != nil && b.shim.Process != nil {
+		_ = b.shim.Process.Kill()
+		_ = b.shim.Wait()
+		_ = os.RemoveAll(filepath.Dir(b.shim.Path))
+	}
+	for path := range b.files {
+		_ = os.Remove(path)
+	}
+	for i := len(b.madeDirs) - 1; i >= 0; i-- {
+		_ = os.Remove(b.madeDirs[i])
+	}
+	if err := script("docker.sh", "down"); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+	}
+}
