@@ -237,6 +237,22 @@ func Up(ctx context.Context, c Config, led *ledger.Ledger, progress io.Writer) e
 		if _, running := c.Daemons().Running(name); running {
 			continue
 		}
+		if name == Containerd {
+			// Bundles of an earlier run (a node that was killed) name
+			// their shims' sockets in the shared socket directory; once
+			// containerd starts it removes those bundles, and with them
+			// what tells the sockets apart from others'.
+			for _, sock := range c.shimSockets() {
+				if err := take.IfAbsent(led, sock, false); err != nil {
+					return err
+				}
+				if _, ok := led.Find(ledger.File, sock); !ok {
+					if err := led.Record(ledger.Entry{Kind: ledger.File, Name: sock}); err != nil {
+						return err
+					}
+				}
+			}
+		}
 		if name == Kubelet {
 			// The kubelet checks these itself (protectKernelDefaults)
 			// and fails rather than change them: the launcher sets them,
@@ -341,6 +357,9 @@ func Down(c Config, led *ledger.Ledger, grace time.Duration, progress io.Writer)
 	ctx := context.Background()
 	// The kubelet would restart what is stopped under it: it goes first.
 	errs = append(errs, c.Daemons().Stop(Kubelet, 30*time.Second))
+	// A sandbox torn down through CNI leaves no cache entry; one of a node
+	// that was killed does: its id, from containerd's state, names it.
+	sandboxes := c.sandboxes()
 	if _, ok := c.Daemons().Running(Containerd); ok {
 		fmt.Fprintf(progress, "==> stopping the pods (up to %s each)\n", grace)
 		errs = append(errs, c.stopPods(ctx, grace))
@@ -358,7 +377,7 @@ func Down(c Config, led *ledger.Ledger, grace time.Duration, progress io.Writer)
 	killShims(c.Socket())
 	errs = append(errs, killCgroupRoot())
 	errs = append(errs, take.UnmountUnder(c.Dir, c.ImageDir))
-	errs = append(errs, c.removeSharedEntries(sockets))
+	errs = append(errs, c.removeSharedEntries(sockets, sandboxes))
 	errs = append(errs, removeProgramsNetfilter(led))
 	return errors.Join(errs...)
 }

@@ -74,10 +74,27 @@ func (c Config) shimSockets() []string {
 	return out
 }
 
+// sandboxes are the ids of the pod sandboxes the node's containerd
+// knows, from its state.
+func (c Config) sandboxes() []string {
+	var ids []string
+	for _, pattern := range []string{
+		filepath.Join(c.ContainerdState(), "io.containerd.grpc.v1.cri", "sandboxes", "*"),
+		filepath.Join(c.ContainerdState(), "io.containerd.runtime.v2.task", "*", "*"),
+	} {
+		m, _ := filepath.Glob(pattern)
+		for _, p := range m {
+			ids = append(ids, filepath.Base(p))
+		}
+	}
+	return ids
+}
+
 // removeSharedEntries removes the node's entries from the shared
 // directories: its shims' sockets, the log links into its pod log
-// directory, its network's CNI results.
-func (c Config) removeSharedEntries(shimSockets []string) error {
+// directory, its network's CNI results and the loopback results of its
+// sandboxes (containerd names that network cni-loopback for everyone).
+func (c Config) removeSharedEntries(shimSockets, sandboxes []string) error {
 	var errs []error
 	rm := func(p string) {
 		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -92,6 +109,9 @@ func (c Config) removeSharedEntries(shimSockets []string) error {
 	}
 	for _, r := range ownCNIResults() {
 		rm(r)
+	}
+	for _, id := range sandboxes {
+		rm(filepath.Join(CNIResults, "cni-loopback-"+id+"-lo"))
 	}
 	return errors.Join(errs...)
 }

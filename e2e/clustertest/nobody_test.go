@@ -95,6 +95,7 @@ func TestRegistryLetsNoOtherAccountIn(t *testing.T) {
 	// And the images are all still there.
 	after, _ := exec.Command("curl", "-s", "--max-time", "10", "--cacert", filepath.Join(registryTLSDir(), "ca.crt"),
 		"--cert", filepath.Join(registryTLSDir(), "client.crt"), "--key", filepath.Join(registryTLSDir(), "client.key"),
+		"-H", "Accept: application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.v2+json",
 		manifest, "-o", "/dev/null", "-w", "%{http_code}").Output()
 	if string(after) != "200" {
 		t.Errorf("the webserver image's manifest answers %s after the tries, want 200", after)

@@ -134,10 +134,7 @@ func Up(ctx context.Context, c Config, out io.Writer) error {
 		return ConflictError(conflicts)
 	}
 	// Keys, kubeconfigs, etcd's data and the ledger: root only.
-	if err := os.MkdirAll(c.StateDir, 0o700); err != nil {
-		return err
-	}
-	if err := os.Chmod(c.StateDir, 0o700); err != nil {
+	if err := ledger.PrivateDir(c.StateDir); err != nil {
 		return err
 	}
 	if err := node.SetUpHost(n, led); err != nil {

@@ -89,14 +89,16 @@ func Running(c Config) bool {
 var hostSysctls = []string{"net/ipv4/ip_forward", "net/bridge/bridge-nf-call-iptables", "net/bridge/bridge-nf-call-ip6tables", "net/ipv6/conf/all/forwarding", "net/ipv6/conf/default/forwarding"}
 
 // sharedPaths are what Docker's containerd and its shims write outside
-// the directories they are given (containerd#10502), and dockerd's
-// identity key.
+// the directories they are given (containerd#10502), dockerd's identity
+// key and its plugin directory.
 var sharedPaths = []struct {
 	path string
 	dir  bool
 }{
 	{"/run/containerd", true}, {"/run/containerd/s", true}, {"/run/containerd/runc", true},
 	{"/etc/docker", true}, {"/etc/docker/key.json", false},
+	// Plugin sockets, whatever the exec root.
+	{"/run/docker", true}, {"/run/docker/plugins", true},
 }
 
 // Up starts the checkout's own containerd and dockerd, unless they run,
@@ -121,7 +123,7 @@ func Up(ctx context.Context, c Config, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(c.StateDir, 0o700); err != nil {
+	if err := ledger.PrivateDir(c.StateDir); err != nil {
 		return err
 	}
 	if err := recordBefore(led); err != nil {
@@ -130,7 +132,7 @@ func Up(ctx context.Context, c Config, out io.Writer) error {
 	if err := take.IfAbsent(led, c.RunDir, true); err != nil {
 		return err
 	}
-	if err := os.MkdirAll(c.RunDir, 0o700); err != nil {
+	if err := ledger.PrivateDir(c.RunDir); err != nil {
 		return err
 	}
 	for _, p := range sharedPaths {

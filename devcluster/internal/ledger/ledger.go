@@ -162,7 +162,7 @@ func (l *Ledger) Find(kind Kind, name string) (Entry, bool) {
 // Record appends e and syncs it to disk before returning, so that what
 // follows (creating the object) is never done unrecorded.
 func (l *Ledger) Record(e Entry) error {
-	if err := os.MkdirAll(filepath.Dir(l.path), 0o700); err != nil {
+	if err := PrivateDir(filepath.Dir(l.path)); err != nil {
 		return err
 	}
 	b, err := json.Marshal(e)
@@ -215,4 +215,18 @@ func (l *Ledger) Keep(left []Entry) error {
 	}
 	l.entries = slices.Clone(left)
 	return nil
+}
+
+// PrivateDir makes dir, readable by its owner (root) only, with any
+// missing parents readable by all: the checkout's .cache holds state of
+// services that run as other users (PostgreSQL's data), and only the
+// cluster's own directory holds keys.
+func PrivateDir(dir string) error {
+	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+		return err
+	}
+	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+		return err
+	}
+	return os.Chmod(dir, 0o700)
 }

@@ -90,3 +90,27 @@ func TestKeepRewritesOrRemoves(t *testing.T) {
 		t.Fatalf("Keep(nil) left the record: %v", err)
 	}
 }
+
+// The state directory is root's; the parents it needs are not made
+// private with it (the checkout's .cache holds PostgreSQL's data, which
+// the postgres user must reach).
+func TestPrivateDirLeavesItsParentsOpen(t *testing.T) {
+	root := t.TempDir()
+	dir := filepath.Join(root, ".cache", "devcluster")
+	if err := PrivateDir(dir); err != nil {
+		t.Fatal(err)
+	}
+	for path, want := range map[string]os.FileMode{dir: 0o700, filepath.Dir(dir): 0o755} {
+		st, err := os.Stat(path)
+		if err != nil || st.Mode().Perm() != want {
+			t.Errorf("%s: mode %v (%v), want %v", path, st.Mode().Perm(), err, want)
+		}
+	}
+	l, _ := Open(filepath.Join(root, "other", "state", "host.jsonl"))
+	if err := l.Record(Entry{Kind: Dir, Name: "/x"}); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := os.Stat(filepath.Join(root, "other")); st.Mode().Perm() != 0o755 {
+		t.Errorf("a record made its parent %v, want 0755", st.Mode().Perm())
+	}
+}
