@@ -190,23 +190,27 @@ func interruptedUp() error {
 	if err := cmd.Start(); err != nil {
 		return err
 	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
 	ledgerFile := filepath.Join(repoRoot, ".cache", "devcluster", "host-ledger.jsonl")
-	deadline := time.Now().Add(10 * time.Minute)
-	for time.Now().Before(deadline) {
+	deadline := time.After(10 * time.Minute)
+	for {
 		if b, _ := os.ReadFile(ledgerFile); strings.Contains(string(b), `"kind":"process","name":"containerd"`) {
 			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-			_ = cmd.Wait()
+			<-exited
 			fmt.Println("clustertest: killed cluster up once it had started the node's containerd")
 			return nil
 		}
-		if cmd.ProcessState != nil {
-			break
+		select {
+		case err := <-exited:
+			return fmt.Errorf("cluster up ended (%v) before it started the node's containerd", err)
+		case <-deadline:
+			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			<-exited
+			return fmt.Errorf("cluster up did not reach the node's containerd within 10 min")
+		case <-time.After(100 * time.Millisecond):
 		}
-		time.Sleep(100 * time.Millisecond)
 	}
-	_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-	_ = cmd.Wait()
-	return fmt.Errorf("cluster up did not reach the node's containerd to be interrupted")
 }
 
 func script(name string, args ...string) error {

@@ -183,8 +183,58 @@ func TestLoopbackIsUnreachableFromOtherNetworkNamespaces(t *testing.T) {
 		t.Fatalf("the control: the namespace did not reach the host's veth address %s: %v %s", control.Addr(), err, out)
 	}
 	port := strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
+	dropped := localnetDrops(t)
 	if out, err := in("curl", "-s", "--max-time", "5", "http://127.0.0.1:"+port+"/"); err == nil || strings.Contains(out, "hello") {
 		t.Fatalf("a packet to 127.0.0.1 from another network namespace reached a loopback-only listener: %v %q", err, out)
+	}
+	// Dropped by the launcher's rule in the raw table, before anything
+	// else sees it: not only by kube-proxy's own localnet rule, which
+	// exists only once kube-proxy runs (route_localnet is set before).
+	if after := localnetDrops(t); after <= dropped {
+		t.Fatalf("the launcher's %s rule dropped %d packets before the try and %d after: something else dropped them", "DEVCLUSTER-LOCALNET", dropped, after)
+	}
+}
+
+// localnetDrops is the packet count of the launcher's rule that drops
+// packets to 127.0.0.0/8 from other interfaces.
+func localnetDrops(t *testing.T) int {
+	t.Helper()
+	out, err := exec.Command("iptables", "-w", "5", "-t", "raw", "-L", "DEVCLUSTER-LOCALNET", "-v", "-x", "-n").CombinedOutput()
+	if err != nil {
+		t.Fatalf("the launcher's localnet chain: %v %s", err, out)
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 3 && f[2] == "DROP" && strings.Contains(line, "127.0.0.0/8") {
+			n, _ := strconv.Atoi(f[0])
+			return n
+		}
+	}
+	t.Fatalf("no DROP rule for 127.0.0.0/8 in DEVCLUSTER-LOCALNET:\n%s", out)
+	return 0
+}
+
+// route_localnet is set only once the drop rule is in place: the ledger,
+// written as up takes each thing, has the rule before the setting.
+func TestRouteLocalnetIsSetOnlyAfterTheDropRule(t *testing.T) {
+	b, err := os.ReadFile(stateFile("host-ledger.jsonl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rule, setting := -1, -1
+	for i, line := range strings.Split(string(b), "\n") {
+		switch {
+		case strings.Contains(line, `"kind":"rule"`) && strings.Contains(line, "DEVCLUSTER-LOCALNET") && strings.Contains(line, `"DROP"`):
+			rule = i
+		case strings.Contains(line, `"kind":"sysctl"`) && strings.Contains(line, "route_localnet"):
+			setting = i
+		}
+	}
+	if rule < 0 {
+		t.Fatalf("the ledger records no localnet drop rule:\n%s", b)
+	}
+	if setting >= 0 && setting < rule {
+		t.Fatalf("route_localnet was set (ledger line %d) before the drop rule was added (line %d)", setting+1, rule+1)
 	}
 }
 
