@@ -6,15 +6,16 @@
 
 SHELL := /bin/bash
 BIN   := $(CURDIR)/bin
-PROGRAMS := webserver consumer adapter loadgen devcluster imagebuild imagepush
+PROGRAMS := webserver consumer adapter loadgen devcluster runc-bounded imagebuild imagepush
 
-.PHONY: help build images push run run-local test e2e load bench bench-lag bench-hpa bench-pods tools cluster-up cluster-down clean
+.PHONY: help build images push run run-local test e2e e2e-kind load bench bench-lag bench-hpa bench-pods tools cluster-up cluster-down clean
 
 help:
 	@echo "make run        the whole system on a local Kubernetes (no Docker needed), URLs printed"
 	@echo "make test       run every test CI runs"
 	@echo "make load       with make run going: load that makes the system scale, HPAs printed live (RATE=, DURATION=)"
 	@echo "make e2e        the end-to-end autoscaling scenario on the local Kubernetes (timeline in _output/e2e/)"
+	@echo "make e2e-kind   the same scenario on kind, with Docker (docs/kind.md)"
 	@echo "make run-local  the two services as host processes beside Kafka, without Kubernetes"
 	@echo "make cluster-up / cluster-down   the local Kubernetes alone (kubeconfig: .cache/devcluster/kubeconfig)"
 	@echo "make build      build the programs into bin/"
@@ -29,7 +30,7 @@ help:
 build:
 	@echo "==> building $(PROGRAMS) into bin/"
 	@go build -o $(BIN)/ ./webserver/cmd/webserver ./consumer/cmd/consumer ./adapter/cmd/adapter \
-		./e2e/cmd/loadgen ./devcluster/cmd/devcluster ./images/cmd/imagebuild ./images/cmd/imagepush
+		./e2e/cmd/loadgen ./devcluster/cmd/devcluster ./devcluster/cmd/runc-bounded ./images/cmd/imagebuild ./images/cmd/imagepush
 
 # Container images without Docker: _output/images/*.tar (OCI archives that
 # docker load and kind load image-archive take) and the local node's store.
@@ -59,6 +60,11 @@ load: build
 
 e2e: build
 	@scripts/e2e.sh
+
+# The scenario on kind, for people with Docker (a dockerd of this
+# checkout's own when none runs), from a node image built here.
+e2e-kind: build
+	@e2e/kind/run.sh
 
 run-local: build
 	@scripts/run-local.sh

@@ -54,10 +54,7 @@ cluster_flags() {
   # pins above do not reach: pinned into a generated copy.
   local lpp="${REPO_ROOT}/manifests/addons/local-path-provisioner"
   echo "--pin-file=${lpp}/helperPod.yaml=${lpp}/generated/helperPod.yaml"
-  echo "--addon=${REPO_ROOT}/manifests/addons/coredns"
-  echo "--addon=${REPO_ROOT}/manifests/addons/metrics-server"
-  echo "--addon=${REPO_ROOT}/manifests/addons/kube-state-metrics"
-  echo "--addon=${REPO_ROOT}/manifests/addons/local-path-provisioner"
+  echo "--addon=${REPO_ROOT}/manifests/addons/local"
 }
 
 # storage_config: where the storage provisioner puts volumes on the node,

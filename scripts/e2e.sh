@@ -31,6 +31,9 @@ fi
 # (its images are in the local registry already: scripts/cluster.sh up
 # pushed them).
 deploy_system "${E2E_OVERLAY:-manifests/overlays/e2e}" "${kubectl[@]}"
+# The NetworkPolicies a user applies, Kafka, PostgreSQL and Prometheus in
+# the cluster (e2e/clustertest tries the host-infra overlay's).
+run_netpolicies "$KUBECONFIG_FILE"
 forward_prometheus 19090 "${kubectl[@]}"
 run_scenario "$KUBECONFIG_FILE" http://localhost:30080 http://127.0.0.1:19090
 # The fault table kills pods' processes (kill -9 from this machine), so it

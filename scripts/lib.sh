@@ -36,6 +36,9 @@ KUBE_ROUTER_VERSION="v2.1.0"
 COREDNS_VERSION="v1.14.6"
 # The local registry the node pulls from (tools/distribution/go.mod pins it).
 DISTRIBUTION_VERSION="v3.1.2"
+# The kind path (tools/kind/go.mod pins it); its node image is built here
+# for KUBERNETES_VERSION (scripts/kind-node.sh).
+KIND_VERSION="v0.33.0"
 # Lints, renders and installs the adapter's chart (tools/helm/go.mod pins it).
 HELM_VERSION="v3.22.0"
 # Storage on the local cluster, as kind provisions it (tools/local-path-provisioner/go.mod pins it).
@@ -120,13 +123,21 @@ forward_prometheus() {
   die "the in-cluster Prometheus is not ready on 127.0.0.1:${port}: $* -n monitoring describe deployment/prometheus"
 }
 
-# run_scenario KUBECONFIG WEB_URL PROMETHEUS_URL: the end-to-end autoscaling
-# scenario (e2e/scenario) against a deployed system; the timeline lands in
-# _output/e2e/.
+# run_scenario KUBECONFIG WEB_URL PROMETHEUS_URL [SCENARIO FLAGS]: the
+# end-to-end autoscaling scenario (e2e/scenario) against a deployed system;
+# the timeline lands in _output/e2e/.
 run_scenario() {
   log "running the scenario (about 6 min): load, scale out, settle, scale back, every purchase checked"
   local start=$SECONDS
   (cd "$REPO_ROOT" && go test -count=1 -v -timeout 30m ./e2e/scenario -args \
-    -kubeconfig "$1" -web-url "$2" -prometheus-url "$3" -out "${REPO_ROOT}/_output/e2e")
+    -kubeconfig "$1" -web-url "$2" -prometheus-url "$3" -out "${REPO_ROOT}/_output/e2e" "${@:4}")
   log "scenario passed in $((SECONDS - start)) s; timeline in _output/e2e/"
+}
+
+# run_netpolicies KUBECONFIG: the system's NetworkPolicies as a user
+# applies them (Kafka, PostgreSQL and Prometheus in the cluster), each
+# flow tried from a pod's own network namespace (e2e/netpolicies).
+run_netpolicies() {
+  log "trying the NetworkPolicies from pods' network namespaces"
+  (cd "$REPO_ROOT" && go test -count=1 -v -timeout 10m ./e2e/netpolicies -args -kubeconfig "$1")
 }

@@ -67,11 +67,20 @@ log "unit, integration and cluster tests"
 # clusters, and two of them at once on two cores would skew each other.
 # The scenario and the fault table run on a deployed system: scripts/e2e.sh
 # below deploys it and runs both with their flags (here they would skip).
-mapfile -t TEST_PKGS < <(go list "${PKGS[@]}" | grep -v -E '/e2e/(scenario|faults)$')
+mapfile -t TEST_PKGS < <(go list "${PKGS[@]}" | grep -v -E '/e2e/(scenario|faults|netpolicies|kindtest)$')
 go test -count=1 -p 1 -timeout 40m "${TEST_PKGS[@]}"
 
 log "the end-to-end autoscaling scenario"
 scripts/e2e.sh
+
+# The kind path as a Docker user takes it: a dockerd (this checkout's own
+# when none runs), a kind cluster from the node image built here, the
+# system, its NetworkPolicies and the lean scenario, beside a container of
+# someone else's; the host and Docker compared before and after.
+log "the kind path: the lean scenario on kind (about 8 min)"
+start=$SECONDS
+go test -count=1 -v -timeout 30m ./e2e/kindtest -args -run-kind
+log "kind path passed in $((SECONDS - start)) s"
 
 # Each fuzz target for a short while, from its committed corpus (the seeds
 # also ran above as ordinary tests). docs/RELIABILITY.md has long runs.

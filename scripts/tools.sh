@@ -4,7 +4,8 @@
 #
 #   scripts/tools.sh ensure kubernetes|etcd|metrics-server|kube-state-metrics|kafka|prometheus|helm|node|run|all
 #     (node: registry, containerd, runc, cni-plugins, crictl, kube-router, coredns, local-path-provisioner; each also by name)
-#   scripts/tools.sh path   kubernetes|etcd|metrics-server|kube-state-metrics|kafka|prometheus|promtool|prometheus-adapter|registry|helm|local-path-provisioner
+#   scripts/tools.sh ensure kind|kubeadm   (the kind path)
+#   scripts/tools.sh path   kubernetes|etcd|metrics-server|kube-state-metrics|kafka|prometheus|promtool|prometheus-adapter|registry|helm|local-path-provisioner|kind|kubeadm
 #
 # A built tool is moved into place only when complete, so an interrupted
 # build leaves nothing that looks finished.
@@ -17,6 +18,8 @@ ksm_dir()            { echo "${TOOLS_DIR}/kube-state-metrics-${KUBE_STATE_METRIC
 prometheus_adapter_dir() { echo "${TOOLS_DIR}/prometheus-adapter-${PROMETHEUS_ADAPTER_VERSION}"; }
 registry_dir()       { echo "${TOOLS_DIR}/distribution-${DISTRIBUTION_VERSION}"; }
 helm_dir()           { echo "${TOOLS_DIR}/helm-${HELM_VERSION}"; }
+kind_dir()           { echo "${TOOLS_DIR}/kind-${KIND_VERSION}"; }
+kubeadm_dir()        { echo "${TOOLS_DIR}/kubeadm-${KUBERNETES_VERSION}"; }
 lpp_dir()            { echo "${TOOLS_DIR}/local-path-provisioner-${LOCAL_PATH_PROVISIONER_VERSION}"; }
 busybox_dir()        { echo "${TOOLS_DIR}/busybox-static-${BUSYBOX_DEB_VERSION//:/_}"; }
 kafka_dir()          { echo "${TOOLS_DIR}/kafka-${KAFKA_VERSION}"; }
@@ -71,13 +74,18 @@ ensure_kubernetes() {
   local out; out="$(kubernetes_dir)"
   have_all "$out" "${KUBERNETES_BINARIES[@]}" && return 0
   log "kubernetes ${KUBERNETES_VERSION}: building ${KUBERNETES_BINARIES[*]} (about 20-25 min the first time on 2 cores; cached afterwards in ${out})"
+  go_build_tools kubernetes "$out" "$(kubernetes_ldflags)" "${KUBERNETES_BINARIES[@]/#/k8s.io/kubernetes/cmd/}"
+}
+
+# kubernetes_ldflags: the version stamps. Without them the servers report
+# v0.0.0-master+$Format:%H$, which kubectl cannot parse.
+kubernetes_ldflags() {
   local major minor rest
   IFS=. read -r major minor rest <<<"${KUBERNETES_VERSION#v}"
   local v="k8s.io/component-base/version"
-  # Without these the servers report v0.0.0-master+$Format:%H$, which kubectl cannot parse.
   local ldflags="-s -w -X ${v}.gitVersion=${KUBERNETES_VERSION} -X ${v}.gitMajor=${major} -X ${v}.gitMinor=${minor} -X ${v}.gitTreeState=clean -X ${v}.buildDate=1970-01-01T00:00:00Z"
   ldflags+=" -X k8s.io/client-go/pkg/version.gitVersion=${KUBERNETES_VERSION} -X k8s.io/client-go/pkg/version.gitMajor=${major} -X k8s.io/client-go/pkg/version.gitMinor=${minor}"
-  go_build_tools kubernetes "$out" "$ldflags" "${KUBERNETES_BINARIES[@]/#/k8s.io/kubernetes/cmd/}"
+  echo "$ldflags"
 }
 
 ensure_etcd() {
@@ -227,6 +235,25 @@ ensure_registry() {
     github.com/distribution/distribution/v3/cmd/registry
 }
 
+# kind, for the kind path (e2e/kind/run.sh); its node image is built
+# here (scripts/kind-node.sh).
+ensure_kind() {
+  local out; out="$(kind_dir)"
+  have_all "$out" kind && return 0
+  log "kind ${KIND_VERSION}: building (seconds)"
+  go_build_tools kind "$out" "-s -w" sigs.k8s.io/kind
+}
+
+# kubeadm, for the kind node image: from the same Kubernetes build as the
+# kubelet (tools/kubernetes), with the same version stamps; most of it is
+# in Go's build cache once kubernetes is built.
+ensure_kubeadm() {
+  local out; out="$(kubeadm_dir)"
+  have_all "$out" kubeadm && return 0
+  log "kubeadm ${KUBERNETES_VERSION}: building (1-3 min once kubernetes is built)"
+  go_build_tools kubernetes "$out" "$(kubernetes_ldflags)" k8s.io/kubernetes/cmd/kubeadm
+}
+
 ensure_helm() {
   local out; out="$(helm_dir)"
   have_all "$out" helm && return 0
@@ -285,6 +312,8 @@ tool_path() {
     prometheus-adapter) echo "$(prometheus_adapter_dir)/adapter" ;;
     registry) echo "$(registry_dir)/registry" ;;
     helm) echo "$(helm_dir)/helm" ;;
+    kind) echo "$(kind_dir)/kind" ;;
+    kubeadm) echo "$(kubeadm_dir)/kubeadm" ;;
     local-path-provisioner) echo "$(lpp_dir)/local-path-provisioner" ;;
     busybox) echo "$(busybox_dir)/busybox" ;;
     *) die "unknown tool: $1" ;;
@@ -315,7 +344,7 @@ ensure() {
     run) ensure_all ;;
     all) ensure_all helm ;;
     node) for x in registry containerd runc cni-plugins crictl kube-router coredns local-path-provisioner busybox; do ensure "$x"; done ;;
-    kubernetes|etcd|metrics-server|kube-state-metrics|kafka|prometheus|containerd|runc|cni-plugins|crictl|kube-router|coredns|prometheus-adapter|registry|helm|local-path-provisioner|busybox)
+    kubernetes|etcd|metrics-server|kube-state-metrics|kafka|prometheus|containerd|runc|cni-plugins|crictl|kube-router|coredns|prometheus-adapter|registry|helm|local-path-provisioner|busybox|kind|kubeadm)
       with_lock "${TOOLS_DIR}/${t}" "ensure_${t//-/_}" ;;
     *) die "unknown tool: $t" ;;
   esac

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+
+	"github.com/purchase-system/purchase-system/e2e/internal/dockerbeside"
 )
 
 // beside is what a workstation holds before the local cluster comes up,
@@ -17,12 +19,10 @@ import (
 // cluster's parts write to. None of it may stop the cluster, and all of
 // it must be there, unchanged, after cluster down.
 type beside struct {
-	dockerHost string
-	container  string
-	image      string
-	shim       *exec.Cmd
-	files      map[string]string // path → content
-	madeDirs   []string          // directories made for the files, removed afterwards (deepest last)
+	docker   dockerbeside.Container
+	shim     *exec.Cmd
+	files    map[string]string // path → content
+	madeDirs []string          // directories made for the files, removed afterwards (deepest last)
 }
 
 // plantedFiles are foreign files where the cluster's parts write.
@@ -33,7 +33,7 @@ var plantedFiles = map[string]string{
 }
 
 func setUpBeside() (*beside, error) {
-	b := &beside{container: "purchase-system-beside", image: "purchase-system/beside:test", files: plantedFiles}
+	b := &beside{docker: dockerbeside.Container{Name: "purchase-system-beside", Image: "purchase-system/beside:test"}, files: plantedFiles}
 	if err := script("docker.sh", "up"); err != nil {
 		return b, err
 	}
@@ -41,38 +41,15 @@ func setUpBeside() (*beside, error) {
 	if err != nil {
 		return b, fmt.Errorf("scripts/docker.sh host: %w", err)
 	}
-	b.dockerHost = strings.TrimSpace(string(host))
+	b.docker.Host = strings.TrimSpace(string(host))
 	// An image imported here (nothing can be pulled): Debian's static
 	// busybox, which the tools cache holds for the storage helper.
 	busybox, err := exec.Command(filepath.Join(repoRoot, "scripts", "tools.sh"), "path", "busybox").Output()
 	if err != nil {
 		return b, err
 	}
-	root, err := os.MkdirTemp("", "beside-image-")
-	if err != nil {
+	if err := b.docker.Start(strings.TrimSpace(string(busybox))); err != nil {
 		return b, err
-	}
-	defer os.RemoveAll(root)
-	if err := os.MkdirAll(filepath.Join(root, "bin"), 0o755); err != nil {
-		return b, err
-	}
-	bb, err := os.ReadFile(strings.TrimSpace(string(busybox)))
-	if err != nil {
-		return b, err
-	}
-	if err := os.WriteFile(filepath.Join(root, "bin", "busybox"), bb, 0o755); err != nil {
-		return b, err
-	}
-	tarball := filepath.Join(root, "image.tar")
-	if out, err := exec.Command("tar", "-C", root, "-cf", tarball, "bin").CombinedOutput(); err != nil {
-		return b, fmt.Errorf("tar: %v: %s", err, out)
-	}
-	_, _ = b.docker("rm", "-f", b.container)
-	if out, err := b.docker("import", tarball, b.image); err != nil {
-		return b, fmt.Errorf("docker import: %v: %s", err, out)
-	}
-	if out, err := b.docker("run", "-d", "--name", b.container, b.image, "/bin/busybox", "sleep", "1000000"); err != nil {
-		return b, fmt.Errorf("docker run: %v: %s", err, out)
 	}
 	// A process of someone else's named like the node's shims.
 	dir, err := os.MkdirTemp("", "beside-shim-")
@@ -109,25 +86,9 @@ func setUpBeside() (*beside, error) {
 	return b, nil
 }
 
-func (b *beside) docker(args ...string) (string, error) {
-	cmd := exec.Command("docker", args...)
-	if b.dockerHost != "" {
-		// The checkout's own dockerd; otherwise the user's, as configured.
-		cmd.Env = append(os.Environ(), "DOCKER_HOST="+b.dockerHost)
-	}
-	out, err := cmd.CombinedOutput()
-	return strings.TrimSpace(string(out)), err
-}
-
 // check lists what of it is not as it was set up.
 func (b *beside) check() []string {
-	var out []string
-	if running, err := b.docker("inspect", "-f", "{{.State.Running}}", b.container); err != nil || running != "true" {
-		out = append(out, fmt.Sprintf("the Docker container %s no longer runs: %v %s", b.container, err, running))
-	}
-	if o, err := b.docker("exec", b.container, "/bin/busybox", "echo", "answers"); err != nil || o != "answers" {
-		out = append(out, fmt.Sprintf("docker exec %s: %v %s", b.container, err, o))
-	}
+	out := b.docker.Check()
 	if b.shim != nil && b.shim.Process != nil && syscall.Kill(b.shim.Process.Pid, 0) != nil {
 		out = append(out, fmt.Sprintf("the process named containerd-shim-runc-v2 (pid %d) was killed", b.shim.Process.Pid))
 	}
@@ -142,10 +103,7 @@ func (b *beside) check() []string {
 // tearDown removes what setUpBeside made and stops the dockerd only if
 // this checkout started it.
 func (b *beside) tearDown() {
-	if b.dockerHost != "" || b.container != "" {
-		_, _ = b.docker("rm", "-f", b.container)
-		_, _ = b.docker("rmi", b.image)
-	}
+	b.docker.Remove()
 	if b.shim != nil && b.shim.Process != nil {
 		_ = b.shim.Process.Kill()
 		_ = b.shim.Wait()

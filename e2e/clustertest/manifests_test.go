@@ -31,6 +31,7 @@ func TestManifestsAreAcceptedByTheAPIServer(t *testing.T) {
 		"manifests/addons/kube-state-metrics",
 		"manifests/addons/coredns",
 		"manifests/addons/local-path-provisioner",
+		"manifests/addons/local",
 	} {
 		t.Run(strings.ReplaceAll(dir, "/", "_"), func(t *testing.T) {
 			path := filepath.Join(repoRoot, dir)

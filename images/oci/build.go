@@ -42,26 +42,50 @@ type Spec struct {
 	// time (SOURCE_DATE_EPOCH, the commit's time) makes builds
 	// reproducible.
 	Created time.Time
+	// Layers, when set instead of Root, are tar files taken as the
+	// image's layers as they are, owners, modes and links included (an
+	// operating system's root, as the kind node image has: setuid
+	// programs, files of other users, hard links).
+	Layers []string
+	// StopSignal is the signal that stops the image's process (systemd
+	// as PID 1 takes SIGRTMIN+3).
+	StopSignal string
 }
 
 // Build packs the spec into an OCI image.
 func Build(s Spec) (v1.Image, error) {
-	layerTar, err := tarTree(s.Root, s.Created)
-	if err != nil {
-		return nil, err
+	var layers []v1.Layer
+	if len(s.Layers) > 0 {
+		for _, f := range s.Layers {
+			l, err := tarball.LayerFromFile(f, tarball.WithMediaType(types.OCILayer))
+			if err != nil {
+				return nil, fmt.Errorf("layer %s: %w", f, err)
+			}
+			layers = append(layers, l)
+		}
+	} else {
+		layerTar, err := tarTree(s.Root, s.Created)
+		if err != nil {
+			return nil, err
+		}
+		l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
+			return io.NopCloser(bytes.NewReader(layerTar)), nil
+		}, tarball.WithMediaType(types.OCILayer))
+		if err != nil {
+			return nil, err
+		}
+		layers = append(layers, l)
 	}
-	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
-		return io.NopCloser(bytes.NewReader(layerTar)), nil
-	}, tarball.WithMediaType(types.OCILayer))
-	if err != nil {
-		return nil, err
-	}
-	img, err := mutate.Append(mutate.MediaType(empty.Image, types.OCIManifestSchema1), mutate.Addendum{
-		Layer:   layer,
-		History: v1.History{CreatedBy: "purchase-system images (scripts/images.sh)", Created: v1.Time{Time: s.Created}},
-	})
-	if err != nil {
-		return nil, err
+	img := mutate.MediaType(empty.Image, types.OCIManifestSchema1)
+	for _, l := range layers {
+		var err error
+		img, err = mutate.Append(img, mutate.Addendum{
+			Layer:   l,
+			History: v1.History{CreatedBy: "purchase-system images (scripts/images.sh)", Created: v1.Time{Time: s.Created}},
+		})
+		if err != nil {
+			return nil, err
+		}
 	}
 	img = mutate.ConfigMediaType(img, types.OCIConfigJSON)
 	cf, err := img.ConfigFile()
@@ -74,6 +98,7 @@ func Build(s Spec) (v1.Image, error) {
 	cf.Config.Entrypoint, cf.Config.Cmd = s.Entrypoint, s.Cmd
 	cf.Config.User, cf.Config.WorkingDir, cf.Config.Env = s.User, s.WorkingDir, s.Env
 	cf.Config.Labels = s.Labels
+	cf.Config.StopSignal = s.StopSignal
 	if len(s.ExposedPorts) > 0 {
 		cf.Config.ExposedPorts = map[string]struct{}{}
 		for _, p := range s.ExposedPorts {

@@ -11,4 +11,6 @@ import (
 	_ "k8s.io/kubernetes/cmd/kube-proxy"
 	_ "k8s.io/kubernetes/cmd/kubectl"
 	_ "k8s.io/kubernetes/cmd/kubelet"
+	// The kind node image (scripts/kind-node.sh).
+	_ "k8s.io/kubernetes/cmd/kubeadm"
 )

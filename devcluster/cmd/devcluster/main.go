@@ -162,7 +162,8 @@ func dockerCmd(ctx context.Context, args []string) error {
 	fs.StringVar(&c.RunDir, "run-dir", "/run/purchase-system-docker", "its sockets (a short path: unix sockets live there)")
 	fs.StringVar(&c.Dockerd, "dockerd", "/usr/bin/dockerd", "dockerd binary (Debian's docker.io)")
 	fs.StringVar(&c.Containerd, "containerd", "/usr/bin/containerd", "containerd binary for dockerd")
-	fs.StringVar(&c.Runtime, "runtime", "", "OCI runtime dockerd runs containers with (default runc)")
+	fs.StringVar(&c.Bounded, "runc-bounded", "", "runc-bounded (make build), used when this machine's capability bounding set lacks what Docker gives privileged containers")
+	fs.StringVar(&c.Runc, "runc", "/usr/sbin/runc", "the runc runc-bounded runs (Debian's, of docker.io)")
 	_ = fs.Parse(args[1:])
 	abs, err := filepath.Abs(c.StateDir)
 	if err != nil {

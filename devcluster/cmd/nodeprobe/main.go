@@ -5,6 +5,7 @@
 //
 //	nodeprobe confinement            JSON report of writes and mknod attempts, then sleeps
 //	nodeprobe dial HOST:PORT...      exit 0 if every TCP connection opens within 3 s, 1 otherwise
+//	nodeprobe watch SECONDS HOST:PORT   a TCP connection tried every second for SECONDS, one line each ("connected" or the error)
 //	nodeprobe alloc MIB              touch MIB of memory, then sleep (an OOM-kill test)
 //	nodeprobe sleep                  sleep until killed
 package main
@@ -22,7 +23,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: nodeprobe confinement | dial HOST:PORT... | alloc MIB | sleep")
+		fmt.Fprintln(os.Stderr, "usage: nodeprobe confinement | dial HOST:PORT... | watch SECONDS HOST:PORT | alloc MIB | sleep")
 		os.Exit(2)
 	}
 	switch os.Args[1] {
@@ -34,6 +35,19 @@ func main() {
 		sleep()
 	case "dial":
 		os.Exit(dial(os.Args[2:]))
+	case "watch":
+		secs, err := strconv.Atoi(os.Args[2])
+		if err != nil || len(os.Args) != 4 {
+			fmt.Fprintln(os.Stderr, "watch: SECONDS HOST:PORT")
+			os.Exit(2)
+		}
+		// A NetworkPolicy takes effect a moment after a pod starts (the
+		// enforcer programs its address): the test judges the last tries.
+		for i := 0; i < secs; i++ {
+			start := time.Now()
+			dial(os.Args[3:])
+			time.Sleep(time.Second - time.Since(start)%time.Second)
+		}
 	case "alloc":
 		mib, err := strconv.Atoi(os.Args[2])
 		if err != nil {

@@ -40,10 +40,42 @@ type Config struct {
 	RunDir     string // sockets and runtime state: short, under /run
 	Dockerd    string // Debian's dockerd
 	Containerd string // Debian's containerd
-	// Runtime, when set, is the OCI runtime dockerd runs every container
-	// with (a wrapper of runc for machines whose capability bounding set
-	// lacks what Docker gives privileged containers).
-	Runtime string
+	// Bounded, when set, is runc-bounded: on a machine whose capability
+	// bounding set lacks capabilities Docker gives privileged containers
+	// (checked at start), dockerd runs every container through it, with
+	// Runc underneath.
+	Bounded string
+	Runc    string
+}
+
+// LacksCapabilities reports whether this machine's capability bounding
+// set lacks any capability the kernel knows: Docker 20.10 gives a
+// privileged container all of them, and runc then fails with "unable to
+// apply caps".
+func LacksCapabilities() (bool, error) {
+	b, err := os.ReadFile("/proc/sys/kernel/cap_last_cap")
+	if err != nil {
+		return false, err
+	}
+	var last uint
+	if _, err := fmt.Sscan(string(b), &last); err != nil {
+		return false, err
+	}
+	status, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return false, err
+	}
+	for _, line := range strings.Split(string(status), "\n") {
+		if v, ok := strings.CutPrefix(line, "CapBnd:"); ok {
+			var mask uint64
+			if _, err := fmt.Sscanf(strings.TrimSpace(v), "%x", &mask); err != nil {
+				return false, err
+			}
+			all := uint64(1)<<(last+1) - 1
+			return mask&all != all, nil
+		}
+	}
+	return false, errors.New("no CapBnd in /proc/self/status")
 }
 
 // Host is the DOCKER_HOST of the daemon of the checkout's own.
@@ -175,10 +207,19 @@ func Up(ctx context.Context, c Config, out io.Writer) error {
 		// /docker, another Docker's), removed when it stops.
 		"--cgroup-parent=" + CgroupParent,
 	}
-	if c.Runtime != "" {
-		args = append(args, "--add-runtime=project-runc="+c.Runtime, "--default-runtime=project-runc")
+	daemonJSON := "{}\n"
+	lacks, err := LacksCapabilities()
+	if err != nil {
+		return err
 	}
-	if err := os.WriteFile(filepath.Join(c.StateDir, "daemon.json"), []byte("{}\n"), 0o600); err != nil {
+	if lacks {
+		if c.Bounded == "" || c.Runc == "" {
+			return errors.New("this machine's capability bounding set lacks capabilities Docker gives privileged containers: runc-bounded and runc are needed (make build)")
+		}
+		fmt.Fprintf(out, "==> this machine's capability bounding set lacks capabilities Docker gives privileged containers: containers run through %s\n", c.Bounded)
+		daemonJSON = fmt.Sprintf("{\"runtimes\": {\"runc-bounded\": {\"path\": %q, \"runtimeArgs\": [%q]}}, \"default-runtime\": \"runc-bounded\"}\n", c.Bounded, "--runc="+c.Runc)
+	}
+	if err := os.WriteFile(filepath.Join(c.StateDir, "daemon.json"), []byte(daemonJSON), 0o600); err != nil {
 		return err
 	}
 	fmt.Fprintf(out, "==> starting dockerd (%s), DOCKER_HOST=%s\n", c.Dockerd, c.Host())

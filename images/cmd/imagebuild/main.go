@@ -11,6 +11,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -26,7 +27,7 @@ func (l *list) Set(v string) error { *l = append(*l, v); return nil }
 
 func main() {
 	var s oci.Spec
-	var tags, entrypoint, ports, labels, env, programs list
+	var tags, entrypoint, ports, labels, env, programs, layers list
 	var out, created string
 	flag.StringVar(&s.Root, "root", "", "directory laid out as the image's root filesystem")
 	flag.Var(&tags, "tag", "image reference to write the image under (repeatable)")
@@ -38,10 +39,13 @@ func main() {
 	flag.Var(&labels, "label", "key=value label and annotation (repeatable)")
 	flag.StringVar(&created, "created", "0", "creation time and every file's mtime, in Unix seconds (SOURCE_DATE_EPOCH)")
 	flag.StringVar(&out, "out", "", "archive to write")
+	flag.Var(&layers, "layer", "a tar file taken as a layer as it is, owners and modes included, instead of --root (repeatable, bottom first)")
+	flag.StringVar(&s.StopSignal, "stop-signal", "", "the signal that stops the image's process (default SIGTERM)")
 	flag.Var(&programs, "program", "a dynamically linked program of the image (path in the image) whose shared libraries must all be in it (repeatable)")
 	flag.Parse()
-	if s.Root == "" || out == "" || len(tags) == 0 || len(entrypoint) == 0 {
-		fmt.Fprintln(os.Stderr, "imagebuild: --root, --out, --tag and --entrypoint are required")
+	s.Layers = layers
+	if (s.Root == "") == (len(layers) == 0) || out == "" || len(tags) == 0 || len(entrypoint) == 0 {
+		fmt.Fprintln(os.Stderr, "imagebuild: --out, --tag, --entrypoint and one of --root and --layer are required")
 		flag.Usage()
 		os.Exit(2)
 	}
@@ -51,7 +55,10 @@ func main() {
 		os.Exit(2)
 	}
 	s.Created = time.Unix(sec, 0).UTC()
-	s.Entrypoint, s.ExposedPorts, s.Env = entrypoint, ports, append([]string{"PATH=/usr/local/bin:/usr/bin:/bin"}, env...)
+	s.Entrypoint, s.ExposedPorts, s.Env = entrypoint, ports, env
+	if !slices.ContainsFunc(env, func(e string) bool { return strings.HasPrefix(e, "PATH=") }) {
+		s.Env = append([]string{"PATH=/usr/local/bin:/usr/bin:/bin"}, env...)
+	}
 	s.Labels = map[string]string{}
 	for _, kv := range labels {
 		k, v, ok := strings.Cut(kv, "=")
