@@ -34,7 +34,7 @@ const (
 	// tries is how many seconds a probe dials; the verdict is its last
 	// three tries (the enforcer programs a new pod a moment after it
 	// starts, and until then nothing is denied).
-	tries = 25
+	tries = 12
 )
 
 // flow is one connection a NetworkPolicy decides.
@@ -56,6 +56,7 @@ func TestTheSystemsNetworkPoliciesAreEnforced(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	cfg.QPS, cfg.Burst = 50, 100 // fifteen probes polled at once
 	client := kubernetes.NewForConfigOrDie(cfg)
 	ctx := context.Background()
 	other := fmt.Sprintf("netpol-%d", time.Now().UnixNano()%100000)
@@ -170,12 +171,14 @@ func try(ctx context.Context, client kubernetes.Interface, f flow, name string) 
 		return false, "", err
 	}
 	deadline := time.Now().Add(3 * time.Minute)
+	var final *corev1.Pod
 	for {
 		p, err := client.CoreV1().Pods(f.namespace).Get(ctx, name, metav1.GetOptions{})
 		if err != nil {
 			return false, "", err
 		}
 		if p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
+			final = p
 			break
 		}
 		if time.Now().After(deadline) {
@@ -193,7 +196,8 @@ func try(ctx context.Context, client kubernetes.Interface, f flow, name string) 
 		lines = append(lines, sc.Text())
 	}
 	if len(lines) < 3 {
-		return false, string(raw), fmt.Errorf("probe printed %d tries, want at least 3:\n%s", len(lines), raw)
+		return false, string(raw), fmt.Errorf("probe printed %d tries, want at least 3 (pod %s, %s; containers %+v):\n%s",
+			len(lines), final.Status.Phase, final.Status.Message, final.Status.ContainerStatuses, raw)
 	}
 	last := lines[len(lines)-3:]
 	connected := 0

@@ -54,6 +54,7 @@ type Adapter struct {
 	MaxQueriesPerNS int
 	NamespaceFloor  int
 	MaxInFlight     int
+	MaxInFlightNS   int
 	SelfMetricsAddr string
 	DebugAddr       string
 	LogLevel        string
@@ -115,6 +116,7 @@ func main() {
 	f.IntVar(&a.MaxQueriesPerNS, "max-store-queries-per-namespace", 250, "distinct metric queries one namespace may have kept: one namespace cannot fill the store")
 	f.IntVar(&a.NamespaceFloor, "store-queries-floor", 20, "distinct metric queries every namespace may add even when --max-store-queries are kept")
 	f.IntVar(&a.MaxInFlight, "max-fetches-in-flight", 16, "backend fetches running at once")
+	f.IntVar(&a.MaxInFlightNS, "max-fetches-in-flight-per-namespace", 0, "backend fetches of one namespace's queries running at once (default a quarter of --max-fetches-in-flight)")
 	f.StringVar(&a.SelfMetricsAddr, "self-metrics-addr", ":9102", "plain-HTTP address of the adapter's own /metrics (no credentials needed)")
 	f.StringVar(&a.DebugAddr, "debug-addr", "", "loopback address of the explain endpoint (e.g. 127.0.0.1:6060; reach it with kubectl port-forward); off when empty")
 	f.StringVar(&a.LogLevel, "log-level", "info", "debug, info, warn or error")
@@ -171,7 +173,7 @@ func (a *Adapter) run(ctx context.Context) error {
 	defer parts.close()
 	st := store.New(parts.router, store.Options{Fresh: a.RefreshInterval, DemandTTL: a.DemandTTL, FetchTimeout: a.Prometheus.Timeout,
 		MaxQueries: a.MaxQueries, MaxPerNamespace: a.MaxQueriesPerNS, NamespaceFloor: a.NamespaceFloor,
-		MaxInFlight: a.MaxInFlight, Metrics: store.NewMetrics(reg)})
+		MaxInFlight: a.MaxInFlight, MaxInFlightPerNamespace: a.MaxInFlightNS, Metrics: store.NewMetrics(reg)})
 	api := metricsapi.New(parts.catalog, st, mapper, meta, ctx.Done(), metricsapi.Options{
 		MaxSampleAge: a.MaxSampleAge, LagEnabled: parts.kafka != nil, LagAccess: parts.lagAccess,
 		Metrics: metricsapi.NewMetrics(reg), Logger: logger})

@@ -90,11 +90,13 @@ type Store struct {
 	maxPerNS  int
 	floorNS   int
 	slots     chan struct{} // one per fetch allowed to run
+	nsSlots   int           // of those, how many one namespace's fetches may hold
 	metrics   *Metrics
 
-	mu      sync.Mutex
-	entries map[string]*entry
-	perNS   map[string]int // entries charged to each namespace
+	mu       sync.Mutex
+	entries  map[string]*entry
+	perNS    map[string]int           // entries charged to each namespace
+	nsFetchs map[string]chan struct{} // each namespace's share of the slots
 }
 
 type entry struct {
@@ -128,6 +130,11 @@ type Options struct {
 	// MaxInFlight bounds the fetches running at once (default 16); more
 	// wait for a slot.
 	MaxInFlight int
+	// MaxInFlightPerNamespace bounds the fetches of one namespace's
+	// queries running at once (default a quarter of MaxInFlight, at least
+	// 1): a namespace whose queries are slow cannot hold every slot while
+	// a quiet namespace's HPAs wait.
+	MaxInFlightPerNamespace int
 	// Metrics, if set, are updated (see NewMetrics).
 	Metrics *Metrics
 }
@@ -152,6 +159,9 @@ func New(f Fetcher, o Options) *Store {
 	if o.MaxPerNamespace == 0 {
 		o.MaxPerNamespace = o.MaxQueries
 	}
+	if o.MaxInFlightPerNamespace <= 0 {
+		o.MaxInFlightPerNamespace = max(o.MaxInFlight/4, 1)
+	}
 	switch {
 	case o.NamespaceFloor == 0:
 		o.NamespaceFloor = 20
@@ -163,7 +173,8 @@ func New(f Fetcher, o Options) *Store {
 	}
 	return &Store{fetcher: f, fresh: o.Fresh, demandTTL: o.DemandTTL, timeout: o.FetchTimeout, maxKeys: o.MaxQueries,
 		maxPerNS: o.MaxPerNamespace, floorNS: o.NamespaceFloor,
-		slots: make(chan struct{}, o.MaxInFlight), metrics: o.Metrics, entries: map[string]*entry{}, perNS: map[string]int{}}
+		slots: make(chan struct{}, o.MaxInFlight), nsSlots: min(o.MaxInFlightPerNamespace, o.MaxInFlight), metrics: o.Metrics,
+		entries: map[string]*entry{}, perNS: map[string]int{}, nsFetchs: map[string]chan struct{}{}}
 }
 
 // Get returns the query's value, fetching it first if the store has none
@@ -245,11 +256,18 @@ func (s *Store) Peek(q Query) (Value, bool) {
 }
 
 // startFetch runs a fetch for e in the background; s.mu must be held. The
-// fetch waits for a slot first: at most MaxInFlight run at once.
+// fetch waits for a slot of its namespace's share first, then for one of
+// the store's: at most MaxInFlightPerNamespace of one namespace's and
+// MaxInFlight in all run at once.
 func (s *Store) startFetch(e *entry) chan struct{} {
 	done := make(chan struct{})
 	e.inflight = done
 	q := e.query
+	share, ok := s.nsFetchs[e.ns]
+	if !ok {
+		share = make(chan struct{}, s.nsSlots)
+		s.nsFetchs[e.ns] = share
+	}
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
 		defer cancel()
@@ -261,13 +279,19 @@ func (s *Store) startFetch(e *entry) chan struct{} {
 			return
 		}
 		select {
-		case s.slots <- struct{}{}:
-			s.metrics.inflight.Inc()
-			samples, err = s.fetcher.Fetch(ctx, q)
-			s.metrics.inflight.Dec()
-			<-s.slots
+		case share <- struct{}{}:
+			select {
+			case s.slots <- struct{}{}:
+				s.metrics.inflight.Inc()
+				samples, err = s.fetcher.Fetch(ctx, q)
+				s.metrics.inflight.Dec()
+				<-s.slots
+			case <-ctx.Done():
+				err = fmt.Errorf("no fetch slot free within %s: %d fetches already running", s.timeout, cap(s.slots))
+			}
+			<-share
 		case <-ctx.Done():
-			err = fmt.Errorf("no fetch slot free within %s: %d fetches already running", s.timeout, cap(s.slots))
+			err = fmt.Errorf("no fetch slot free within %s: namespace %q already has %d fetches running, its share (--max-fetches-in-flight-per-namespace)", s.timeout, e.ns, cap(share))
 		}
 		s.finish(e, done, samples, err)
 	}()
@@ -322,11 +346,14 @@ func (s *Store) sweep() {
 }
 
 // Reset drops every value (after the rules changed, old queries may mean
-// something else).
+// something else), and with them what each namespace was charged: a
+// namespace's budget is what it has kept now, not what it asked for
+// under every earlier set of rules.
 func (s *Store) Reset() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.entries = map[string]*entry{}
+	s.perNS = map[string]int{}
 	s.metrics.keys.Set(0)
 }
 

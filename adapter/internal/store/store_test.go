@@ -237,7 +237,7 @@ func blockingFetcher(release chan struct{}) (store.Fetcher, *atomic.Int64) {
 func TestFetchesInFlightAreBounded(t *testing.T) {
 	release := make(chan struct{})
 	f, peak := blockingFetcher(release)
-	s := store.New(f, store.Options{Fresh: time.Minute, MaxInFlight: 4, FetchTimeout: 10 * time.Second})
+	s := store.New(f, store.Options{Fresh: time.Minute, MaxInFlight: 4, MaxInFlightPerNamespace: 4, FetchTimeout: 10 * time.Second})
 	var wg sync.WaitGroup
 	for i := range 20 {
 		wg.Add(1)
@@ -261,7 +261,7 @@ func (coalescing) Coalesces() bool { return true }
 func TestCoalescingQueriesAreNotCappedBySlots(t *testing.T) {
 	release := make(chan struct{})
 	f, peak := blockingFetcher(release)
-	s := store.New(f, store.Options{Fresh: time.Minute, MaxInFlight: 4, FetchTimeout: 10 * time.Second})
+	s := store.New(f, store.Options{Fresh: time.Minute, MaxInFlight: 4, MaxInFlightPerNamespace: 4, FetchTimeout: 10 * time.Second})
 	var wg sync.WaitGroup
 	for i := range 50 {
 		wg.Add(1)
@@ -280,4 +280,53 @@ func TestCoalescingQueriesAreNotCappedBySlots(t *testing.T) {
 	}
 	close(release)
 	wg.Wait()
+}
+
+// A rules reload empties the store; it must give back what each
+// namespace was charged, or every reload charges the namespace's queries
+// again and, a few reloads on, its HPAs get "too many queries" for good.
+func TestReloadsGiveBackWhatEachNamespaceWasCharged(t *testing.T) {
+	f := &countingFetcher{}
+	s := store.New(f, store.Options{Fresh: time.Minute, MaxQueries: 100, MaxPerNamespace: 2, NamespaceFloor: -1})
+	ctx := context.Background()
+	for reload := range 5 {
+		for _, q := range []query{"web", "consumer"} {
+			if _, err := s.Get(ctx, store.InNamespace("shop", q)); err != nil {
+				t.Fatalf("after %d reloads, the namespace's query %s: %v", reload, q, err)
+			}
+		}
+		s.Reset()
+	}
+}
+
+// A namespace whose fetches are slow holds at most its share of the fetch
+// slots: a quiet namespace's fetch still runs at once.
+func TestANamespaceCannotHoldEveryFetchSlot(t *testing.T) {
+	release := make(chan struct{})
+	defer close(release)
+	var quietRan atomic.Bool
+	f := store.FetcherFunc(func(ctx context.Context, q store.Query) ([]store.Sample, error) {
+		if strings.HasPrefix(string(q.(query)), "quiet") {
+			quietRan.Store(true)
+			return []store.Sample{{Object: "p", Value: 1, Timestamp: time.Now()}}, nil
+		}
+		select {
+		case <-release:
+		case <-ctx.Done():
+		}
+		return nil, ctx.Err()
+	})
+	s := store.New(f, store.Options{Fresh: time.Minute, MaxInFlight: 4, FetchTimeout: 5 * time.Second, MaxQueries: 100, NamespaceFloor: -1})
+	ctx := context.Background()
+	for i := range 8 {
+		go func() { _, _ = s.Get(ctx, store.InNamespace("noisy", query(fmt.Sprint("noisy-", i)))) }()
+	}
+	time.Sleep(200 * time.Millisecond) // the noisy fetches take what they may
+	// Well before the noisy fetches time out and give their slots back.
+	quick, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	got, err := s.Get(quick, store.InNamespace("quiet", query("quiet-1")))
+	if err != nil || !quietRan.Load() || len(got.Samples) != 1 {
+		t.Fatalf("the quiet namespace's fetch beside 8 slow ones of another: %v (ran %v): the noisy namespace held every slot", err, quietRan.Load())
+	}
 }
