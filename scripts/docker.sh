@@ -16,7 +16,7 @@ DOCKER_STATE="${STATE_DIR}/docker"
 
 flags() {
   local dockerd; dockerd="$(command -v dockerd || echo /usr/bin/dockerd)"
-  local containerd="$(dirname "$dockerd")/containerd"
+  local containerd; containerd="$(dirname "$dockerd")/containerd"
   [[ -x "$containerd" ]] || containerd="$(command -v containerd || echo /usr/bin/containerd)"
   echo "--state=${DOCKER_STATE}"
   echo "--dockerd=${dockerd}"

@@ -55,6 +55,7 @@ debootstrap_into() {
     || { tail -20 "$1.log" >&2; die "debootstrap failed (log: $1.log)"; }
 }
 
+# shellcheck disable=SC2016  # dpkg-query's format, not the shell's
 installed() { chroot "$1" dpkg-query -W -f '${Package} ${Version}\n' | sort; }
 
 # debian_layer: the cached layer 1 (prints its path).
@@ -281,8 +282,9 @@ TOML
   "$ctd/containerd" --config "$state/config.toml" >"$state/log" 2>&1 &
   local pid=$!
   for _ in $(seq 1 100); do [[ -S "$sock" ]] && break; sleep 0.1; done
-  local a rc=0
-  for a in $(image_archives); do
+  local a rc=0 archives
+  mapfile -t archives < <(image_archives | tr ' ' '\n')
+  for a in "${archives[@]}"; do
     "$ctd/ctr" --address "$sock" -n k8s.io images import --no-unpack --digests "$a" 2>&1 >/dev/null | grep -v "cgroup v1 is deprecated" >&2 || true
     [[ ${PIPESTATUS[0]} == 0 ]] || { rc=1; break; }
   done
@@ -297,8 +299,9 @@ build() {
   make --no-print-directory images >/dev/null
   local layer1; layer1="$(debian_layer)"
   control_plane_images
-  local sums
-  sums="$( (sha256sum "$layer1" $(image_archives) images/kind/kernel-view images/kind/network.yaml images/kind/patches/* "${BASH_SOURCE[0]}" manifests/addons/coredns/coredns.yaml \
+  local sums archives
+  mapfile -t archives < <(image_archives | tr ' ' '\n')
+  sums="$( (sha256sum "$layer1" "${archives[@]}" images/kind/kernel-view images/kind/network.yaml images/kind/patches/* "${BASH_SOURCE[0]}" manifests/addons/coredns/coredns.yaml \
             manifests/addons/local-path-provisioner/{local-path.yaml,helperPod.yaml,setup,teardown}; \
             echo "${KUBERNETES_VERSION} $(kind_files)") | sha256sum | cut -c1-16)"
   if [[ -f "$OUT/node.tar" && "$(cat "$OUT/node.tar.inputs" 2>/dev/null)" == "$sums" ]]; then

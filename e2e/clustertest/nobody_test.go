@@ -134,8 +134,8 @@ func TestLoopbackIsUnreachableFromOtherNetworkNamespaces(t *testing.T) {
 	}
 	defer ln.Close()
 	const hostAddr, peerAddr = "169.254.253.1", "169.254.253.2"
-	control, err := net.Listen("tcp", hostAddr+":0")
-	if err == nil {
+	if l, err := net.Listen("tcp", hostAddr+":0"); err == nil {
+		l.Close()
 		t.Fatal("the veth's host address is in use before the test made it")
 	}
 	go serve(ln)
@@ -174,7 +174,8 @@ func TestLoopbackIsUnreachableFromOtherNetworkNamespaces(t *testing.T) {
 	must(in("sysctl", "-q", "-w", "net.ipv4.conf.all.route_localnet=1"))
 	must(in("ip", "route", "add", "127.0.0.1/32", "via", hostAddr, "dev", "psltest1"))
 
-	if control, err = net.Listen("tcp", hostAddr+":0"); err != nil {
+	control, err := net.Listen("tcp", hostAddr+":0")
+	if err != nil {
 		t.Fatal(err)
 	}
 	defer control.Close()

@@ -191,7 +191,7 @@ func Up(ctx context.Context, c Config, out io.Writer) error {
 		return err
 	}
 	if err := waitFor(ctx, 30*time.Second, func() error { return dialUnix(c.containerdSocket()) }); err != nil {
-		return fmt.Errorf("Docker's containerd: %w (log: %s)", err, c.daemons().LogFile(containerdName))
+		return fmt.Errorf("the containerd of Docker: %w (log: %s)", err, c.daemons().LogFile(containerdName))
 	}
 	args := []string{
 		"--host=" + c.Host(),
