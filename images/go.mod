@@ -6,7 +6,10 @@ module github.com/purchase-system/purchase-system/images
 
 go 1.26.0
 
-require github.com/google/go-containerregistry v0.22.1
+require (
+	github.com/google/go-containerregistry v0.22.1
+	github.com/purchase-system/purchase-system/testkit v0.0.0
+)
 
 require (
 	github.com/klauspost/compress v1.19.2 // indirect

@@ -75,6 +75,17 @@ func containerPid(t *testing.T, p *corev1.Pod) int {
 	return pid
 }
 
+// reportField is one string of the probe's report; a key it lacks fails
+// the test (a missing key must not read as "the attempt succeeded").
+func reportField(t *testing.T, r map[string]any, key string) string {
+	t.Helper()
+	v, ok := r[key].(string)
+	if !ok {
+		t.Fatalf("the probe's report has no %q (a string): %v", key, r)
+	}
+	return v
+}
+
 func probeReport(t *testing.T, ns, pod string) map[string]any {
 	t.Helper()
 	var report map[string]any
@@ -143,19 +154,21 @@ func TestARootContainerIsConfined(t *testing.T) {
 	if uid, _ := r["uid"].(float64); uid != 0 {
 		t.Fatalf("the probe ran as uid %v, not 0: the test proves nothing", r["uid"])
 	}
-	if r["corePatternOpenForWrite"] == "" {
+	// Each attempt's outcome: "" when it succeeded, else its error. A key
+	// the report lacks is a failure, never a pass.
+	if reportField(t, r, "corePatternOpenForWrite") == "" {
 		t.Error("a uid-0 container opened /proc/sys/kernel/core_pattern for writing: the host's kernel settings are exposed")
 	}
-	if r["sysrqTriggerOpenForWrite"] == "" {
+	if reportField(t, r, "sysrqTriggerOpenForWrite") == "" {
 		t.Error("a uid-0 container opened /proc/sysrq-trigger for writing")
 	}
 	// The default capability set of Kubernetes' runtimes keeps CAP_MKNOD;
 	// what must hold is that the node cannot be used (devices cgroup).
-	if r["deviceOpen"] == "" {
+	if reportField(t, r, "deviceOpen") == "" {
 		t.Errorf("a uid-0 container created a node of the host's disk and opened it (mknod: %q)", r["mknod"])
 	}
-	if r["token"] != "" {
-		t.Errorf("the service account token below the image's /var/run symlink is not readable: %v", r["token"])
+	if tok := reportField(t, r, "token"); tok != "" {
+		t.Errorf("the service account token below the image's /var/run symlink is not readable: %v", tok)
 	}
 	files, _ := r["files"].(map[string]any)
 	// items[].mode wins over defaultMode; fsGroup makes the files the

@@ -114,6 +114,43 @@ func TestUntarStaysInside(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, "escape")); err != nil {
 		t.Errorf("../../escape did not land inside the directory: %v", err)
 	}
+
+	// A link is how an archive reaches outside without "..": a symlink
+	// to a directory elsewhere, then a file written through it; or a hard
+	// link to a file elsewhere. An image archive holds neither: both are
+	// refused, and nothing lands outside.
+	for name, entries := range map[string]func(outside string) []tar.Header{
+		"symlink then a file through it": func(outside string) []tar.Header {
+			return []tar.Header{{Name: "out", Typeflag: tar.TypeSymlink, Linkname: outside}, {Name: "out/planted", Typeflag: tar.TypeReg, Mode: 0o644, Size: 1}}
+		},
+		"hard link": func(outside string) []tar.Header {
+			return []tar.Header{{Name: "hard", Typeflag: tar.TypeLink, Linkname: filepath.Join(outside, "target")}}
+		},
+	} {
+		outside := t.TempDir()
+		archive := filepath.Join(t.TempDir(), "links.tar")
+		f, err := os.Create(archive)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tw := tar.NewWriter(f)
+		for _, h := range entries(outside) {
+			if err := tw.WriteHeader(&h); err != nil {
+				t.Fatal(err)
+			}
+			if h.Size > 0 {
+				_, _ = tw.Write([]byte("x"))
+			}
+		}
+		tw.Close()
+		f.Close()
+		if err := untar(archive, t.TempDir()); err == nil {
+			t.Errorf("%s: unpacked without error, want it refused", name)
+		}
+		if ents, _ := os.ReadDir(outside); len(ents) > 0 {
+			t.Errorf("%s: wrote outside the directory: %v", name, ents)
+		}
+	}
 }
 
 func TestPinTextPinsImagesNamedInsideAnyManifest(t *testing.T) {

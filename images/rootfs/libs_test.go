@@ -5,6 +5,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/purchase-system/purchase-system/testkit/realdeps"
 )
 
 // A program of the build machine (dynamically linked against glibc) in a
@@ -13,12 +15,12 @@ func TestMissingLibrariesFollowsTheImagesLinks(t *testing.T) {
 	prog := "/usr/bin/true"
 	f, err := elf.Open(prog)
 	if err != nil {
-		t.Skipf("needs a dynamically linked program of this machine to check (%s: %v); Debian's is one", prog, err)
+		realdeps.Missing(t, "needs a dynamically linked program of this machine to check (%s: %v); Debian's is one", prog, err)
 	}
 	needed, _ := f.DynString(elf.DT_NEEDED)
 	f.Close()
 	if len(needed) == 0 {
-		t.Skipf("%s is statically linked on this machine: it needs no library, so it cannot show one missing", prog)
+		realdeps.Missing(t, "%s is statically linked on this machine: it needs no library, so it cannot show one missing", prog)
 	}
 	libc := needed[0]
 
@@ -51,7 +53,7 @@ func TestMissingLibrariesFollowsTheImagesLinks(t *testing.T) {
 	// it must resolve inside the root, and the library's own needs count.
 	hostLibc, err := filepath.EvalSymlinks(filepath.Join("/lib/x86_64-linux-gnu", libc))
 	if err != nil {
-		t.Skipf("this machine's %s is not where Debian puts it (%v): the test copies it from there", libc, err)
+		realdeps.Missing(t, "this machine's %s is not where Debian puts it (%v): the test copies it from there", libc, err)
 	}
 	put("usr/lib/x86_64-linux-gnu/"+libc, hostLibc)
 	if err := os.Symlink("/usr/lib", filepath.Join(root, "lib")); err != nil {
