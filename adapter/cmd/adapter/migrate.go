@@ -12,11 +12,13 @@ import (
 const migrateUsage = `adapter migrate-keda [FILE...]: KEDA ScaledObjects with kafka triggers → HPAs on this adapter's kafka_consumergroup_lag
 
 Reads the ScaledObjects (YAML; standard input without FILE) and prints, for
-each, the HPA to apply instead, preceded by the kafkaLag.access grant to add
-to the adapter's configuration and a NOTE for every setting that has no
+each, the HPA to apply instead on standard output (nothing else goes
+there), and on standard error the kafkaLag.access grant to add to the
+adapter's configuration and a NOTE for every setting that has no
 equivalent or differs. KEDA's defaults are kept (lagThreshold 10,
 offsetResetPolicy latest, the lag capped at lagThreshold × partitions unless
-allowIdleConsumers). Example:
+allowIdleConsumers). A namespace or name that is not a Kubernetes name is
+refused. Example:
 
   adapter migrate-keda scaledobject.yaml > hpa.yaml && kubectl apply -f hpa.yaml
 `
@@ -45,7 +47,7 @@ func migrateMain(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "adapter migrate-keda:", err)
 		return 1
 	}
-	if err := migrate.Write(stdout, results); err != nil {
+	if err := migrate.Write(stdout, stderr, results); err != nil {
 		fmt.Fprintln(stderr, "adapter migrate-keda:", err)
 		return 1
 	}

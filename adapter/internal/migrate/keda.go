@@ -15,6 +15,8 @@ import (
 	"strings"
 	"time"
 
+	"k8s.io/apimachinery/pkg/util/validation"
+
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -264,28 +266,50 @@ func or(s, def string) string {
 	return s
 }
 
-// Write prints the HPAs as one YAML stream, each preceded by comments: the
-// grants to add to the adapter's kafkaLag.access and what did not convert.
-func Write(w io.Writer, results []Result) error {
-	var b bytes.Buffer
+// Write prints the HPAs as one YAML stream on out, and on notes, for
+// each, the grants to add to the adapter's kafkaLag.access, the bootstrap
+// servers and what did not convert. Only HPA documents go to out, which
+// the README pipes into kubectl apply: everything taken from the input
+// there is marshalled YAML, and every free text on notes is quoted (a
+// newline in a trigger's metadata cannot end a comment and start a
+// document). A name that is not a Kubernetes name is refused.
+func Write(out, notes io.Writer, results []Result) error {
+	for _, r := range results {
+		for what, v := range map[string]string{"namespace": r.HPA.Namespace, "name": r.HPA.Name, "scaleTargetRef.name": r.HPA.Spec.ScaleTargetRef.Name} {
+			if errs := validation.IsDNS1123Subdomain(v); len(errs) > 0 {
+				return fmt.Errorf("ScaledObject %q/%q: %s %q is not a Kubernetes name: %s", r.HPA.Namespace, r.HPA.Name, what, v, strings.Join(errs, "; "))
+			}
+		}
+		for _, m := range r.HPA.Spec.Metrics {
+			if m.External == nil || m.External.Metric.Selector == nil {
+				continue
+			}
+			for k, v := range m.External.Metric.Selector.MatchLabels {
+				if errs := validation.IsValidLabelValue(v); len(errs) > 0 {
+					return fmt.Errorf("ScaledObject %s/%s: %s %q cannot be a selector label value: %s", r.HPA.Namespace, r.HPA.Name, k, v, strings.Join(errs, "; "))
+				}
+			}
+		}
+	}
+	var b, n bytes.Buffer
 	for i, r := range results {
 		if i > 0 {
 			b.WriteString("---\n")
 		}
-		fmt.Fprintf(&b, "# Converted from ScaledObject %s/%s. Add to the adapter's configuration:\n", r.HPA.Namespace, strings.TrimPrefix(r.HPA.Name, kedaHPANamePrefix))
-		b.WriteString("#   kafkaLag:\n#     access:\n")
+		fmt.Fprintf(&n, "ScaledObject %s/%s → HorizontalPodAutoscaler %s/%s. Add to the adapter's configuration:\n", r.HPA.Namespace, strings.TrimPrefix(r.HPA.Name, kedaHPANamePrefix), r.HPA.Namespace, r.HPA.Name)
+		n.WriteString("  kafkaLag:\n    access:\n")
 		for _, g := range r.Grants {
-			line := fmt.Sprintf("#       - {namespace: %s, consumerGroups: [%s], topics: [%s]", g.Namespace, quoteAll(g.ConsumerGroups), quoteAll(g.Topics))
+			line := fmt.Sprintf("      - {namespace: %s, consumerGroups: [%s], topics: [%s]", strconv.Quote(g.Namespace), quoteAll(g.ConsumerGroups), quoteAll(g.Topics))
 			if g.PartitionLimitation != "" {
 				line += fmt.Sprintf(", partitionLimitation: %q", g.PartitionLimitation)
 			}
-			b.WriteString(line + "}\n")
+			n.WriteString(line + "}\n")
 		}
 		if r.Bootstrap != "" {
-			fmt.Fprintf(&b, "# and run the adapter with --kafka-bootstrap-servers=%s\n", r.Bootstrap)
+			fmt.Fprintf(&n, "and run the adapter with --kafka-bootstrap-servers=%s\n", strconv.Quote(r.Bootstrap))
 		}
 		for _, warning := range r.Warnings {
-			fmt.Fprintf(&b, "# NOTE: %s\n", warning)
+			fmt.Fprintf(&n, "NOTE: %s\n", strconv.Quote(warning))
 		}
 		y, err := yaml.Marshal(r.HPA)
 		if err != nil {
@@ -293,7 +317,10 @@ func Write(w io.Writer, results []Result) error {
 		}
 		b.Write(dropStatus(y))
 	}
-	_, err := w.Write(b.Bytes())
+	if _, err := notes.Write(n.Bytes()); err != nil {
+		return err
+	}
+	_, err := out.Write(b.Bytes())
 	return err
 }
 

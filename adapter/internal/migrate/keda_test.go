@@ -2,10 +2,13 @@ package migrate_test
 
 import (
 	"bytes"
+	"io"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 
+	"gopkg.in/yaml.v2"
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 
@@ -151,13 +154,16 @@ spec:
 			t.Errorf("no NOTE about %s in:\n%s", want, notes)
 		}
 	}
-	var out bytes.Buffer
-	if err := migrate.Write(&out, results); err != nil {
+	var out, notesOut bytes.Buffer
+	if err := migrate.Write(&out, &notesOut, results); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{`partitionLimitation: "0,2,10-20"`, "kind: HorizontalPodAutoscaler", "--kafka-bootstrap-servers=kafka.data:9092"} {
-		if !strings.Contains(out.String(), want) {
-			t.Errorf("output lacks %q:\n%s", want, out.String())
+	if !strings.Contains(out.String(), "kind: HorizontalPodAutoscaler") || strings.Contains(out.String(), "#") {
+		t.Errorf("standard output is not the HPAs alone:\n%s", out.String())
+	}
+	for _, want := range []string{`partitionLimitation: "0,2,10-20"`, `--kafka-bootstrap-servers="kafka.data:9092"`} {
+		if !strings.Contains(notesOut.String(), want) {
+			t.Errorf("notes lack %q:\n%s", want, notesOut.String())
 		}
 	}
 	if strings.Contains(out.String(), "status:") {
@@ -174,6 +180,77 @@ func TestWhatCannotConvertIsAnError(t *testing.T) {
 	} {
 		if _, err := migrate.KEDA(strings.NewReader(doc)); err == nil {
 			t.Errorf("%s: converted without an error", name)
+		}
+	}
+}
+
+// migrate-keda's standard output goes into kubectl apply: whatever the
+// ScaledObjects hold, it is the HPAs and nothing else. A newline and a
+// document separator in every free-text field (trigger metadata is an
+// unvalidated map in KEDA's CRD) add no document; a name that is not a
+// Kubernetes name, or a value that cannot be a label value, is refused.
+func TestNothingInAScaledObjectAddsADocumentToTheOutput(t *testing.T) {
+	const inject = "x\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: injected}\n#"
+	q := strconv.Quote(inject)
+	doc := `apiVersion: keda.sh/v1alpha1
+kind: ScaledObject
+metadata: {name: orders, namespace: shop}
+spec:
+  scaleTargetRef: {name: consumer}
+  triggers:
+    - type: kafka
+      metadata:
+        bootstrapServers: ` + q + `
+        consumerGroup: orders
+        topic: purchases
+        partitionLimitation: ` + q + `
+        unknownKey: ` + q + `
+        ` + strconv.Quote("key"+inject) + `: "1"
+`
+	results, err := migrate.KEDA(strings.NewReader(doc))
+	if err != nil {
+		t.Fatalf("converting: %v", err)
+	}
+	var out, notes bytes.Buffer
+	if err := migrate.Write(&out, &notes, results); err != nil {
+		t.Fatal(err)
+	}
+	// Every document, strictly (a document with a key twice is two
+	// documents run together), is an HPA, and there is one per
+	// ScaledObject.
+	var docs []string
+	for _, d := range strings.Split("\n"+out.String(), "\n---\n") {
+		if strings.TrimSpace(d) != "" {
+			docs = append(docs, d)
+		}
+	}
+	if len(docs) != len(results) {
+		t.Fatalf("standard output holds %d documents for %d ScaledObjects:\n%s", len(docs), len(results), out.String())
+	}
+	for _, d := range docs {
+		var obj map[string]any
+		if err := yaml.UnmarshalStrict([]byte(d), &obj); err != nil || obj["kind"] != "HorizontalPodAutoscaler" {
+			t.Fatalf("a document of standard output is not one HPA (%v, kind %v):\n%s", err, obj["kind"], d)
+		}
+	}
+	for _, line := range strings.Split(notes.String(), "\n") {
+		if strings.HasPrefix(line, "apiVersion:") || strings.HasPrefix(line, "kind:") || line == "---" {
+			t.Errorf("a note line reads as YAML: %q\n%s", line, notes.String())
+		}
+	}
+
+	for field, edit := range map[string][2]string{
+		"namespace":      {"metadata: {name: orders, namespace: shop}", "metadata: {name: orders, namespace: " + q + "}"},
+		"name":           {"metadata: {name: orders, namespace: shop}", "metadata: {name: " + q + ", namespace: shop}"},
+		"consumer group": {"consumerGroup: orders", "consumerGroup: " + q},
+		"topic":          {"topic: purchases", "topic: " + q},
+	} {
+		results, err := migrate.KEDA(strings.NewReader(strings.Replace(doc, edit[0], edit[1], 1)))
+		if err == nil {
+			err = migrate.Write(io.Discard, io.Discard, results)
+		}
+		if err == nil {
+			t.Errorf("a %s with a newline and a document in it was written, want it refused", field)
 		}
 	}
 }
