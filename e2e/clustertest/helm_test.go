@@ -61,6 +61,19 @@ func TestHelmChartTakesPrometheusAdapterValues(t *testing.T) {
 		}
 	}
 
+	// kafka.existingSecret: the Kafka secrets as a mounted file, never as
+	// an argument the Deployment shows.
+	withSecret, err := helm("template", "x", chart, "--show-only", "templates/deployment.yaml",
+		"--set", "kafka.bootstrapServers=kafka:9092", "--set", "kafka.existingSecret=adapter-kafka")
+	if err != nil {
+		t.Fatalf("helm template with kafka.existingSecret: %v\n%s", err, withSecret)
+	}
+	for _, want := range []string{"- --kafka-config-file=/etc/adapter-kafka/kafka.properties", "mountPath: /etc/adapter-kafka", "secretName: adapter-kafka"} {
+		if !strings.Contains(withSecret, want) {
+			t.Errorf("kafka.existingSecret: the Deployment lacks %q:\n%s", want, withSecret)
+		}
+	}
+
 	// rules.default: prometheus-adapter's chart's six rules, by their
 	// name.matches (its templates/configmap.yaml).
 	defaults, err := helm("template", "x", chart, "--show-only", "templates/configmap.yaml")

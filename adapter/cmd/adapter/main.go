@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -68,6 +69,7 @@ type Settings struct {
 	RelistInterval   time.Duration
 	KafkaBootstrap   string
 	KafkaExtraConfig string
+	KafkaConfigFile  string
 	MaxSampleAge     time.Duration
 	LagRateWindow    time.Duration
 	LagSecondsCap    float64
@@ -89,7 +91,8 @@ func (s *Settings) addFlags(f *pflag.FlagSet) {
 	f.BoolVar(&p.DisableHTTP2, "disable-http2", false, "talk HTTP/1.1 to Prometheus")
 	f.DurationVar(&s.RelistInterval, "metrics-relist-interval", time.Minute, "how often to rediscover which metrics the rules yield")
 	f.StringVar(&s.KafkaBootstrap, "kafka-bootstrap-servers", "", "Kafka brokers for consumer group lag; empty disables the lag metrics")
-	f.StringVar(&s.KafkaExtraConfig, "kafka-extra-config", "", "Kafka client settings by their librdkafka names, k=v,k=v: security.protocol, sasl.mechanism, sasl.username, sasl.password, ssl.ca.location, ssl.certificate.location, ssl.key.location, ssl.endpoint.identification.algorithm, client.id, socket.connection.setup.timeout.ms")
+	f.StringVar(&s.KafkaExtraConfig, "kafka-extra-config", "", "Kafka client settings by their librdkafka names, k=v,k=v: security.protocol, sasl.mechanism, sasl.username, ssl.ca.location, ssl.certificate.location, ssl.key.location, ssl.endpoint.identification.algorithm, client.id, socket.connection.setup.timeout.ms (no secrets: those go in --kafka-config-file)")
+	f.StringVar(&s.KafkaConfigFile, "kafka-config-file", "", "file of Kafka client settings, key=value a line (librdkafka's names, sasl.password included; for example a mounted Secret): overrides --kafka-extra-config, re-read when it changes (a new SASL password applies to new connections at once)")
 	f.DurationVar(&s.MaxSampleAge, "max-sample-age", 2*time.Minute, "samples older than this are not served")
 	// prometheus-adapter's name: its users' Deployments keep working.
 	f.DurationVar(&s.MaxSampleAge, "metrics-max-age", 2*time.Minute, "another name for --max-sample-age (prometheus-adapter's flag)")
@@ -179,6 +182,9 @@ func (a *Adapter) run(ctx context.Context) error {
 		Metrics: metricsapi.NewMetrics(reg), Logger: logger})
 	go st.Run(ctx)
 	go parts.catalog.Run(ctx, a.RelistInterval)
+	if parts.kafka != nil && a.KafkaConfigFile != "" {
+		go parts.kafka.FollowPropertiesFile(ctx, a.KafkaConfigFile, parts.kafkaBase, 5*time.Second, logger)
+	}
 	err = configwatch.Watch(ctx, a.ConfigFile, inUse, configwatch.NewMetrics(reg), logger, func(c *rules.Config) {
 		parts.catalog.SetConfig(ctx, c)
 		st.Reset() // values fetched under the old rules may mean something else
@@ -218,10 +224,12 @@ func (a *Adapter) run(ctx context.Context) error {
 
 // parts are the sources and the catalog, shared by serving and explaining.
 type parts struct {
-	prom    *promsource.Source
-	kafka   *lag.Source // nil without --kafka-bootstrap-servers
-	router  *sources.Router
-	catalog *catalog.Catalog
+	prom  *promsource.Source
+	kafka *lag.Source // nil without --kafka-bootstrap-servers
+	// kafkaBase are the Kafka settings of the flags, under the file's.
+	kafkaBase map[string]string
+	router    *sources.Router
+	catalog   *catalog.Catalog
 }
 
 // lagAccess applies the rules file's kafkaLag.access (reloaded with it).
@@ -255,7 +263,16 @@ func (s *Settings) build(cfg *rules.Config, mapper apimeta.RESTMapper, reg prome
 		if err != nil {
 			return nil, err
 		}
+		p.kafkaBase = maps.Clone(props)
+		if s.KafkaConfigFile != "" {
+			file, err := lag.ReadPropertiesFile(s.KafkaConfigFile)
+			if err != nil {
+				return nil, err
+			}
+			props = lag.Merge(props, file)
+		}
 		props["bootstrap.servers"] = s.KafkaBootstrap
+		p.kafkaBase["bootstrap.servers"] = s.KafkaBootstrap
 		if p.kafka, err = lag.NewSource(props, bm, lag.NewMetrics(reg), lag.Logger(logger)); err != nil {
 			return nil, err
 		}

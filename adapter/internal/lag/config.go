@@ -7,10 +7,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kerr"
@@ -43,7 +46,13 @@ var properties = map[string]string{
 	"socket.connection.setup.timeout.ms":    "how long one connection attempt may take",
 }
 
-// ParseProperties reads "k=v,k=v" (the --kafka-extra-config form).
+// secretProperties are the properties that hold a secret: never given on
+// the command line, where the Deployment, kubectl describe and every local
+// account's /proc/<pid>/cmdline show them.
+var secretProperties = []string{"sasl.password", "ssl.key.password", "sasl.oauthbearer.client.secret"}
+
+// ParseProperties reads "k=v,k=v" (the --kafka-extra-config form). A
+// secret property is refused there, naming the file option to use.
 func ParseProperties(s string) (map[string]string, error) {
 	out := map[string]string{}
 	for _, kv := range strings.Split(s, ",") {
@@ -54,14 +63,52 @@ func ParseProperties(s string) (map[string]string, error) {
 		if !ok {
 			return nil, fmt.Errorf("--kafka-extra-config: %q is not key=value", kv)
 		}
+		k = strings.TrimSpace(k)
+		if slices.Contains(secretProperties, k) {
+			return nil, fmt.Errorf("--kafka-extra-config: %s is a secret: give it in --kafka-config-file (a properties file, for example a mounted Secret: the chart's kafka.existingSecret), not on the command line, which the Deployment and every local account's process list show", k)
+		}
+		out[k] = strings.TrimSpace(v)
+	}
+	return out, nil
+}
+
+// ReadPropertiesFile reads a file of librdkafka properties, one key=value
+// a line, # starting a comment (the form Kafka's own client tools take).
+func ReadPropertiesFile(path string) (map[string]string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("--kafka-config-file: %w", err)
+	}
+	out := map[string]string{}
+	for n, line := range strings.Split(string(b), "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		k, v, ok := strings.Cut(line, "=")
+		if !ok {
+			return nil, fmt.Errorf("--kafka-config-file %s line %d: not key=value", path, n+1)
+		}
 		out[strings.TrimSpace(k)] = strings.TrimSpace(v)
 	}
 	return out, nil
 }
 
+// Merge is base with over's properties on top: the file's settings win
+// over the flag's.
+func Merge(base, over map[string]string) map[string]string {
+	out := maps.Clone(base)
+	if out == nil {
+		out = map[string]string{}
+	}
+	maps.Copy(out, over)
+	return out
+}
+
 // ClientOptions turns librdkafka properties into franz-go options. Every
-// error names the property to fix.
-func ClientOptions(props map[string]string) ([]kgo.Opt, error) {
+// error names the property to fix. SASL authenticates with creds, set
+// here from props.
+func ClientOptions(props map[string]string, creds *Credentials) ([]kgo.Opt, error) {
 	var unknown []string
 	for k := range props {
 		if _, ok := properties[k]; !ok {
@@ -127,13 +174,28 @@ func ClientOptions(props map[string]string) ([]kgo.Opt, error) {
 		opts = append(opts, kgo.DialTLSConfig(cfg))
 	}
 	if useSASL {
-		m, err := saslMechanism(props)
+		m, err := saslMechanism(props, creds)
 		if err != nil {
 			return nil, err
 		}
 		opts = append(opts, kgo.SASL(m))
 	}
 	return opts, nil
+}
+
+// Credentials are the SASL user and password the client authenticates
+// each new connection with: a change of the properties file takes effect
+// without a restart.
+type Credentials struct{ v atomic.Pointer[[2]string] }
+
+// Set changes them for the next connections.
+func (c *Credentials) Set(user, password string) { c.v.Store(&[2]string{user, password}) }
+
+func (c *Credentials) get() (string, string) {
+	if p := c.v.Load(); p != nil {
+		return p[0], p[1]
+	}
+	return "", ""
 }
 
 func tlsConfig(props map[string]string) (*tls.Config, error) {
@@ -187,7 +249,7 @@ func tlsConfig(props map[string]string) (*tls.Config, error) {
 	return cfg, nil
 }
 
-func saslMechanism(props map[string]string) (sasl.Mechanism, error) {
+func saslMechanism(props map[string]string, creds *Credentials) (sasl.Mechanism, error) {
 	mech := props["sasl.mechanism"]
 	if mech == "" {
 		mech = props["sasl.mechanisms"]
@@ -199,13 +261,22 @@ func saslMechanism(props map[string]string) (sasl.Mechanism, error) {
 	if user == "" || pass == "" {
 		return nil, fmt.Errorf("sasl.username and sasl.password: both are needed for %s", mech)
 	}
+	creds.Set(user, pass)
+	// Each connection asks for the credentials as they are then.
+	scramAuth := func(context.Context) (scram.Auth, error) {
+		u, p := creds.get()
+		return scram.Auth{User: u, Pass: p}, nil
+	}
 	switch strings.ToUpper(mech) {
 	case "PLAIN":
-		return plain.Auth{User: user, Pass: pass}.AsMechanism(), nil
+		return plain.Plain(func(context.Context) (plain.Auth, error) {
+			u, p := creds.get()
+			return plain.Auth{User: u, Pass: p}, nil
+		}), nil
 	case "SCRAM-SHA-256":
-		return scram.Auth{User: user, Pass: pass}.AsSha256Mechanism(), nil
+		return scram.Sha256(scramAuth), nil
 	case "SCRAM-SHA-512":
-		return scram.Auth{User: user, Pass: pass}.AsSha512Mechanism(), nil
+		return scram.Sha512(scramAuth), nil
 	default:
 		return nil, fmt.Errorf("sasl.mechanism: %q is not PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512", mech)
 	}

@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"maps"
 	"math/big"
 	"os"
 	"path/filepath"
@@ -64,7 +65,7 @@ func TestLibrdkafkaPropertiesBecomeClientOptions(t *testing.T) {
 			t.Fatalf("%q: %v", extra, err)
 		}
 		props["bootstrap.servers"] = "127.0.0.1:9092"
-		if _, err := lag.ClientOptions(props); err != nil {
+		if _, err := lag.ClientOptions(props, &lag.Credentials{}); err != nil {
 			t.Errorf("%q: %v", extra, err)
 		}
 	}
@@ -88,10 +89,45 @@ func TestLibrdkafkaPropertiesBecomeClientOptions(t *testing.T) {
 		props, err := lag.ParseProperties(extra)
 		if err == nil {
 			props["bootstrap.servers"] = "127.0.0.1:9092"
-			_, err = lag.ClientOptions(props)
+			_, err = lag.ClientOptions(props, &lag.Credentials{})
 		}
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%q: err %v, want one saying %q", extra, err, want)
 		}
+	}
+}
+
+// A secret on the command line is seen by whoever can read the Deployment
+// or /proc/<pid>/cmdline: --kafka-extra-config refuses it and names the
+// file option; the file gives it, and its settings win over the flag's.
+func TestSecretsComeFromTheFileNotTheFlag(t *testing.T) {
+	for _, secret := range []string{"sasl.password", "ssl.key.password"} {
+		_, err := lag.ParseProperties("security.protocol=SASL_SSL," + secret + "=hunter2")
+		if err == nil || !strings.Contains(err.Error(), "--kafka-config-file") || strings.Contains(err.Error(), "hunter2") {
+			t.Errorf("%s in --kafka-extra-config: %v, want a refusal naming --kafka-config-file (and not echoing the secret)", secret, err)
+		}
+	}
+	file := filepath.Join(t.TempDir(), "kafka.properties")
+	if err := os.WriteFile(file, []byte("# from a Secret\nsasl.username = adapter\nsasl.password=s3cret=with=equals\n\nsecurity.protocol=SASL_SSL\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	fromFile, err := lag.ReadPropertiesFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	flag, err := lag.ParseProperties("security.protocol=PLAINTEXT,client.id=adapter-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := lag.Merge(flag, fromFile)
+	want := map[string]string{"sasl.username": "adapter", "sasl.password": "s3cret=with=equals", "security.protocol": "SASL_SSL", "client.id": "adapter-1"}
+	if !maps.Equal(got, want) {
+		t.Fatalf("merged %v, want %v", got, want)
+	}
+	if err := os.WriteFile(file, []byte("no equals sign here\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := lag.ReadPropertiesFile(file); err == nil || !strings.Contains(err.Error(), "line 1") {
+		t.Fatalf("a line without key=value: %v, want an error naming the line", err)
 	}
 }

@@ -38,6 +38,7 @@ import (
 // reports, per group, what failed.
 type Source struct {
 	cl        *kgo.Client
+	creds     *Credentials // SASL's, changeable (SetCredentials)
 	adm       *kadm.Client
 	bootstrap string
 	obs       *backend.Observer
@@ -124,7 +125,8 @@ const maxRoundGroups = 1000
 // (bootstrap.servers at least; see ClientOptions) and starts answering.
 // extra are further client options (a logger); bm and m may be nil.
 func NewSource(props map[string]string, bm *backend.Metrics, m *Metrics, extra ...kgo.Opt) (*Source, error) {
-	opts, err := ClientOptions(props)
+	creds := &Credentials{}
+	opts, err := ClientOptions(props, creds)
 	if err != nil {
 		return nil, err
 	}
@@ -149,7 +151,7 @@ func NewSource(props map[string]string, bm *backend.Metrics, m *Metrics, extra .
 	if m == nil {
 		m = NewMetrics(nil)
 	}
-	s := &Source{cl: cl, adm: kadm.NewClient(cl), bootstrap: props["bootstrap.servers"],
+	s := &Source{cl: cl, adm: kadm.NewClient(cl), bootstrap: props["bootstrap.servers"], creds: creds,
 		obs:        bm.For("kafka", "metadata", "committed_offsets", "end_offsets", "start_offsets", "marker_check"),
 		metrics:    m,
 		RateWindow: 2 * time.Minute, DrainCap: 3600, MarkerCheckMax: 10, StepTimeout: 4 * time.Second, GroupIdle: 10 * time.Minute,
@@ -160,6 +162,11 @@ func NewSource(props map[string]string, bm *backend.Metrics, m *Metrics, extra .
 	go s.dispatch()
 	return s, nil
 }
+
+// SetCredentials changes the SASL user and password the next
+// connections authenticate with (the properties file changed; the
+// connections open now stay as they are).
+func (s *Source) SetCredentials(user, password string) { s.creds.Set(user, password) }
 
 // Ready reports whether the brokers have answered at least once.
 func (s *Source) Ready() error {
