@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"strconv"
 	"sync/atomic"
@@ -40,6 +41,9 @@ type Config struct {
 	Kafka       kafkaenv.Settings
 	// ShutdownDelay is SHUTDOWN_DELAY, default 0 (see lifecycle.Server).
 	ShutdownDelay time.Duration
+	// KeyRetention is IDEMPOTENCY_KEY_RETENTION, default 24h: how long an
+	// Idempotency-Key stands for its purchase.
+	KeyRetention time.Duration
 }
 
 // ConfigFromEnv reads the configuration, failing on values it cannot use.
@@ -60,6 +64,14 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 			return Config{}, fmt.Errorf("BATCH_SIZE: %q is not a count from 1 to %d", v, store.MaxBatch*10)
 		}
 		c.Batch.BatchSize = n
+	}
+	c.KeyRetention = store.ClaimRetention
+	if v := getenv("IDEMPOTENCY_KEY_RETENTION"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < time.Minute {
+			return Config{}, fmt.Errorf("IDEMPOTENCY_KEY_RETENTION: %q is not a duration of a minute or more, such as 24h", v)
+		}
+		c.KeyRetention = d
 	}
 	if v := getenv("BATCH_WAIT"); v != "" {
 		d, err := time.ParseDuration(v)
@@ -126,7 +138,9 @@ func Run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 		return errors.Join(<-serveErr, <-metricsErr)
 	}
 	defer st.Close()
-	logger.Info("store ready", "backend", st.Dialect())
+	st.KeyRetention = c.KeyRetention
+	logger.Info("store ready", "backend", st.Dialect(), "idempotencyKeyRetention", c.KeyRetention.String())
+	go expireClaims(ctx, st, c.KeyRetention, logger)
 
 	in, err := ingest.New(c.Kafka, st, ingest.NewMetrics(reg), c.Batch, logger)
 	if err != nil {
@@ -172,4 +186,24 @@ func (h *startingHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	httpjson.Error(w, http.StatusServiceUnavailable, "starting: waiting for the database")
+}
+
+// expireClaims deletes the Idempotency-Keys past their retention, a few
+// times per retention (an expired key is also claimed anew on its next
+// use: this only keeps the table small).
+func expireClaims(ctx context.Context, st *store.Store, retention time.Duration, logger *slog.Logger) {
+	tick := time.NewTicker(min(retention/4, time.Hour))
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		if n, err := st.ExpireClaims(ctx); err != nil {
+			logger.Warn("expiring idempotency keys", "err", err)
+		} else if n > 0 {
+			logger.Info("expired idempotency keys", "count", n, "retention", retention.String())
+		}
+	}
 }

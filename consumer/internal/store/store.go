@@ -38,6 +38,12 @@ type Record struct {
 type Store struct {
 	db      *sql.DB
 	dialect dialect
+	// KeyRetention is how long an Idempotency-Key stands for its purchase
+	// (ClaimRetention by default): a retry within it gets that purchase,
+	// a use after it a new one.
+	KeyRetention time.Duration
+	// now is the clock claims are dated by (tests set it).
+	now func() time.Time
 	// beforeCommit, in tests, holds an insert between its rows and its
 	// commit (a slow writer).
 	beforeCommit func()
@@ -181,7 +187,21 @@ var migrations = []func(d dialect) string{
 		PRIMARY KEY (userid, idem_key)
 	)`
 	},
+	// When each key was claimed, for its retention (KeyRetention); keys
+	// claimed before this column existed count as claimed when their
+	// purchase was made (the web server claims a key as it takes the
+	// purchase).
+	func(dialect) string {
+		return `ALTER TABLE purchase_claims ADD COLUMN claimed_unix_nano BIGINT NOT NULL DEFAULT 0;
+	UPDATE purchase_claims SET claimed_unix_nano = ts_unix_nano;
+	CREATE INDEX IF NOT EXISTS purchase_claims_by_age ON purchase_claims (claimed_unix_nano)`
+	},
 }
+
+// ClaimRetention is how long an Idempotency-Key is kept by default, as
+// payment APIs keep theirs (Stripe: 24 hours): long enough for any
+// client's retries, short enough that the table of keys stays small.
+const ClaimRetention = 24 * time.Hour
 
 func (s *Store) migrate(ctx context.Context) error {
 	tx, err := s.db.BeginTx(ctx, nil)
@@ -347,9 +367,16 @@ func (s *Store) Claim(ctx context.Context, key string, p purchase.Purchase) (pur
 		return purchase.Purchase{}, fmt.Errorf("%s: begin: %w", s.dialect.name, err)
 	}
 	defer tx.Rollback()
-	if _, err := tx.ExecContext(ctx, `INSERT INTO purchase_claims (userid, idem_key, id, username, price, ts_unix_nano)
-		VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (userid, idem_key) DO NOTHING`,
-		p.UserID, key, p.ID, p.Username, p.Price, p.Timestamp.UnixNano()); err != nil {
+	now := s.clock()
+	// A key past its retention stands for nothing any more: it is claimed
+	// anew (a concurrent claim of it then waits on the insert below).
+	if _, err := tx.ExecContext(ctx, `DELETE FROM purchase_claims WHERE userid = $1 AND idem_key = $2 AND claimed_unix_nano < $3`,
+		p.UserID, key, now.Add(-s.retention()).UnixNano()); err != nil {
+		return purchase.Purchase{}, fmt.Errorf("%s: expiring an idempotency key: %w", s.dialect.name, err)
+	}
+	if _, err := tx.ExecContext(ctx, `INSERT INTO purchase_claims (userid, idem_key, id, username, price, ts_unix_nano, claimed_unix_nano)
+		VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (userid, idem_key) DO NOTHING`,
+		p.UserID, key, p.ID, p.Username, p.Price, p.Timestamp.UnixNano(), now.UnixNano()); err != nil {
 		return purchase.Purchase{}, fmt.Errorf("%s: claiming an idempotency key: %w", s.dialect.name, err)
 	}
 	var got purchase.Purchase
@@ -364,6 +391,34 @@ func (s *Store) Claim(ctx context.Context, key string, p purchase.Purchase) (pur
 	}
 	return got, nil
 }
+
+func (s *Store) clock() time.Time {
+	if s.now != nil {
+		return s.now()
+	}
+	return time.Now()
+}
+
+func (s *Store) retention() time.Duration {
+	if s.KeyRetention > 0 {
+		return s.KeyRetention
+	}
+	return ClaimRetention
+}
+
+// ExpireClaims deletes the Idempotency-Keys past their retention, so the
+// table holds about one retention's worth of keys; it returns how many
+// went.
+func (s *Store) ExpireClaims(ctx context.Context) (int64, error) {
+	res, err := s.db.ExecContext(ctx, `DELETE FROM purchase_claims WHERE claimed_unix_nano < $1`, s.clock().Add(-s.retention()).UnixNano())
+	if err != nil {
+		return 0, fmt.Errorf("%s: expiring idempotency keys: %w", s.dialect.name, err)
+	}
+	return res.RowsAffected()
+}
+
+// SetClock dates claims by now instead of the wall clock (tests).
+func (s *Store) SetClock(now func() time.Time) { s.now = now }
 
 // Cursor is a position in the purchase log, in storage order: the
 // purchases stored after it. The zero Cursor is the start.

@@ -289,3 +289,41 @@ func TestAKeyIsClaimedOnce(t *testing.T) {
 		}
 	})
 }
+
+// Idempotency-Keys are kept for their retention, then let go: within it a
+// retry gets the key's first purchase; past it the key can be used for a
+// new purchase, and ExpireClaims empties the table of the old ones.
+func TestAKeyIsKeptForItsRetentionThenReusable(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, s *store.Store) {
+		ctx := context.Background()
+		now := time.Date(2026, 12, 5, 12, 0, 0, 0, time.UTC)
+		s.SetClock(func() time.Time { return now })
+		s.KeyRetention = 24 * time.Hour
+		first := rec("keeper", now, 10).Purchase
+		if got, err := s.Claim(ctx, "k", first); err != nil || got != first {
+			t.Fatalf("first claim: %+v %v", got, err)
+		}
+		now = now.Add(23 * time.Hour)
+		retry := rec("keeper", now, 11).Purchase
+		if got, err := s.Claim(ctx, "k", retry); err != nil || got != first {
+			t.Fatalf("a retry within the retention got %+v (%v), want the first purchase %+v", got, err, first)
+		}
+		other := rec("keeper", now, 12).Purchase
+		if _, err := s.Claim(ctx, "still-live", other); err != nil {
+			t.Fatal(err)
+		}
+		now = now.Add(2 * time.Hour) // 25 h after the first claim, 2 h after still-live's
+		again := rec("keeper", now, 13).Purchase
+		if got, err := s.Claim(ctx, "k", again); err != nil || got != again {
+			t.Fatalf("the key past its retention got %+v (%v), want it claimed anew for %+v", got, err, again)
+		}
+		if got, err := s.Claim(ctx, "still-live", rec("keeper", now, 14).Purchase); err != nil || got != other {
+			t.Fatalf("a live key got %+v (%v), want its purchase %+v", got, err, other)
+		}
+		now = now.Add(25 * time.Hour)
+		n, err := s.ExpireClaims(ctx)
+		if err != nil || n != 2 {
+			t.Fatalf("ExpireClaims: %d, %v; want both keys gone", n, err)
+		}
+	})
+}
