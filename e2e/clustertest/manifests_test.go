@@ -1,6 +1,7 @@
 package clustertest
 
 import (
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -67,4 +68,44 @@ func between(s, from, to string) string {
 	}
 	v, _, _ := strings.Cut(rest, to)
 	return strings.TrimSpace(v)
+}
+
+// A generated database.env from before the application had a role of its
+// own named the superuser: scripts/secrets.sh rewrites it for the role
+// purchases, keeps the superuser's password (the running database was
+// initialised with it) and does not put it in the application's Secret.
+func TestSecretsMoveTheApplicationOffTheSuperuser(t *testing.T) {
+	dir := filepath.Join(repoRoot, "manifests", "components", "kafka-postgres", "generated")
+	files := map[string][]byte{}
+	for _, f := range []string{"postgres.env", "database.env"} {
+		if b, err := os.ReadFile(filepath.Join(dir, f)); err == nil {
+			files[f] = b
+		}
+	}
+	t.Cleanup(func() {
+		for f, b := range files {
+			_ = os.WriteFile(filepath.Join(dir, f), b, 0o600)
+		}
+	})
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	const old = "the-old-superuser-password"
+	if err := os.WriteFile(filepath.Join(dir, "postgres.env"), []byte("POSTGRES_PASSWORD="+old+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "database.env"), []byte("DATABASE_URL=postgres://postgres:"+old+"@postgres:5432/purchases?sslmode=disable\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(filepath.Join(repoRoot, "scripts", "secrets.sh")).CombinedOutput(); err != nil {
+		t.Fatalf("scripts/secrets.sh: %v\n%s", err, out)
+	}
+	pg, _ := os.ReadFile(filepath.Join(dir, "postgres.env"))
+	db, _ := os.ReadFile(filepath.Join(dir, "database.env"))
+	if !strings.Contains(string(pg), "POSTGRES_PASSWORD="+old+"\n") || !strings.Contains(string(pg), "POSTGRES_APP_PASSWORD=") {
+		t.Errorf("postgres.env lost the superuser's password or lacks the application's:\n%s", pg)
+	}
+	if !strings.HasPrefix(string(db), "DATABASE_URL=postgres://purchases:") || strings.Contains(string(db), old) {
+		t.Errorf("database.env is not the application role's, or carries the superuser's password:\n%s", db)
+	}
 }

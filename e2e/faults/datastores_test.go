@@ -294,3 +294,33 @@ func TestPostgreSQLRefusesAWrongPassword(t *testing.T) {
 		t.Fatalf("a wrong password: %v, want password authentication failed", err)
 	}
 }
+
+// The management API connects as the application's role, not the
+// superuser: it owns its database (the migrations run), and COPY ... TO
+// PROGRAM — a program run on the database's machine — is refused to it.
+func TestTheApplicationsDatabaseRoleIsNoSuperuser(t *testing.T) {
+	if *kubeconfig == "" {
+		t.Skip("needs the system deployed on the local Kubernetes: make e2e (part of make test) deploys it and passes -kubeconfig")
+	}
+	e := newEnv(t)
+	dsn, err := e.inClusterDatabaseURL()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u, err := url.Parse(dsn); err != nil || u.User.Username() == "postgres" {
+		t.Fatalf("the application's DATABASE_URL names user %q (%v): the superuser", u.User.Username(), err)
+	}
+	var super, program bool
+	var owner string
+	if err := e.db.QueryRow(`SELECT rolsuper, pg_has_role(current_user, 'pg_execute_server_program', 'MEMBER'), pg_get_userbyid(d.datdba)
+		FROM pg_roles r, pg_database d WHERE r.rolname = current_user AND d.datname = current_database()`).Scan(&super, &program, &owner); err != nil {
+		t.Fatal(err)
+	}
+	if super || program {
+		t.Fatalf("the application's role: superuser %v, pg_execute_server_program %v", super, program)
+	}
+	if _, err := e.db.Exec(`COPY (SELECT 1) TO PROGRAM 'true'`); err == nil || !strings.Contains(err.Error(), "pg_execute_server_program") {
+		t.Fatalf("COPY ... TO PROGRAM as the application: %v, want it refused", err)
+	}
+	t.Logf("the application's role owns database %s, is no superuser, and may not run programs", owner)
+}

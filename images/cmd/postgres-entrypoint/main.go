@@ -12,6 +12,14 @@
 //     scram-sha-256); listen_addresses='*'; encoding UTF8 with the C
 //     locale (the image has no locale data; the official image's is
 //     en_US.utf8: byte-order sorting instead of English rules);
+//   - this image's addition: with POSTGRES_APP_USER (and
+//     POSTGRES_APP_PASSWORD or POSTGRES_APP_PASSWORD_FILE), at every
+//     start, that role exists with that password, may log in, is no
+//     superuser (so no COPY ... TO PROGRAM, no reading the server's
+//     files), and owns POSTGRES_DB and every table, sequence and view in
+//     its public schema: an application connects as it, the superuser's
+//     password stays in the database's own Secret, and a database first
+//     initialised for the superuser is moved over;
 //   - it then runs postgres with the container's arguments ("postgres" or
 //     arguments starting with "-"); any other command is run as given.
 //
@@ -69,6 +77,67 @@ func readSettings(getenv func(string) string, readFile func(string) ([]byte, err
 	return s, nil
 }
 
+// appSettings are this image's own variables: the application's role.
+type appSettings struct{ user, password string }
+
+func readAppSettings(getenv func(string) string, readFile func(string) ([]byte, error)) (appSettings, error) {
+	a := appSettings{user: getenv("POSTGRES_APP_USER"), password: getenv("POSTGRES_APP_PASSWORD")}
+	if f := getenv("POSTGRES_APP_PASSWORD_FILE"); f != "" {
+		if a.password != "" {
+			return a, errors.New("both POSTGRES_APP_PASSWORD and POSTGRES_APP_PASSWORD_FILE are set: set one")
+		}
+		b, err := readFile(f)
+		if err != nil {
+			return a, fmt.Errorf("POSTGRES_APP_PASSWORD_FILE: %w", err)
+		}
+		a.password = strings.TrimRight(string(b), "\r\n")
+	}
+	switch {
+	case strings.ContainsAny(a.password, "\r\n"):
+		return a, errors.New("POSTGRES_APP_PASSWORD holds a line break: single-user mode, which sets it, reads a statement a line")
+	case a.user == "" && a.password != "":
+		return a, errors.New("POSTGRES_APP_PASSWORD is set without POSTGRES_APP_USER: name the application's role")
+	case a.user != "" && a.password == "":
+		return a, fmt.Errorf("POSTGRES_APP_USER=%s without a password: set POSTGRES_APP_PASSWORD (or POSTGRES_APP_PASSWORD_FILE)", a.user)
+	case a.user != "" && a.user == or(getenv("POSTGRES_USER"), "postgres"):
+		return a, fmt.Errorf("POSTGRES_APP_USER=%s is the superuser: the application's role must be another one", a.user)
+	}
+	return a, nil
+}
+
+// appRoleSQL makes the application's role what it must be, in the
+// cluster (statements for the postgres database) and in its database.
+func appRoleSQL(a appSettings, db string) (cluster, inDB string) {
+	role := quoteIdent(a.user)
+	cluster = "DO $$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = " + quoteLiteral(a.user) + ") THEN CREATE ROLE " + role + "; END IF; END$$;\n" +
+		"ALTER ROLE " + role + " WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD " + quoteLiteral(a.password) + ";\n" +
+		"ALTER DATABASE " + quoteIdent(db) + " OWNER TO " + role + ";\n"
+	// Tables, sequences and views the superuser created (a database
+	// initialised before the application had a role of its own).
+	inDB = "DO $$DECLARE r record; BEGIN FOR r IN SELECT c.oid::regclass AS name, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace " +
+		"WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'S', 'v', 'm') AND pg_get_userbyid(c.relowner) <> " + quoteLiteral(a.user) + " LOOP " +
+		"EXECUTE format('ALTER %s %s OWNER TO %I', CASE r.relkind WHEN 'S' THEN 'SEQUENCE' WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW' ELSE 'TABLE' END, r.name, " + quoteLiteral(a.user) + "); " +
+		"END LOOP; END$$;\n"
+	return cluster, inDB
+}
+
+// ensureAppRole applies appRoleSQL in single-user mode, before the server
+// starts.
+func ensureAppRole(data string, a appSettings, db string) error {
+	cluster, inDB := appRoleSQL(a, db)
+	if err := command(filepath.Join(bin, "postgres"), []string{"--single", "-D", data, "postgres"}, cluster); err != nil {
+		return fmt.Errorf("the application's role %s: %w", a.user, err)
+	}
+	if err := command(filepath.Join(bin, "postgres"), []string{"--single", "-D", data, db}, inDB); err != nil {
+		return fmt.Errorf("giving %s the objects of database %s: %w", a.user, db, err)
+	}
+	fmt.Fprintf(os.Stderr, "postgres-entrypoint: role %s owns database %s (no superuser)\n", a.user, db)
+	return nil
+}
+
+// quoteLiteral quotes a string for SQL.
+func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
+
 func or(v, def string) string {
 	if v == "" {
 		return def
@@ -113,6 +182,15 @@ func run(args []string) error {
 		}
 	} else if err != nil {
 		return err
+	}
+	app, err := readAppSettings(os.Getenv, os.ReadFile)
+	if err != nil {
+		return err
+	}
+	if app.user != "" {
+		if err := ensureAppRole(data, app, or(os.Getenv("POSTGRES_DB"), or(os.Getenv("POSTGRES_USER"), "postgres"))); err != nil {
+			return err
+		}
 	}
 	// argv[0] is the full path: postgres finds its installation from it
 	// (a bare name would be looked up on a PATH the pod may have changed).
