@@ -34,6 +34,11 @@ type Options struct {
 	// LimitToPartitionsWithLag caps at the partitions that have lag
 	// instead (skewed keys: one hot partition is one replica's work).
 	LimitToPartitionsWithLag bool
+	// EvenDistribution (KEDA's ensureEvenDistributionOfPartitions, 2.18):
+	// the lag served is LagThreshold times the smallest divisor of the
+	// topic's partition count that covers the lag, so the HPA's replica
+	// count divides the partitions and every consumer reads as many.
+	EvenDistribution bool
 	// Partitions, when set, are the only partitions that count
 	// (partitionLimitation).
 	Partitions PartitionSet
@@ -45,6 +50,7 @@ const (
 	LabelExcludePersistentLag     = "excludePersistentLag"
 	LabelLagThreshold             = "lagThreshold"
 	LabelLimitToPartitionsWithLag = "limitToPartitionsWithLag"
+	LabelEvenDistribution         = "ensureEvenDistributionOfPartitions"
 )
 
 // key is the options' part of a query's store key.
@@ -52,8 +58,8 @@ func (o Options) key() string {
 	if o == (Options{}) {
 		return ""
 	}
-	return fmt.Sprintf("|reset=%s,persistent=%s,threshold=%d,withLag=%t,partitions=%s",
-		o.OffsetReset, o.ExcludePersistentLag, o.LagThreshold, o.LimitToPartitionsWithLag, o.Partitions)
+	return fmt.Sprintf("|reset=%s,persistent=%s,threshold=%d,withLag=%t,even=%t,partitions=%s",
+		o.OffsetReset, o.ExcludePersistentLag, o.LagThreshold, o.LimitToPartitionsWithLag, o.EvenDistribution, o.Partitions)
 }
 
 // setOption reads one option label; ok is false for a label that is not
@@ -83,6 +89,12 @@ func (o *Options) setOption(key, value string) (ok bool, err error) {
 			return true, fmt.Errorf("%s=%q: true or false", key, value)
 		}
 		o.LimitToPartitionsWithLag = b
+	case LabelEvenDistribution:
+		b, err := strconv.ParseBool(value)
+		if err != nil {
+			return true, fmt.Errorf("%s=%q: true or false", key, value)
+		}
+		o.EvenDistribution = b
 	default:
 		return false, nil
 	}
@@ -90,8 +102,10 @@ func (o *Options) setOption(key, value string) (ok bool, err error) {
 }
 
 func (o Options) validate() error {
-	if o.LimitToPartitionsWithLag && o.LagThreshold == 0 {
-		return fmt.Errorf("%s=true needs %s (the HPA's target per replica): the adapter does not see the HPA's target", LabelLimitToPartitionsWithLag, LabelLagThreshold)
+	for label, set := range map[string]bool{LabelLimitToPartitionsWithLag: o.LimitToPartitionsWithLag, LabelEvenDistribution: o.EvenDistribution} {
+		if set && o.LagThreshold == 0 {
+			return fmt.Errorf("%s=true needs %s (the HPA's target per replica): the adapter does not see the HPA's target", label, LabelLagThreshold)
+		}
 	}
 	return nil
 }
@@ -188,13 +202,36 @@ func (o Options) apply(lags []PartitionLag, still func(PartitionLag) time.Time, 
 // the threshold times the partitions (with lag, under
 // LimitToPartitionsWithLag), so the HPA asks for no more replicas than
 // there are partitions to read.
+//
+// Under EvenDistribution the lag is first rounded up to LagThreshold times
+// the smallest divisor of the partition count whose replicas would cover
+// it (KEDA's order: the divisor first, then the cap).
 func (o Options) capped(t TopicLag) int64 {
 	if o.LagThreshold <= 0 {
 		return t.Lag
+	}
+	lag := t.Lag
+	if o.EvenDistribution {
+		lag = o.LagThreshold * evenReplicas(lag, int64(t.Partitions), o.LagThreshold)
 	}
 	n := int64(t.Partitions)
 	if o.LimitToPartitionsWithLag {
 		n = int64(t.PartitionsWithLag)
 	}
-	return min(t.Lag, o.LagThreshold*n)
+	return min(lag, o.LagThreshold*n)
+}
+
+// evenReplicas is the smallest divisor d of partitions with d×threshold
+// at least lag (partitions itself when none is; 1 for a topic without
+// partitions counted).
+func evenReplicas(lag, partitions, threshold int64) int64 {
+	if partitions < 1 {
+		return 1
+	}
+	for d := int64(1); d <= partitions; d++ {
+		if partitions%d == 0 && d*threshold >= lag {
+			return d
+		}
+	}
+	return partitions
 }

@@ -106,6 +106,44 @@ func TestKEDAOptions(t *testing.T) {
 		}
 	})
 
+	t.Run("ensureEvenDistributionOfPartitions (KEDA's cases)", func(t *testing.T) {
+		// KEDA's own test of the option: 10 partitions, lagThreshold 1;
+		// the lag served makes the HPA's replicas a divisor of 10 (1, 2,
+		// 5, 10) that covers the lag, never more than 10.
+		topic, group := unique("even"), unique("group")
+		createTopic(t, bootstrap, topic, 10)
+		produce(t, bootstrap, topic, []int{5, 5, 5, 5, 5, 5, 5, 5, 5, 5}, false)
+		o := lag.Options{LagThreshold: 1, EvenDistribution: true}
+		for _, c := range []struct {
+			lag  int // spread over the partitions, at most 5 each
+			want float64
+		}{
+			{0, 1}, {1, 1}, {2, 2}, {3, 5}, {5, 5}, {6, 10}, {10, 10}, {25, 10},
+		} {
+			committed := make([]int64, 10)
+			left := c.lag
+			for i := range committed {
+				behind := min(left, 5)
+				if c.lag <= 10 {
+					behind = min(left, 1) // one message behind on each of the first partitions
+				}
+				committed[i] = int64(5 - behind)
+				left -= behind
+			}
+			commit(t, bootstrap, group, topic, committed)
+			if got := lagWith(t, s, group, topic, o); got != c.want {
+				t.Errorf("lag %d over 10 partitions: served %v, want %v (replicas at target 1)", c.lag, got, c.want)
+			}
+		}
+		// With limitToPartitionsWithLag, the divisor is capped at the
+		// partitions that have lag (KEDA applies the cap after it): 3
+		// behind on three partitions asks for 5, capped to 3.
+		commit(t, bootstrap, group, topic, []int64{4, 4, 4, 5, 5, 5, 5, 5, 5, 5})
+		if got := lagWith(t, s, group, topic, lag.Options{LagThreshold: 1, EvenDistribution: true, LimitToPartitionsWithLag: true}); got != 3 {
+			t.Errorf("with limitToPartitionsWithLag: served %v, want 3", got)
+		}
+	})
+
 	t.Run("excludePersistentLag", func(t *testing.T) {
 		topic, group := unique("stuck"), unique("group")
 		createTopic(t, bootstrap, topic, 2)

@@ -71,8 +71,8 @@ func ParseSelector(sel labels.Selector) (Query, error) {
 		case LabelTopic:
 			f.Topics = vals
 		default:
-			return f, fmt.Errorf("metric selector %q: unknown label %q (the labels are %s and %s; the options %s, %s, %s, %s)", sel, r.Key(), LabelGroup, LabelTopic,
-				LabelOffsetReset, LabelExcludePersistentLag, LabelLagThreshold, LabelLimitToPartitionsWithLag)
+			return f, fmt.Errorf("metric selector %q: unknown label %q (the labels are %s and %s; the options %s, %s, %s, %s, %s)", sel, r.Key(), LabelGroup, LabelTopic,
+				LabelOffsetReset, LabelExcludePersistentLag, LabelLagThreshold, LabelLimitToPartitionsWithLag, LabelEvenDistribution)
 		}
 	}
 	if err := f.Options.validate(); err != nil {

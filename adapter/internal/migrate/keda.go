@@ -70,7 +70,7 @@ const (
 	kedaMaxReplicas    = 100
 	kedaHPANamePrefix  = "keda-hpa-"
 	lagMetric          = lag.MetricLag
-	supportedKafkaKeys = "bootstrapServers consumerGroup topic lagThreshold activationLagThreshold offsetResetPolicy allowIdleConsumers excludePersistentLag limitToPartitionsWithLag partitionLimitation version sasl tls"
+	supportedKafkaKeys = "bootstrapServers consumerGroup topic lagThreshold activationLagThreshold offsetResetPolicy allowIdleConsumers excludePersistentLag limitToPartitionsWithLag ensureEvenDistributionOfPartitions partitionLimitation version sasl tls"
 )
 
 // Result is one ScaledObject converted.
@@ -208,7 +208,7 @@ func kafkaMetric(md map[string]string, polling int32, ns string, warn func(strin
 	sort.Strings(keys)
 	for _, k := range keys {
 		switch k {
-		case "scaleToZeroOnInvalidOffset", "ensureEvenDistributionOfPartitions":
+		case "scaleToZeroOnInvalidOffset":
 			warn("%s is not supported: not converted", k)
 		case "activationLagThreshold":
 			warn("activationLagThreshold has no HPA meaning while minReplicas >= 1: not converted")
@@ -241,6 +241,10 @@ func kafkaMetric(md map[string]string, polling int32, ns string, warn func(strin
 	}
 	if strings.EqualFold(md["limitToPartitionsWithLag"], "true") {
 		labels[lag.LabelLimitToPartitionsWithLag] = "true"
+		labels[lag.LabelLagThreshold] = threshold
+	}
+	if strings.EqualFold(md["ensureEvenDistributionOfPartitions"], "true") {
+		labels[lag.LabelEvenDistribution] = "true"
 		labels[lag.LabelLagThreshold] = threshold
 	}
 	if strings.EqualFold(md["excludePersistentLag"], "true") {

@@ -122,6 +122,7 @@ spec:
         offsetResetPolicy: earliest
         allowIdleConsumers: "true"
         limitToPartitionsWithLag: "true"
+        ensureEvenDistributionOfPartitions: "true"
         excludePersistentLag: "true"
         partitionLimitation: "0,2,10-20"
         activationLagThreshold: "5"
@@ -138,7 +139,7 @@ spec:
 		t.Errorf("HPA %s/%s min %d max %d behavior %+v", h.Namespace, h.Name, *h.Spec.MinReplicas, h.Spec.MaxReplicas, h.Spec.Behavior)
 	}
 	want := map[string]string{"consumergroup": "orders", "topic": "orders", "offsetResetPolicy": "earliest",
-		"limitToPartitionsWithLag": "true", "lagThreshold": "50", "excludePersistentLag": "15s"}
+		"limitToPartitionsWithLag": "true", "ensureEvenDistributionOfPartitions": "true", "lagThreshold": "50", "excludePersistentLag": "15s"}
 	got := h.Spec.Metrics[0].External.Metric.Selector.MatchLabels
 	for k, v := range want {
 		if got[k] != v {
