@@ -59,8 +59,29 @@ func TestLibrdkafkaPropertiesBecomeClientOptions(t *testing.T) {
 		"security.protocol=SSL,ssl.ca.location=" + cert + ",ssl.certificate.location=" + cert + ",ssl.key.location=" + key,
 		"security.protocol=ssl,ssl.endpoint.identification.algorithm=none,ssl.ca.location=" + cert,
 	}
-	for _, extra := range ok {
+	// The secret comes from the properties file (--kafka-config-file); the
+	// rest as --kafka-extra-config gives it.
+	parse := func(extra string) (map[string]string, error) {
+		password, had := "", strings.Contains(extra, "sasl.password=")
+		if had {
+			var rest []string
+			for _, kv := range strings.Split(extra, ",") {
+				if v, ok := strings.CutPrefix(kv, "sasl.password="); ok {
+					password = v
+				} else {
+					rest = append(rest, kv)
+				}
+			}
+			extra = strings.Join(rest, ",")
+		}
 		props, err := lag.ParseProperties(extra)
+		if err == nil && had {
+			props["sasl.password"] = password
+		}
+		return props, err
+	}
+	for _, extra := range ok {
+		props, err := parse(extra)
 		if err != nil {
 			t.Fatalf("%q: %v", extra, err)
 		}
@@ -86,7 +107,7 @@ func TestLibrdkafkaPropertiesBecomeClientOptions(t *testing.T) {
 		"security.protocol": "is not key=value",
 	}
 	for extra, want := range bad {
-		props, err := lag.ParseProperties(extra)
+		props, err := parse(extra)
 		if err == nil {
 			props["bootstrap.servers"] = "127.0.0.1:9092"
 			_, err = lag.ClientOptions(props, &lag.Credentials{})
