@@ -374,7 +374,7 @@ func Down(c Config, led *ledger.Ledger, grace time.Duration, progress io.Writer)
 	// With every pod removed the shims have exited, unless the node was
 	// killed: then its shims (known by the containerd address they
 	// serve) and what runs in its cgroup root go now.
-	killShims(c.Socket())
+	sockets = append(sockets, killShims(c.Socket())...)
 	errs = append(errs, killCgroupRoot())
 	errs = append(errs, take.UnmountUnder(c.Dir, c.ImageDir))
 	errs = append(errs, c.removeSharedEntries(sockets, sandboxes))

@@ -136,11 +136,21 @@ func ownCNIResults() []string {
 }
 
 // killShims SIGKILLs the node's shims (with their containers in the pods'
-// cgroups, killed on their own).
-func killShims(socket string) {
+// cgroups, killed on their own) and returns the sockets they listened on
+// in ShimSocketDir: a shim killed leaves its socket, and one that started
+// after the bundles were read (a pod the kubelet was still creating) is
+// in no bundle.
+func killShims(socket string) []string {
+	var sockets []string
 	for _, pid := range take.ShimsServing(socket) {
+		for _, s := range take.ListeningSockets(pid) {
+			if filepath.Dir(s) == ShimSocketDir {
+				sockets = append(sockets, s)
+			}
+		}
 		_ = syscall.Kill(pid, syscall.SIGKILL)
 	}
+	return sockets
 }
 
 // liveUnixSocket reports whether a process listens on the unix socket at

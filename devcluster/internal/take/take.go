@@ -407,3 +407,34 @@ func MountsUnder(dir string) []string {
 	}
 	return out
 }
+
+// ListeningSockets lists the paths of the unix sockets the process pid
+// holds open that have a path (/proc/net/unix names them by inode; the
+// process's descriptors name the inodes it holds).
+func ListeningSockets(pid int) []string {
+	fds, _ := filepath.Glob(fmt.Sprintf("/proc/%d/fd/*", pid))
+	held := map[string]bool{}
+	for _, fd := range fds {
+		if l, err := os.Readlink(fd); err == nil {
+			if ino, ok := strings.CutPrefix(l, "socket:["); ok {
+				held[strings.TrimSuffix(ino, "]")] = true
+			}
+		}
+	}
+	if len(held) == 0 {
+		return nil
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/unix", pid))
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, line := range strings.Split(string(b), "\n")[1:] {
+		// Num RefCount Protocol Flags Type St Inode [Path]
+		f := strings.Fields(line)
+		if len(f) >= 8 && held[f[6]] && strings.HasPrefix(f[7], "/") {
+			out = append(out, f[7])
+		}
+	}
+	return out
+}
