@@ -18,7 +18,7 @@ import (
 	"github.com/purchase-system/purchase-system/testkit/testproc"
 )
 
-// The README's KEDA steps on the local cluster: the seed guide's
+// docs/moving-over.md's KEDA steps on the local cluster: the seed guide's
 // ScaledObject, converted by adapter migrate-keda and applied as it comes
 // out, gives an HPA that reads its lag from this adapter. Its target is a
 // Deployment of its own (pods that never schedule: the HPA still reads),

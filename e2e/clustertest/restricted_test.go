@@ -14,7 +14,7 @@ import (
 
 // TestEveryWorkloadIsRestricted reads every rendered kustomization and
 // checks each pod template and container against what this project
-// promises (README, Security): non-root, read-only root filesystem, no
+// promises (docs/operations.md, Reliability and security): non-root, read-only root filesystem, no
 // privilege escalation, every capability dropped, seccomp RuntimeDefault,
 // no host namespaces or host paths; and every namespace it creates
 // enforces Pod Security "restricted". The local node and the API server

@@ -273,7 +273,7 @@ func or(s, def string) string {
 // Write prints the HPAs as one YAML stream on out, and on notes, for
 // each, the grants to add to the adapter's kafkaLag.access, the bootstrap
 // servers and what did not convert. Only HPA documents go to out, which
-// the README pipes into kubectl apply: everything taken from the input
+// docs/moving-over.md pipes into kubectl apply: everything taken from the input
 // there is marshalled YAML, and every free text on notes is quoted (a
 // newline in a trigger's metadata cannot end a comment and start a
 // document). A name that is not a Kubernetes name is refused.

@@ -1,5 +1,7 @@
 // Package app wires the Customer Management API from its environment:
-// store, Kafka ingest pipeline, HTTP API.
+// store, Kafka ingest pipeline, HTTP API. ROLE splits the two halves for
+// a system whose consumers scale to zero (components/scale-to-zero): the
+// API (reads and Idempotency-Keys) must answer while no consumer runs.
 package app
 
 import (
@@ -44,7 +46,28 @@ type Config struct {
 	// KeyRetention is IDEMPOTENCY_KEY_RETENTION, default 24h: how long an
 	// Idempotency-Key stands for its purchase.
 	KeyRetention time.Duration
+	// Role is ROLE: what this process does (RoleAll by default).
+	Role Role
 }
+
+// Role is which half of the Customer Management API a process runs.
+type Role string
+
+const (
+	// RoleAll consumes purchases from Kafka, stores them and serves the
+	// API: one Deployment does everything.
+	RoleAll Role = "all"
+	// RoleAPI serves reads and Idempotency-Keys from the database and
+	// consumes nothing: it needs no consumer running, so it can answer
+	// while the consumers are scaled to zero.
+	RoleAPI Role = "api"
+	// RoleIngest consumes and stores, and serves only /healthz, /readyz
+	// and /metrics: the workers that scale on lag, down to zero.
+	RoleIngest Role = "ingest"
+)
+
+func (r Role) serves() bool  { return r != RoleIngest }
+func (r Role) ingests() bool { return r != RoleAPI }
 
 // ConfigFromEnv reads the configuration, failing on values it cannot use.
 func ConfigFromEnv(getenv func(string) string) (Config, error) {
@@ -54,6 +77,14 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 		DatabaseURL: getenv("DATABASE_URL"),
 		LogLevel:    getenv("LOG_LEVEL"),
 		Batch:       ingest.DefaultOptions,
+		Role:        Role(getenv("ROLE")),
+	}
+	switch c.Role {
+	case "":
+		c.Role = RoleAll
+	case RoleAll, RoleAPI, RoleIngest:
+	default:
+		return Config{}, fmt.Errorf("ROLE: %q is none of all (consume and serve), api (serve reads and Idempotency-Keys) and ingest (consume only)", c.Role)
 	}
 	if c.HTTPAddr == "" {
 		c.HTTPAddr = ":8081"
@@ -139,24 +170,29 @@ func Run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 	}
 	defer st.Close()
 	st.KeyRetention = c.KeyRetention
-	logger.Info("store ready", "backend", st.Dialect(), "idempotencyKeyRetention", c.KeyRetention.String())
-	go expireClaims(ctx, st, c.KeyRetention, logger)
+	logger.Info("store ready", "role", string(c.Role), "backend", st.Dialect(), "idempotencyKeyRetention", c.KeyRetention.String())
+	deps := api.Deps{
+		Registry:  reg,
+		Logger:    logger,
+		Readiness: []health.Check{{Name: "shutdown", Check: srv.Draining}, {Name: "database", Check: st.Ping}},
+	}
+	if c.Role.serves() {
+		deps.Store = st
+		go expireClaims(ctx, st, c.KeyRetention, logger)
+	}
+	if !c.Role.ingests() {
+		handler.ready(api.NewServer(deps))
+		<-ctx.Done()
+		return errors.Join(<-serveErr, <-metricsErr)
+	}
 
 	in, err := ingest.New(c.Kafka, st, ingest.NewMetrics(reg), c.Batch, logger)
 	if err != nil {
 		cancel()
 		return errors.Join(err, <-serveErr, <-metricsErr)
 	}
-	handler.ready(api.NewServer(api.Deps{
-		Store:    st,
-		Registry: reg,
-		Logger:   logger,
-		Readiness: []health.Check{
-			{Name: "shutdown", Check: srv.Draining},
-			{Name: "database", Check: st.Ping},
-			{Name: "kafka", Check: in.Ready},
-		},
-	}))
+	deps.Readiness = append(deps.Readiness, health.Check{Name: "kafka", Check: in.Ready})
+	handler.ready(api.NewServer(deps))
 
 	go func() {
 		_ = retry.Do(ctx, retry.Backoff{First: time.Second, Max: 30 * time.Second}, logger,
