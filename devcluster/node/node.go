@@ -99,7 +99,8 @@ var Components = []string{Registry, Containerd, Kubelet, KubeProxy, KubeRouter}
 
 // Port is an address the node's programs listen on.
 type Port struct {
-	Component string
+	Component string // the daemon that listens (a name of Components or the control plane's)
+	Use       string // which of its ports, when it has several ("peer")
 	Addr      string // "" for every address
 	Port      int
 }
@@ -108,13 +109,13 @@ type Port struct {
 // process (kube-proxy answers it with DNAT), but a listener there would be
 // shadowed, so it must be free too.
 var Ports = []Port{
-	{Registry, "127.0.0.1", 5000},
-	{Kubelet, HostIP, 10250},
-	{Kubelet, "127.0.0.1", 10248},
-	{KubeProxy, "127.0.0.1", 10249},
-	{KubeProxy, "127.0.0.1", 10256},
-	{KubeProxy, "127.0.0.1", NodePort},
-	{KubeRouter, "", 20244},
+	{Component: Registry, Addr: "127.0.0.1", Port: 5000},
+	{Component: Kubelet, Addr: HostIP, Port: 10250},
+	{Component: Kubelet, Use: "healthz", Addr: "127.0.0.1", Port: 10248},
+	{Component: KubeProxy, Use: "metrics", Addr: "127.0.0.1", Port: 10249},
+	{Component: KubeProxy, Use: "healthz", Addr: "127.0.0.1", Port: 10256},
+	{Component: KubeProxy, Use: "the NodePort", Addr: "127.0.0.1", Port: NodePort},
+	{Component: KubeRouter, Use: "health", Addr: "", Port: 20244},
 }
 
 // Binaries are the node's programs, each run by its absolute path: a

@@ -157,8 +157,12 @@ func PortConflicts(ports []Port) []Conflict {
 			if l.port != p.Port || !overlaps(l.addr, p.Addr) {
 				continue
 			}
+			what := p.Component
+			if p.Use != "" {
+				what += " " + p.Use
+			}
 			out = append(out, Conflict{
-				fmt.Sprintf("port %d (%s) is in use: %s listens on %s", p.Port, p.Component, describeInode(l.inode), net.JoinHostPort(l.addr, strconv.Itoa(l.port))),
+				fmt.Sprintf("port %d (%s) is in use: %s listens on %s", p.Port, what, describeInode(l.inode), net.JoinHostPort(l.addr, strconv.Itoa(l.port))),
 				"stop that program, or take this cluster down where it runs (make cluster-down in its checkout)"})
 			break
 		}

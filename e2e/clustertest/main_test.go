@@ -109,6 +109,11 @@ func runOnAHostShared(m *testing.M) int {
 	if c := runTests(m); c != 0 {
 		code = c
 	}
+	// up on a running cluster starts nothing and succeeds (its own
+	// listeners are no conflict).
+	if err := script("cluster.sh", "up"); err != nil {
+		fail("cluster up on the running cluster: %v", err)
+	}
 
 	// A machine whose cluster was killed (SIGKILL to every process of it,
 	// containers and shims included, as an OOM killer or a crash would):

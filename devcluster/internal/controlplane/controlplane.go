@@ -62,7 +62,7 @@ func (c Config) Ports() []node.Port {
 	c.defaults()
 	return []node.Port{
 		{Component: Etcd, Addr: "127.0.0.1", Port: c.EtcdPort},
-		{Component: Etcd + " (peer)", Addr: "127.0.0.1", Port: c.EtcdPort + 1},
+		{Component: Etcd, Use: "peer", Addr: "127.0.0.1", Port: c.EtcdPort + 1},
 		{Component: APIServer, Addr: node.HostIP, Port: c.APIServerPort},
 		{Component: ControllerManager, Addr: "127.0.0.1", Port: 10257},
 		{Component: Scheduler, Addr: "127.0.0.1", Port: 10259},
