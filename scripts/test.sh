@@ -44,8 +44,9 @@ command -v shellcheck >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get insta
   || die "shellcheck is needed: apt-get install shellcheck"
 shellcheck scripts/*.sh e2e/kind/*.sh .ci/run
 
-log "promtool: the alerting and recording rules"
+log "promtool: the alerting and recording rules, and the alerts' unit tests"
 "$(scripts/tools.sh path promtool)" check rules manifests/monitoring/rules.yaml
+(cd manifests/monitoring && "$(../../scripts/tools.sh path promtool)" test rules rules_test.yaml)
 
 log "starting PostgreSQL and Apache Kafka for the tests"
 scripts/postgres.sh start "$TEST_STATE/postgres" "$PG_PORT"

@@ -67,6 +67,7 @@ type Settings struct {
 	ConfigFile       string
 	Prometheus       promsource.ClientOptions
 	RelistInterval   time.Duration
+	RuleStaleAfter   time.Duration
 	KafkaBootstrap   string
 	KafkaExtraConfig string
 	KafkaConfigFile  string
@@ -90,6 +91,7 @@ func (s *Settings) addFlags(f *pflag.FlagSet) {
 	f.StringVar(&p.Verb, "prometheus-verb", "POST", "HTTP verb of queries: GET or POST")
 	f.BoolVar(&p.DisableHTTP2, "disable-http2", false, "talk HTTP/1.1 to Prometheus")
 	f.DurationVar(&s.RelistInterval, "metrics-relist-interval", time.Minute, "how often to rediscover which metrics the rules yield")
+	f.DurationVar(&s.RuleStaleAfter, "rule-stale-after", 10*time.Minute, "a rule whose discovery fails serves what it last found this long; then its metrics answer 503 naming the rule and its error (never 404 while the rule exists)")
 	f.StringVar(&s.KafkaBootstrap, "kafka-bootstrap-servers", "", "Kafka brokers for consumer group lag; empty disables the lag metrics")
 	f.StringVar(&s.KafkaExtraConfig, "kafka-extra-config", "", "Kafka client settings by their librdkafka names, k=v,k=v: security.protocol, sasl.mechanism, sasl.username, ssl.ca.location, ssl.certificate.location, ssl.key.location, ssl.endpoint.identification.algorithm, client.id, socket.connection.setup.timeout.ms (no secrets: those go in --kafka-config-file)")
 	f.StringVar(&s.KafkaConfigFile, "kafka-config-file", "", "file of Kafka client settings, key=value a line (librdkafka's names, sasl.password included; for example a mounted Secret): overrides --kafka-extra-config, re-read when it changes (a new SASL password applies to new connections at once)")
@@ -280,7 +282,7 @@ func (s *Settings) build(cfg *rules.Config, mapper apimeta.RESTMapper, reg prome
 		extra = []string{lag.MetricLag, lag.MetricLagSeconds}
 	}
 	p.router = &sources.Router{Prometheus: prom, Kafka: p.kafka}
-	p.catalog = catalog.New(cfg, prom, mapper, catalog.Options{Extra: extra, Metrics: catalog.NewMetrics(reg), Logger: logger})
+	p.catalog = catalog.New(cfg, prom, mapper, catalog.Options{Extra: extra, StaleAfter: s.RuleStaleAfter, Metrics: catalog.NewMetrics(reg), Logger: logger})
 	return p, nil
 }
 

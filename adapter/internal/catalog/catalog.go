@@ -39,8 +39,13 @@ type Options struct {
 	RediscoverAfter time.Duration
 	// DiscoveryTimeout bounds one discovery (default 30 s).
 	DiscoveryTimeout time.Duration
-	Metrics          *Metrics
-	Logger           *slog.Logger
+	// StaleAfter: a rule whose discovery fails keeps serving what it last
+	// found this long after it last finished (default 10 min).
+	StaleAfter time.Duration
+	// Now is the clock (default time.Now).
+	Now     func() time.Time
+	Metrics *Metrics
+	Logger  *slog.Logger
 }
 
 // Catalog is safe for concurrent use.
@@ -52,6 +57,8 @@ type Catalog struct {
 	mu       sync.RWMutex
 	cfg      *rules.Config
 	byRule   map[string]promsource.RuleDiscovery // by rule fingerprint: the last finished discovery of each
+	health   map[string]*health                  // by rule fingerprint
+	sources  map[string]bool                     // the rules' Source labels in the self-metrics
 	lastErrs []error
 	loaded   bool // every rule of the current config finished a discovery once
 	custom   map[string][]promsource.Metric
@@ -72,13 +79,22 @@ func New(cfg *rules.Config, d Discoverer, mapper apimeta.RESTMapper, o Options) 
 	if o.DiscoveryTimeout == 0 {
 		o.DiscoveryTimeout = 30 * time.Second
 	}
+	if o.StaleAfter == 0 {
+		o.StaleAfter = 10 * time.Minute
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
 	if o.Metrics == nil {
 		o.Metrics = NewMetrics(nil)
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
-	c := &Catalog{disc: d, mapper: mapper, o: o, cfg: cfg, byRule: map[string]promsource.RuleDiscovery{}}
+	c := &Catalog{disc: d, mapper: mapper, o: o, cfg: cfg, byRule: map[string]promsource.RuleDiscovery{}, health: map[string]*health{}}
+	c.mu.Lock()
+	c.forgetRules(cfg)
+	c.mu.Unlock()
 	c.rebuild()
 	return c
 }
@@ -119,6 +135,7 @@ func (c *Catalog) SetConfig(ctx context.Context, cfg *rules.Config) {
 		}
 	}
 	c.byRule = keep
+	c.forgetRules(cfg)
 	c.mu.Unlock()
 	c.rebuild()
 	c.Discover(ctx)
@@ -144,8 +161,11 @@ func (c *Catalog) discover(ctx context.Context) {
 	start := time.Now()
 	var errs []error
 	found := map[string]promsource.RuleDiscovery{}
+	var results []promsource.RuleDiscovery
 	for _, r := range allRules(cfg) {
 		d := c.disc.DiscoverRule(dctx, r)
+		d.Rule = r
+		results = append(results, d)
 		if d.Err != nil {
 			errs = append(errs, d.Err)
 			continue
@@ -156,6 +176,10 @@ func (c *Catalog) discover(ctx context.Context) {
 	if c.cfg != cfg {
 		c.mu.Unlock()
 		return // the rules changed meanwhile: a discovery under the new ones follows
+	}
+	now := c.o.Now()
+	for _, d := range results {
+		c.recordDiscovery(d.Rule, d, now)
 	}
 	for k, d := range found {
 		c.byRule[k] = d
@@ -188,9 +212,10 @@ func (c *Catalog) rebuild() {
 	defer c.mu.Unlock()
 	custom := map[string][]promsource.Metric{}
 	external := map[string][]promsource.Metric{}
+	now := c.o.Now()
 	for _, r := range allRules(c.cfg) {
 		d, ok := c.byRule[r.Fingerprint]
-		if !ok {
+		if !ok || c.health[r.Fingerprint].expired(now, c.o.StaleAfter) {
 			continue
 		}
 		for _, m := range d.Metrics {
@@ -428,6 +453,9 @@ func (c *Catalog) NotServed(name string, gr schema.GroupResource) error {
 	} else {
 		msg += "; no metrics are served for " + gr.String()
 	}
+	if err := c.failingRuleFor(name, false); err != nil {
+		return err
+	}
 	if len(c.lastErrs) > 0 {
 		msg += " (last discovery did not finish: " + c.lastErrs[0].Error() + ")"
 	}
@@ -447,6 +475,9 @@ func (c *Catalog) NotServedExternal(name string) error {
 		msg += "; did you mean " + strings.Join(near, " or ") + "?"
 	}
 	msg += "; external metrics: " + strings.Join(names, ", ")
+	if err := c.failingRuleFor(name, true); err != nil {
+		return err
+	}
 	return &NotFoundError{msg}
 }
 

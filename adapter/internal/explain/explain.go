@@ -64,11 +64,29 @@ func (e *Explainer) Rules(w io.Writer) {
 	if len(ds) == 0 {
 		fmt.Fprintln(w, "The rules file has no rules and no externalRules: the adapter serves no Prometheus metrics.")
 	}
+	health := e.Catalog.Health()
 	for i, d := range ds {
 		if i > 0 {
 			fmt.Fprintln(w)
 		}
 		Rule(w, d)
+		if i < len(health) {
+			e.ruleHealth(w, health[i])
+		}
+	}
+}
+
+// ruleHealth says when a rule last discovered, and whether it fails.
+func (e *Explainer) ruleHealth(w io.Writer, h catalog.RuleHealth) {
+	now := e.now()
+	switch {
+	case h.FailingSince.IsZero() && !h.LastSuccess.IsZero():
+		fmt.Fprintf(w, "  health: discovered %s ago: %d series, %d metrics\n", now.Sub(h.LastSuccess).Round(time.Second), h.Series, h.Metrics)
+	case h.Expired:
+		fmt.Fprintf(w, "  health: FAILING since %s and past --rule-stale-after: its metrics answer 503 with this error: %v\n", h.FailingSince.UTC().Format(time.RFC3339), h.LastErr)
+	case !h.FailingSince.IsZero():
+		fmt.Fprintf(w, "  health: FAILING since %s (%v); serving what it found %s ago (%d metrics) until --rule-stale-after\n",
+			h.FailingSince.UTC().Format(time.RFC3339), h.LastErr, now.Sub(h.LastSuccess).Round(time.Second), h.Metrics)
 	}
 }
 
@@ -336,6 +354,7 @@ func (e *Explainer) external(ctx context.Context, w io.Writer, req Request, msel
 	q, err := e.API.ExternalQuery(ctx, req.Namespace, msel, req.Metric)
 	if err != nil {
 		fmt.Fprintf(w, "  %v\n", err)
+		e.wouldServe(w, req.Metric, true)
 		return nil
 	}
 	var samples []store.Sample
@@ -444,6 +463,7 @@ func answer(w io.Writer, list any, err error) error {
 // nearest names, and a rule that serves a series of that name.
 func (e *Explainer) unknownCustom(w io.Writer, metric string, gr schema.GroupResource) {
 	fmt.Fprintf(w, "  NOT SERVED: %v\n", e.Catalog.NotServed(metric, gr))
+	e.wouldServe(w, metric, false)
 	for _, d := range e.Catalog.Discoveries() {
 		for _, m := range append(append([]promsource.Metric{}, d.Metrics...), d.Unmapped...) {
 			if m.Series == metric {
@@ -494,4 +514,24 @@ func contains(xs []string, x string) bool {
 		}
 	}
 	return false
+}
+
+// wouldServe names the rules that could yield metric by their series query
+// and name (a rule naming one series names one metric), with their state:
+// the rule that would serve it, had it found the series.
+func (e *Explainer) wouldServe(w io.Writer, metric string, external bool) {
+	if e.Catalog == nil {
+		return
+	}
+	for _, h := range e.Catalog.Health() {
+		r := h.Rule
+		if r.External != external || !r.MayYield(metric) {
+			continue
+		}
+		state := "its last discovery found no series it turns into " + metric
+		if !h.FailingSince.IsZero() {
+			state = fmt.Sprintf("its discovery fails: %v", h.LastErr)
+		}
+		fmt.Fprintf(w, "  rule %s (seriesQuery %s) would serve it: %s\n", r.Source, r.SeriesQuery, state)
+	}
 }

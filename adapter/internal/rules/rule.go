@@ -189,3 +189,25 @@ func tidyMatchers(q string) string {
 	}
 	return b.String()
 }
+
+// MayYield reports whether the rule could serve a metric called name: false
+// only when its series query names one series (name{...} or
+// {__name__="..."}) whose renaming is not name. A rule matching series by
+// pattern may yield any name.
+func (r *Rule) MayYield(name string) bool {
+	sq, err := ParseSeriesQuery(r.SeriesQuery)
+	if err != nil {
+		return true
+	}
+	series := sq.Name
+	for _, m := range sq.Matchers {
+		if m.Label == "__name__" && m.Op == "=" {
+			series = m.Value
+		}
+	}
+	if series == "" {
+		return true
+	}
+	got, ok := r.Rename(series)
+	return ok && got == name
+}
