@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"reflect"
 	"syscall"
 	"time"
 
@@ -41,6 +42,7 @@ import (
 	"github.com/purchase-system/purchase-system/adapter/internal/selfmetrics"
 	"github.com/purchase-system/purchase-system/adapter/internal/sources"
 	"github.com/purchase-system/purchase-system/adapter/internal/store"
+	"github.com/purchase-system/purchase-system/adapter/internal/upstream"
 	"github.com/purchase-system/purchase-system/servicekit/logging"
 )
 
@@ -58,6 +60,8 @@ type Adapter struct {
 	MaxInFlightNS   int
 	SelfMetricsAddr string
 	DebugAddr       string
+	UpstreamCert    string
+	UpstreamKey     string
 	LogLevel        string
 }
 
@@ -125,6 +129,8 @@ func main() {
 	f.StringVar(&a.SelfMetricsAddr, "self-metrics-addr", ":9102", "plain-HTTP address of the adapter's own /metrics (no credentials needed)")
 	f.StringVar(&a.DebugAddr, "debug-addr", "", "loopback address of the explain endpoint (e.g. 127.0.0.1:6060; reach it with kubectl port-forward); off when empty")
 	f.StringVar(&a.LogLevel, "log-level", "info", "debug, info, warn or error")
+	f.StringVar(&a.UpstreamCert, "upstream-client-cert-file", "", "client certificate the adapter presents to its upstreams (the config's upstreams) as a front proxy: each upstream trusts its CA as a requestheader CA and reads the caller from X-Remote-User/-Group/-Extra-*")
+	f.StringVar(&a.UpstreamKey, "upstream-client-key-file", "", "its key")
 	logs.AddFlags(f)
 	if err := f.Parse(os.Args); err != nil {
 		fmt.Fprintln(os.Stderr, "adapter:", err)
@@ -179,9 +185,14 @@ func (a *Adapter) run(ctx context.Context) error {
 	st := store.New(parts.router, store.Options{Fresh: a.RefreshInterval, DemandTTL: a.DemandTTL, FetchTimeout: a.Prometheus.Timeout,
 		MaxQueries: a.MaxQueries, MaxPerNamespace: a.MaxQueriesPerNS, NamespaceFloor: a.NamespaceFloor,
 		MaxInFlight: a.MaxInFlight, MaxInFlightPerNamespace: a.MaxInFlightNS, Metrics: store.NewMetrics(reg)})
+	ups, err := a.upstreams(cfg, parts.backend, reg, logger)
+	if err != nil {
+		return err
+	}
 	api := metricsapi.New(parts.catalog, st, mapper, meta, ctx.Done(), metricsapi.Options{
 		MaxSampleAge: a.MaxSampleAge, LagEnabled: parts.kafka != nil, LagAccess: parts.lagAccess,
-		Metrics: metricsapi.NewMetrics(reg), Logger: logger})
+		Upstreams: ups, Metrics: metricsapi.NewMetrics(reg), Logger: logger})
+	go ups.Run(ctx, a.RelistInterval, parts.catalog)
 	go st.Run(ctx)
 	go parts.catalog.Run(ctx, a.RelistInterval)
 	if parts.kafka != nil && a.KafkaConfigFile != "" {
@@ -190,6 +201,10 @@ func (a *Adapter) run(ctx context.Context) error {
 	err = configwatch.Watch(ctx, a.ConfigFile, inUse, configwatch.NewMetrics(reg), logger, func(c *rules.Config) {
 		parts.catalog.SetConfig(ctx, c)
 		st.Reset() // values fetched under the old rules may mean something else
+		if !reflect.DeepEqual(c.Upstreams, cfg.Upstreams) {
+			logger.Warn("the upstreams in the config changed: they apply at the next start (the rules changed now)")
+		}
+		ups.CheckConflicts(parts.catalog)
 	})
 	if err != nil {
 		return fmt.Errorf("watching %s: %w", a.ConfigFile, err)
@@ -224,6 +239,23 @@ func (a *Adapter) run(ctx context.Context) error {
 	return a.Run(ctx)
 }
 
+// upstreams builds the providers the config's upstreams section names.
+func (a *Adapter) upstreams(cfg *rules.Config, bm *backend.Metrics, reg prometheus.Registerer, logger *slog.Logger) (*upstream.Set, error) {
+	if len(cfg.Upstreams) == 0 {
+		return nil, nil
+	}
+	var ups []*upstream.Upstream
+	for _, spec := range cfg.Upstreams {
+		u, err := upstream.New(spec, upstream.Options{ClientCertFile: a.UpstreamCert, ClientKeyFile: a.UpstreamKey,
+			Timeout: a.Prometheus.Timeout, Backend: bm, Logger: logger})
+		if err != nil {
+			return nil, err
+		}
+		ups = append(ups, u)
+	}
+	return upstream.NewSet(ups, reg, logger), nil
+}
+
 // parts are the sources and the catalog, shared by serving and explaining.
 type parts struct {
 	prom  *promsource.Source
@@ -232,6 +264,7 @@ type parts struct {
 	kafkaBase map[string]string
 	router    *sources.Router
 	catalog   *catalog.Catalog
+	backend   *backend.Metrics
 }
 
 // lagAccess applies the rules file's kafkaLag.access (reloaded with it).
@@ -258,7 +291,7 @@ func (s *Settings) build(cfg *rules.Config, mapper apimeta.RESTMapper, reg prome
 		return nil, err
 	}
 	prom.Resolver = rules.MapperResolver(mapper)
-	p := &parts{prom: prom}
+	p := &parts{prom: prom, backend: bm}
 	var extra []string
 	if s.KafkaBootstrap != "" {
 		props, err := lag.ParseProperties(s.KafkaExtraConfig)

@@ -35,6 +35,7 @@ import (
 	"github.com/purchase-system/purchase-system/adapter/internal/promsource"
 	"github.com/purchase-system/purchase-system/adapter/internal/rules"
 	"github.com/purchase-system/purchase-system/adapter/internal/store"
+	"github.com/purchase-system/purchase-system/adapter/internal/upstream"
 )
 
 // Options configure the provider.
@@ -47,6 +48,9 @@ type Options struct {
 	LagAccess func(namespace string, q lag.Query) (lag.Query, error)
 	// LagEnabled lists the Kafka lag metrics.
 	LagEnabled bool
+	// Upstreams are the providers the adapter fronts: a metric this
+	// adapter does not serve goes to the one that claims it (nil: none).
+	Upstreams *upstream.Set
 	Metrics    *Metrics
 	Logger     *slog.Logger
 }
@@ -78,12 +82,35 @@ func New(cat *catalog.Catalog, st *store.Store, mapper apimeta.RESTMapper, meta 
 	return p
 }
 
-// ListAllMetrics lists the custom metrics the rules yield now.
-func (p *Provider) ListAllMetrics() []cmprovider.CustomMetricInfo { return p.catalog.ListCustom() }
+// ListAllMetrics lists the custom metrics the rules yield now, and the
+// upstreams' (the union).
+func (p *Provider) ListAllMetrics() []cmprovider.CustomMetricInfo {
+	return union(p.catalog.ListCustom(), p.o.Upstreams.ListCustom())
+}
 
-// ListAllExternalMetrics lists the external metrics.
+// ListAllExternalMetrics lists the external metrics, the upstreams'
+// included.
 func (p *Provider) ListAllExternalMetrics() []cmprovider.ExternalMetricInfo {
-	return p.catalog.ListExternal()
+	return union(p.catalog.ListExternal(), p.o.Upstreams.ListExternal())
+}
+
+// union appends what b adds to a (a is the catalog's list: never changed
+// in place).
+func union[T comparable](a, b []T) []T {
+	if len(b) == 0 {
+		return a
+	}
+	seen := make(map[T]bool, len(a)+len(b))
+	out := make([]T, 0, len(a)+len(b))
+	for _, l := range [][]T{a, b} {
+		for _, x := range l {
+			if !seen[x] {
+				seen[x] = true
+				out = append(out, x)
+			}
+		}
+	}
+	return out
 }
 
 func notFound(msg string) *apierrors.StatusError {
@@ -234,7 +261,22 @@ func (p *Provider) CustomQuery(ctx context.Context, namespace string, info cmpro
 // GetMetricByName returns the metric of one object.
 func (p *Provider) GetMetricByName(ctx context.Context, name types.NamespacedName, info cmprovider.CustomMetricInfo, metricSelector labels.Selector) (v *custom_metrics.MetricValue, err error) {
 	start := time.Now()
-	defer func() { p.observe(ctx, "custom", info.Metric, p.knownCustom(info), name.Namespace, start, err) }()
+	known := p.knownCustom(info)
+	defer func() { p.observe(ctx, "custom", info.Metric, known, name.Namespace, start, err) }()
+	if u, err := p.o.Upstreams.CustomOwner(info.Metric, info.GroupResource, known); err != nil || u != nil {
+		known = true
+		if err != nil {
+			return nil, err
+		}
+		list, err := u.Custom(ctx, upstream.CustomRequest{Info: info, Namespace: name.Namespace, Name: name.Name, Metric: metricSelector})
+		if err != nil {
+			return nil, err
+		}
+		if len(list.Items) == 0 {
+			return nil, notFound(fmt.Sprintf("upstream %s has no value of %s for %s %s", u.Name(), info.Metric, info.GroupResource, name.Name))
+		}
+		return &list.Items[0], nil
+	}
 	list, err := p.values(ctx, name.Namespace, info, metricSelector, []string{name.Name})
 	if err != nil {
 		return nil, err
@@ -251,7 +293,15 @@ func (p *Provider) knownCustom(info cmprovider.CustomMetricInfo) bool {
 // matches that has a fresh value.
 func (p *Provider) GetMetricBySelector(ctx context.Context, namespace string, selector labels.Selector, info cmprovider.CustomMetricInfo, metricSelector labels.Selector) (v *custom_metrics.MetricValueList, err error) {
 	start := time.Now()
-	defer func() { p.observe(ctx, "custom", info.Metric, p.knownCustom(info), namespace, start, err) }()
+	known := p.knownCustom(info)
+	defer func() { p.observe(ctx, "custom", info.Metric, known, namespace, start, err) }()
+	if u, err := p.o.Upstreams.CustomOwner(info.Metric, info.GroupResource, known); err != nil || u != nil {
+		known = true
+		if err != nil {
+			return nil, err
+		}
+		return u.Custom(ctx, upstream.CustomRequest{Info: info, Namespace: namespace, Selector: selector, Metric: metricSelector})
+	}
 	names, err := p.Objects(ctx, namespace, info, selector)
 	if err != nil {
 		return nil, err
@@ -405,6 +455,13 @@ func (p *Provider) GetExternalMetric(ctx context.Context, namespace string, metr
 		_, known = p.catalog.External(info.Metric)
 	}
 	defer func() { p.observe(ctx, "external", info.Metric, known, namespace, start, err) }()
+	if u, err := p.o.Upstreams.ExternalOwner(info.Metric, known); err != nil || u != nil {
+		known = true
+		if err != nil {
+			return nil, err
+		}
+		return u.External(ctx, namespace, info.Metric, metricSelector)
+	}
 	q, err := p.ExternalQuery(ctx, namespace, metricSelector, info.Metric)
 	if err != nil {
 		return nil, err

@@ -2,14 +2,7 @@ package promsource_test
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
-	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -25,58 +18,17 @@ import (
 
 	"github.com/purchase-system/purchase-system/adapter/internal/promsource"
 	"github.com/purchase-system/purchase-system/adapter/internal/promsource/promtest"
+	"github.com/purchase-system/purchase-system/testkit/testpki"
 	"github.com/purchase-system/purchase-system/testkit/testproc"
 )
 
-// pki writes a CA, a serving certificate for 127.0.0.1 and a client
-// certificate signed by it into dir.
-type pki struct{ dir string }
-
-func newPKI(t *testing.T, dir, name string) pki {
-	t.Helper()
-	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name + " CA"}, NotBefore: time.Now().Add(-time.Hour),
-		NotAfter: time.Now().Add(time.Hour), IsCA: true, KeyUsage: x509.KeyUsageCertSign, BasicConstraintsValid: true}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, _ := x509.ParseCertificate(caDER)
-	p := pki{dir: dir}
-	p.write(t, "ca.crt", "CERTIFICATE", caDER)
-	for i, c := range []struct {
-		file  string
-		usage x509.ExtKeyUsage
-	}{{"server", x509.ExtKeyUsageServerAuth}, {"client", x509.ExtKeyUsageClientAuth}} {
-		key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		tmpl := &x509.Certificate{SerialNumber: big.NewInt(int64(2 + i)), Subject: pkix.Name{CommonName: c.file}, NotBefore: time.Now().Add(-time.Hour),
-			NotAfter: time.Now().Add(time.Hour), ExtKeyUsage: []x509.ExtKeyUsage{c.usage}, IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
-		if err != nil {
-			t.Fatal(err)
-		}
-		kder, _ := x509.MarshalECPrivateKey(key)
-		p.write(t, c.file+".crt", "CERTIFICATE", der)
-		p.write(t, c.file+".key", "EC PRIVATE KEY", kder)
-	}
-	return p
-}
-
-func (p pki) write(t *testing.T, name, typ string, der []byte) {
-	if err := os.WriteFile(filepath.Join(p.dir, name), pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-}
-
-func (p pki) path(name string) string { return filepath.Join(p.dir, name) }
-
 // startTLSPrometheus runs the real Prometheus serving HTTPS that requires
 // a client certificate signed by the pki's CA (its --web.config.file).
-func startTLSPrometheus(t *testing.T, p pki) string {
+func startTLSPrometheus(t *testing.T, p testpki.PKI) string {
 	t.Helper()
 	dir := t.TempDir()
 	web := fmt.Sprintf("tls_server_config:\n  cert_file: %s\n  key_file: %s\n  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: %s\n",
-		p.path("server.crt"), p.path("server.key"), p.path("ca.crt"))
+		p.Path("server.crt"), p.Path("server.key"), p.Path("ca.crt"))
 	_ = os.WriteFile(filepath.Join(dir, "web.yml"), []byte(web), 0o644)
 	_ = os.WriteFile(filepath.Join(dir, "prometheus.yml"), []byte("global: {scrape_interval: 15s}\n"), 0o644)
 	addr := fmt.Sprintf("127.0.0.1:%d", testproc.FreePort(t))
@@ -114,11 +66,11 @@ func check(o promsource.ClientOptions) error {
 // prometheus-adapter Deployment uses work unchanged, and each way of
 // getting them wrong is an error naming the flag to fix.
 func TestPrometheusOverTLSWithClientCertificates(t *testing.T) {
-	p := newPKI(t, t.TempDir(), "prometheus")
-	other := newPKI(t, t.TempDir(), "other")
+	p := testpki.New(t, t.TempDir(), testpki.Options{Name: "prometheus"})
+	other := testpki.New(t, t.TempDir(), testpki.Options{Name: "other"})
 	promURL := startTLSPrometheus(t, p)
-	good := promsource.ClientOptions{URL: promURL, Timeout: 10 * time.Second, CAFile: p.path("ca.crt"),
-		ClientCertFile: p.path("client.crt"), ClientKeyFile: p.path("client.key")}
+	good := promsource.ClientOptions{URL: promURL, Timeout: 10 * time.Second, CAFile: p.Path("ca.crt"),
+		ClientCertFile: p.Path("client.crt"), ClientKeyFile: p.Path("client.key")}
 	testproc.Eventually(t, 30*time.Second, "a query over TLS with a client certificate", func() error { return check(good) })
 
 	for _, tc := range []struct {
@@ -126,10 +78,10 @@ func TestPrometheusOverTLSWithClientCertificates(t *testing.T) {
 		o    func(o *promsource.ClientOptions)
 		want string
 	}{
-		{"wrong CA", func(o *promsource.ClientOptions) { o.CAFile = other.path("ca.crt") }, "--prometheus-ca-file"},
+		{"wrong CA", func(o *promsource.ClientOptions) { o.CAFile = other.Path("ca.crt") }, "--prometheus-ca-file"},
 		{"no client certificate", func(o *promsource.ClientOptions) { o.ClientCertFile, o.ClientKeyFile = "", "" }, "--prometheus-client-tls-cert-file"},
 		{"client certificate of another CA", func(o *promsource.ClientOptions) {
-			o.ClientCertFile, o.ClientKeyFile = other.path("client.crt"), other.path("client.key")
+			o.ClientCertFile, o.ClientKeyFile = other.Path("client.crt"), other.Path("client.key")
 		}, "--prometheus-client-tls-cert-file"},
 		{"CA file missing", func(o *promsource.ClientOptions) { o.CAFile = "/nonexistent/ca.crt" }, "--prometheus-ca-file"},
 		{"cert without key", func(o *promsource.ClientOptions) { o.ClientKeyFile = "" }, "--prometheus-client-tls-key-file"},

@@ -22,6 +22,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 
 	"github.com/purchase-system/purchase-system/adapter/internal/lag"
+	"github.com/purchase-system/purchase-system/adapter/internal/upstream"
 )
 
 // Config is a parsed rules file.
@@ -31,6 +32,9 @@ type Config struct {
 	// KafkaLag says who may read which consumer groups' lag (this
 	// project's addition to the format).
 	KafkaLag LagAccess
+	// Upstreams are the metrics providers the adapter fronts (this
+	// project's addition: one APIService, KEDA's metrics behind it).
+	Upstreams []upstream.Spec
 	// Warnings are parts of the file that are valid but not acted on.
 	Warnings []string
 }
@@ -74,6 +78,7 @@ type fileSpec struct {
 	KafkaLag      *struct {
 		Access []LagGrant `yaml:"access"`
 	} `yaml:"kafkaLag"`
+	Upstreams []upstream.Spec `yaml:"upstreams"`
 }
 
 type ruleSpec struct {
@@ -132,6 +137,17 @@ func Parse(name string, data []byte) (*Config, error) {
 				return nil, fmt.Errorf("%s: kafkaLag.access[%d]: %w", name, i, err)
 			}
 		}
+	}
+	names := map[string]bool{}
+	for i, u := range spec.Upstreams {
+		if err := u.Validate(fmt.Sprintf("%s: upstreams[%d]", name, i)); err != nil {
+			return nil, err
+		}
+		if names[u.Name] {
+			return nil, fmt.Errorf("%s: upstreams[%d]: a second upstream named %s", name, i, u.Name)
+		}
+		names[u.Name] = true
+		cfg.Upstreams = append(cfg.Upstreams, u)
 	}
 	if !spec.ResourceRules.IsZero() {
 		cfg.Warnings = append(cfg.Warnings, fmt.Sprintf("%s:%d: resourceRules ignored: CPU and memory (metrics.k8s.io) are served by metrics-server", name, spec.ResourceRules.Line))
