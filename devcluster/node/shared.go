@@ -30,6 +30,8 @@ const (
 	// CNIResults is libcni's cache of attachments; the node's carry its
 	// network's name (CNINetwork).
 	CNIResults = "/var/lib/cni/results"
+	// LibmountDir is util-linux's runtime directory (utab and its lock).
+	LibmountDir = "/run/mount"
 )
 
 type sharedPath struct {
@@ -48,6 +50,10 @@ func sharedPaths() []sharedPath {
 		{filepath.Join(DevicePluginDir, "kubelet_internal_checkpoint"), false},
 		{ContainerLogLinks, true},
 		{"/var/lib/cni", true}, {CNIResults, true},
+		// The kubelet's mount library runs umount(8) once at start (to
+		// learn how it reports "not mounted"), and libmount makes its
+		// lock directory: /run/mount, when the machine had none.
+		{LibmountDir, true},
 	}
 }
 

@@ -2,6 +2,7 @@ package clustertest
 
 import (
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -28,12 +29,24 @@ type beside struct {
 // plantedFiles are foreign files where the cluster's parts write.
 var plantedFiles = map[string]string{
 	"/etc/cni/net.d/99-planted.conflist": `{"cniVersion": "1.0.0", "name": "planted", "plugins": []}` + "\n",
-	"/run/mount/planted":                 "planted by the cluster tests\n",
 	"/var/lib/kubelet/planted":           "planted by the cluster tests\n",
 }
 
+// plantedIfPresent are planted only where their directory exists: the
+// cluster may make it (libmount's /run/mount, by the kubelet's umount),
+// and a plant would hide that it must go again at down.
+var plantedIfPresent = map[string]string{
+	"/run/mount/planted": "planted by the cluster tests\n",
+}
+
 func setUpBeside() (*beside, error) {
-	b := &beside{docker: dockerbeside.Container{Name: "purchase-system-beside", Image: "purchase-system/beside:test"}, files: plantedFiles}
+	files := maps.Clone(plantedFiles)
+	for path, content := range plantedIfPresent {
+		if _, err := os.Stat(filepath.Dir(path)); err == nil {
+			files[path] = content
+		}
+	}
+	b := &beside{docker: dockerbeside.Container{Name: "purchase-system-beside", Image: "purchase-system/beside:test"}, files: files}
 	if err := script("docker.sh", "up"); err != nil {
 		return b, err
 	}
