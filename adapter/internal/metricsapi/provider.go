@@ -51,8 +51,8 @@ type Options struct {
 	// Upstreams are the providers the adapter fronts: a metric this
 	// adapter does not serve goes to the one that claims it (nil: none).
 	Upstreams *upstream.Set
-	Metrics    *Metrics
-	Logger     *slog.Logger
+	Metrics   *Metrics
+	Logger    *slog.Logger
 }
 
 // Provider implements the custom and external metrics providers.
