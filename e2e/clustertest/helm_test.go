@@ -28,8 +28,16 @@ func helmRunner(t *testing.T) func(args ...string) (string, error) {
 	return func(args ...string) (string, error) {
 		cmd := exec.Command(strings.TrimSpace(string(bin)), append([]string{"--kubeconfig", kubeconfig}, args...)...)
 		cmd.Env = env
-		out, err := cmd.CombinedOutput()
-		return string(out), err
+		// Standard output only, unless it fails: helm logs to standard
+		// error (the chart's crds/ link to the manifests' CRD is noted
+		// there), and a rendering is applied as it comes.
+		var stderr strings.Builder
+		cmd.Stderr = &stderr
+		out, err := cmd.Output()
+		if err != nil {
+			return string(out) + stderr.String(), err
+		}
+		return string(out), nil
 	}
 }
 

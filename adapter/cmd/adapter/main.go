@@ -23,6 +23,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/pflag"
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/client-go/discovery"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/metadata"
 	"k8s.io/component-base/logs"
 	"k8s.io/component-base/metrics/legacyregistry"
@@ -42,6 +44,7 @@ import (
 	"github.com/purchase-system/purchase-system/adapter/internal/selfmetrics"
 	"github.com/purchase-system/purchase-system/adapter/internal/sources"
 	"github.com/purchase-system/purchase-system/adapter/internal/store"
+	"github.com/purchase-system/purchase-system/adapter/internal/teamrules"
 	"github.com/purchase-system/purchase-system/adapter/internal/upstream"
 	"github.com/purchase-system/purchase-system/servicekit/logging"
 )
@@ -61,6 +64,7 @@ type Adapter struct {
 	SelfMetricsAddr string
 	DebugAddr       string
 	UpstreamCert    string
+	TeamRules       bool
 	UpstreamKey     string
 	LogLevel        string
 }
@@ -131,6 +135,7 @@ func main() {
 	f.StringVar(&a.LogLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&a.UpstreamCert, "upstream-client-cert-file", "", "client certificate the adapter presents to its upstreams (the config's upstreams) as a front proxy: each upstream trusts its CA as a requestheader CA and reads the caller from X-Remote-User/-Group/-Extra-*")
 	f.StringVar(&a.UpstreamKey, "upstream-client-key-file", "", "its key")
+	f.BoolVar(&a.TeamRules, "team-rules", true, "serve the MetricsRule objects teams create in their namespaces (adapter.purchase-system.dev; watched once its CRD is installed)")
 	logs.AddFlags(f)
 	if err := f.Parse(os.Args); err != nil {
 		fmt.Fprintln(os.Stderr, "adapter:", err)
@@ -193,6 +198,17 @@ func (a *Adapter) run(ctx context.Context) error {
 		MaxSampleAge: a.MaxSampleAge, LagEnabled: parts.kafka != nil, LagAccess: parts.lagAccess,
 		Upstreams: ups, Metrics: metricsapi.NewMetrics(reg), Logger: logger})
 	go ups.Run(ctx, a.RelistInterval, parts.catalog)
+	if a.TeamRules {
+		dyn, err := dynamic.NewForConfig(clientCfg)
+		if err != nil {
+			return err
+		}
+		disc, err := discovery.NewDiscoveryClientForConfig(clientCfg)
+		if err != nil {
+			return err
+		}
+		go teamrules.New(dyn, disc, parts.catalog, logger).Run(ctx)
+	}
 	go st.Run(ctx)
 	go parts.catalog.Run(ctx, a.RelistInterval)
 	if parts.kafka != nil && a.KafkaConfigFile != "" {

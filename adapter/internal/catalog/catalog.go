@@ -56,6 +56,11 @@ type Catalog struct {
 
 	mu       sync.RWMutex
 	cfg      *rules.Config
+	team     []*rules.Rule // teams' rules (MetricsRule objects), each scoped to its namespace
+	gen      int           // changes with cfg and team: a discovery of older rules is dropped
+	// conflicts are, by rule fingerprint, the metrics a team's rule yields
+	// that another rule already serves in its namespace (not served).
+	conflicts map[string][]string
 	byRule   map[string]promsource.RuleDiscovery // by rule fingerprint: the last finished discovery of each
 	health   map[string]*health                  // by rule fingerprint
 	sources  map[string]bool                     // the rules' Source labels in the self-metrics
@@ -93,7 +98,7 @@ func New(cfg *rules.Config, d Discoverer, mapper apimeta.RESTMapper, o Options) 
 	}
 	c := &Catalog{disc: d, mapper: mapper, o: o, cfg: cfg, byRule: map[string]promsource.RuleDiscovery{}, health: map[string]*health{}}
 	c.mu.Lock()
-	c.forgetRules(cfg)
+	c.forgetRules()
 	c.mu.Unlock()
 	c.rebuild()
 	return c
@@ -127,23 +132,54 @@ func (c *Catalog) SetConfig(ctx context.Context, cfg *rules.Config) {
 	c.mu.Lock()
 	c.cfg = cfg
 	c.loaded = false // Ready (every rule discovered) waits for the new rules; Serving does not
+	c.replaced()
+	c.mu.Unlock()
+	c.rebuild()
+	c.Discover(ctx)
+}
+
+// SetTeamRules replaces the teams' rules (each scoped to its namespace by
+// rules.Rule.ScopeTo) and discovers under them. What an unchanged rule
+// found is kept.
+func (c *Catalog) SetTeamRules(ctx context.Context, team []*rules.Rule) {
+	c.mu.Lock()
+	c.team = team
+	c.replaced()
+	c.mu.Unlock()
+	c.rebuild()
+	c.Discover(ctx)
+}
+
+// replaced keeps what unchanged rules found after the rules changed; the
+// caller holds c.mu.
+func (c *Catalog) replaced() {
+	c.gen++
 	keep := map[string]promsource.RuleDiscovery{}
-	for _, r := range allRules(cfg) {
+	for _, r := range c.inUse() {
 		if d, ok := c.byRule[r.Fingerprint]; ok {
 			d.Rule = r
 			keep[r.Fingerprint] = d
 		}
 	}
 	c.byRule = keep
-	c.forgetRules(cfg)
-	c.mu.Unlock()
-	c.rebuild()
-	c.Discover(ctx)
+	c.forgetRules()
 }
 
 func allRules(cfg *rules.Config) []*rules.Rule {
 	return append(append([]*rules.Rule{}, cfg.Rules...), cfg.ExternalRules...)
 }
+
+// inUse lists the operator's rules, then the teams'; the caller holds
+// c.mu. The order decides: a metric the operator's rules serve is theirs
+// in every namespace.
+func (c *Catalog) inUse() []*rules.Rule { return append(allRules(c.cfg), c.team...) }
+
+// operators reports whether r is one of the operator's rules (the file's).
+func operators(r *rules.Rule) bool { return r.Namespace == "" }
+
+// in reports whether a metric of rule r may serve a request in namespace
+// ns: the operator's everywhere, a team's in its namespace only.
+func in(r *rules.Rule, ns string) bool { return operators(r) || r.Namespace == ns }
 
 // Discover asks Prometheus what each rule yields now. It runs on a context
 // of its own (bounded by DiscoveryTimeout): ctx ending stops the wait, not
@@ -157,12 +193,14 @@ func (c *Catalog) Discover(ctx context.Context) {
 func (c *Catalog) discover(ctx context.Context) {
 	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.o.DiscoveryTimeout)
 	defer cancel()
-	cfg := c.Rules()
+	c.mu.RLock()
+	gen, list := c.gen, c.inUse()
+	c.mu.RUnlock()
 	start := time.Now()
 	var errs []error
 	found := map[string]promsource.RuleDiscovery{}
 	var results []promsource.RuleDiscovery
-	for _, r := range allRules(cfg) {
+	for _, r := range list {
 		d := c.disc.DiscoverRule(dctx, r)
 		d.Rule = r
 		results = append(results, d)
@@ -173,7 +211,7 @@ func (c *Catalog) discover(ctx context.Context) {
 		found[r.Fingerprint] = d
 	}
 	c.mu.Lock()
-	if c.cfg != cfg {
+	if c.gen != gen {
 		c.mu.Unlock()
 		return // the rules changed meanwhile: a discovery under the new ones follows
 	}
@@ -207,13 +245,17 @@ func result(errs []error) string {
 
 // rebuild derives the metric lists from the rules' discoveries, in rule
 // order: a metric two rules yield for one resource is served by the first.
+// A team's rule never takes a metric another rule serves in its namespace
+// (the operator's, which serve every namespace, or an earlier team rule of
+// the namespace): the clash is kept for its status.
 func (c *Catalog) rebuild() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	custom := map[string][]promsource.Metric{}
 	external := map[string][]promsource.Metric{}
+	conflicts := map[string][]string{}
 	now := c.o.Now()
-	for _, r := range allRules(c.cfg) {
+	for _, r := range c.inUse() {
 		d, ok := c.byRule[r.Fingerprint]
 		if !ok || c.health[r.Fingerprint].expired(now, c.o.StaleAfter) {
 			continue
@@ -221,10 +263,28 @@ func (c *Catalog) rebuild() {
 		for _, m := range d.Metrics {
 			m.Rule = r
 			if r.External {
+				if prev := firstIn(external[m.Name], r.Namespace); prev != nil && !operators(r) {
+					conflicts[r.Fingerprint] = append(conflicts[r.Fingerprint], fmt.Sprintf("external metric %s is served by %s", m.Name, prev.Source))
+					continue
+				}
 				external[m.Name] = append(external[m.Name], m)
-			} else {
-				custom[m.Name] = append(custom[m.Name], m)
+				continue
 			}
+			if !operators(r) {
+				var free []schema.GroupResource
+				for _, gr := range m.Resources {
+					if prev := servingIn(custom[m.Name], r.Namespace, gr); prev != nil {
+						conflicts[r.Fingerprint] = append(conflicts[r.Fingerprint], fmt.Sprintf("metric %s on %s is served by %s", m.Name, gr, prev.Source))
+						continue
+					}
+					free = append(free, gr)
+				}
+				if len(free) == 0 {
+					continue
+				}
+				m.Resources = free
+			}
+			custom[m.Name] = append(custom[m.Name], m)
 		}
 	}
 	var cInfos []cmprovider.CustomMetricInfo
@@ -250,9 +310,29 @@ func (c *Catalog) rebuild() {
 		eInfos = append(eInfos, cmprovider.ExternalMetricInfo{Metric: name})
 	}
 	sort.Slice(eInfos, func(i, j int) bool { return eInfos[i].Metric < eInfos[j].Metric })
-	c.custom, c.external, c.cInfos, c.eInfos = custom, external, cInfos, eInfos
+	c.custom, c.external, c.cInfos, c.eInfos, c.conflicts = custom, external, cInfos, eInfos, conflicts
 	c.o.Metrics.discovered.WithLabelValues("custom").Set(float64(len(cInfos)))
 	c.o.Metrics.discovered.WithLabelValues("external").Set(float64(len(eInfos)))
+}
+
+// firstIn is the rule of the first metric that serves namespace ns.
+func firstIn(ms []promsource.Metric, ns string) *rules.Rule {
+	for _, m := range ms {
+		if in(m.Rule, ns) {
+			return m.Rule
+		}
+	}
+	return nil
+}
+
+// servingIn is the rule of the first metric serving gr in namespace ns.
+func servingIn(ms []promsource.Metric, ns string, gr schema.GroupResource) *rules.Rule {
+	for _, m := range ms {
+		if in(m.Rule, ns) && slices.Contains(m.Resources, gr) {
+			return m.Rule
+		}
+	}
+	return nil
 }
 
 // normalize says whether a served resource (discovery resolved the
@@ -325,7 +405,7 @@ func (c *Catalog) Serving() error {
 func (c *Catalog) Reachable() error {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	if n := len(allRules(c.cfg)); n > 0 && len(c.lastErrs) >= n {
+	if n := len(c.inUse()); n > 0 && len(c.lastErrs) >= n {
 		return c.lastErrs[0]
 	}
 	return nil
@@ -337,7 +417,7 @@ func (c *Catalog) Discoveries() []promsource.RuleDiscovery {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	var out []promsource.RuleDiscovery
-	for _, r := range allRules(c.cfg) {
+	for _, r := range c.inUse() {
 		d, ok := c.byRule[r.Fingerprint]
 		if !ok {
 			d = promsource.RuleDiscovery{Rule: r, Err: fmt.Errorf("not discovered yet")}
@@ -355,40 +435,44 @@ func (c *Catalog) Discoveries() []promsource.RuleDiscovery {
 // Custom finds the metric serving name on gr (as a request names it:
 // "ingresses.networking.k8s.io", or "ingress", resolved as the rules'
 // resources are).
-func (c *Catalog) Custom(name string, gr schema.GroupResource) (promsource.Metric, bool) {
+//
+// A team's rule serves requests in its namespace (ns) only.
+func (c *Catalog) Custom(ns, name string, gr schema.GroupResource) (promsource.Metric, bool) {
 	// The API server names the resource as it serves it (pods,
 	// ingresses.networking.k8s.io): the exact match answers every HPA
 	// request; only another spelling goes through the mapper.
-	if m, ok := c.custom1(name, gr); ok || c.mapper == nil {
+	if m, ok := c.custom1(ns, name, gr); ok || c.mapper == nil {
 		return m, ok
 	}
 	gvr, err := c.mapper.ResourceFor(gr.WithVersion(""))
 	if err != nil || gvr.GroupResource() == gr {
 		return promsource.Metric{}, false
 	}
-	return c.custom1(name, gvr.GroupResource())
+	return c.custom1(ns, name, gvr.GroupResource())
 }
 
-func (c *Catalog) custom1(name string, gr schema.GroupResource) (promsource.Metric, bool) {
+func (c *Catalog) custom1(ns, name string, gr schema.GroupResource) (promsource.Metric, bool) {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	for _, m := range c.custom[name] {
-		if slices.Contains(m.Resources, gr) {
+		if in(m.Rule, ns) && slices.Contains(m.Resources, gr) {
 			return m, true
 		}
 	}
 	return promsource.Metric{}, false
 }
 
-// External finds the external metric a rule yields under name.
-func (c *Catalog) External(name string) (promsource.Metric, bool) {
+// External finds the external metric a rule yields under name for a
+// request in namespace ns.
+func (c *Catalog) External(ns, name string) (promsource.Metric, bool) {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	ms := c.external[name]
-	if len(ms) == 0 {
-		return promsource.Metric{}, false
+	for _, m := range c.external[name] {
+		if in(m.Rule, ns) {
+			return m, true
+		}
 	}
-	return ms[0], true
+	return promsource.Metric{}, false
 }
 
 // Refresh runs a discovery for a request that named a metric the catalog
@@ -414,21 +498,21 @@ func (c *Catalog) Refresh(ctx context.Context) {
 
 // RequireCustom is Custom for a request: on a miss it refreshes once
 // (rate-limited), then answers with an error naming what exists.
-func (c *Catalog) RequireCustom(ctx context.Context, name string, gr schema.GroupResource) (promsource.Metric, error) {
-	if m, ok := c.Custom(name, gr); ok {
+func (c *Catalog) RequireCustom(ctx context.Context, ns, name string, gr schema.GroupResource) (promsource.Metric, error) {
+	if m, ok := c.Custom(ns, name, gr); ok {
 		return m, nil
 	}
 	c.Refresh(ctx)
-	if m, ok := c.Custom(name, gr); ok {
+	if m, ok := c.Custom(ns, name, gr); ok {
 		return m, nil
 	}
-	return promsource.Metric{}, c.NotServed(name, gr)
+	return promsource.Metric{}, c.NotServed(ns, name, gr)
 }
 
 // NotServed explains a missing custom metric: which metrics exist for the
 // resource, the nearest names, and whether the name is a series a rule
 // renames.
-func (c *Catalog) NotServed(name string, gr schema.GroupResource) error {
+func (c *Catalog) NotServed(ns, name string, gr schema.GroupResource) error {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	var avail []string
@@ -453,7 +537,7 @@ func (c *Catalog) NotServed(name string, gr schema.GroupResource) error {
 	} else {
 		msg += "; no metrics are served for " + gr.String()
 	}
-	if err := c.failingRuleFor(name, false); err != nil {
+	if err := c.failingRuleFor(ns, name, false); err != nil {
 		return err
 	}
 	if len(c.lastErrs) > 0 {
@@ -463,7 +547,7 @@ func (c *Catalog) NotServed(name string, gr schema.GroupResource) error {
 }
 
 // NotServedExternal explains a missing external metric.
-func (c *Catalog) NotServedExternal(name string) error {
+func (c *Catalog) NotServedExternal(ns, name string) error {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	var names []string
@@ -475,7 +559,7 @@ func (c *Catalog) NotServedExternal(name string) error {
 		msg += "; did you mean " + strings.Join(near, " or ") + "?"
 	}
 	msg += "; external metrics: " + strings.Join(names, ", ")
-	if err := c.failingRuleFor(name, true); err != nil {
+	if err := c.failingRuleFor(ns, name, true); err != nil {
 		return err
 	}
 	return &NotFoundError{msg}

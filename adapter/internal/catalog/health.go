@@ -33,6 +33,11 @@ type RuleHealth struct {
 	// Expired: it has failed for longer than StaleAfter since it last
 	// finished (or never finished): what it found is no longer served.
 	Expired bool
+	// MetricNames are the metrics its last finished discovery yielded;
+	// Conflicts those of a team's rule that another rule serves in its
+	// namespace (not served from it).
+	MetricNames []string
+	Conflicts   []string
 }
 
 type health struct {
@@ -94,11 +99,11 @@ func (c *Catalog) recordDiscovery(r *rules.Rule, d promsource.RuleDiscovery, now
 }
 
 // forgetRules drops the health and the self-metric series of rules no
-// longer in the config; the caller holds c.mu.
-func (c *Catalog) forgetRules(cfg *rules.Config) {
+// longer in use; the caller holds c.mu.
+func (c *Catalog) forgetRules() {
 	keep := map[string]bool{}
 	sources := map[string]bool{}
-	for _, r := range allRules(cfg) {
+	for _, r := range c.inUse() {
 		keep[r.Fingerprint] = true
 		sources[r.Source] = true
 	}
@@ -114,7 +119,7 @@ func (c *Catalog) forgetRules(cfg *rules.Config) {
 	}
 	c.sources = sources
 	// Every kind starts at 0, so increase() sees the first failure.
-	for _, r := range allRules(cfg) {
+	for _, r := range c.inUse() {
 		for _, kind := range errorKinds {
 			c.o.Metrics.ruleErrors.WithLabelValues(r.Source, kind)
 		}
@@ -127,14 +132,17 @@ func (c *Catalog) Health() []RuleHealth {
 	defer c.mu.RUnlock()
 	now := c.o.Now()
 	var out []RuleHealth
-	for _, r := range allRules(c.cfg) {
-		rh := RuleHealth{Rule: r}
+	for _, r := range c.inUse() {
+		rh := RuleHealth{Rule: r, Conflicts: c.conflicts[r.Fingerprint]}
 		if h := c.health[r.Fingerprint]; h != nil {
 			rh.LastSuccess, rh.FailingSince, rh.LastErr = h.lastSuccess, h.failingSince, h.lastErr
 			rh.Expired = h.expired(now, c.o.StaleAfter)
 		}
 		if d, ok := c.byRule[r.Fingerprint]; ok {
 			rh.Series, rh.Metrics = len(d.Series), len(d.Metrics)
+			for _, m := range d.Metrics {
+				rh.MetricNames = append(rh.MetricNames, m.Name)
+			}
 		}
 		out = append(out, rh)
 	}
@@ -152,11 +160,11 @@ func (e *RuleFailingError) Error() string { return e.Msg }
 // failingRuleFor returns an error naming a failing rule (of the external
 // or the custom rules) that may yield name, or nil; the caller holds c.mu
 // (read).
-func (c *Catalog) failingRuleFor(name string, external bool) error {
+func (c *Catalog) failingRuleFor(ns, name string, external bool) error {
 	now := c.o.Now()
-	for _, r := range allRules(c.cfg) {
+	for _, r := range c.inUse() {
 		h := c.health[r.Fingerprint]
-		if r.External != external || h == nil || h.failingSince.IsZero() || !r.MayYield(name) {
+		if r.External != external || !in(r, ns) || h == nil || h.failingSince.IsZero() || !r.MayYield(name) {
 			continue
 		}
 		last := "it never finished a discovery"

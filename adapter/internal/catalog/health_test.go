@@ -53,8 +53,11 @@ func (f *fakeDiscoverer) DiscoverRule(_ context.Context, r *rules.Rule) promsour
 	}
 	name := "http_rate"
 	series := "http_requests_total"
-	if strings.HasPrefix(r.SeriesQuery, "{") {
+	switch {
+	case strings.HasPrefix(r.SeriesQuery, "{"):
 		name, series = "queue_depth", "queue_depth"
+	case strings.Contains(r.SeriesQuery, "jobs_queued"):
+		name, series = "jobs_queued", "jobs_queued"
 	}
 	return promsource.RuleDiscovery{Rule: r, Series: []string{series},
 		Metrics: []promsource.Metric{{Name: name, Series: series, Rule: r, Resources: []schema.GroupResource{pods}}}}
@@ -97,7 +100,7 @@ func isNotFound(err error) bool {
 func TestAFailingRuleServesWhatItFoundThenSaysWhyNever404(t *testing.T) {
 	c, d, clk, reg := newCatalog(t)
 	ctx := context.Background()
-	if _, err := c.RequireCustom(ctx, "queue_depth", pods); err != nil {
+	if _, err := c.RequireCustom(ctx, "shop", "queue_depth", pods); err != nil {
 		t.Fatalf("before any failure: %v", err)
 	}
 	d.fail("{", errors.New("connection refused"))
@@ -105,10 +108,10 @@ func TestAFailingRuleServesWhatItFoundThenSaysWhyNever404(t *testing.T) {
 	c.Discover(ctx)
 
 	// Within StaleAfter: still served, and the failure shows.
-	if _, err := c.RequireCustom(ctx, "queue_depth", pods); err != nil {
+	if _, err := c.RequireCustom(ctx, "shop", "queue_depth", pods); err != nil {
 		t.Errorf("a minute into the failure: %v, want the last discovery served", err)
 	}
-	if _, err := c.RequireCustom(ctx, "http_rate", pods); err != nil {
+	if _, err := c.RequireCustom(ctx, "shop", "http_rate", pods); err != nil {
 		t.Errorf("the other rule's metric: %v", err)
 	}
 	src := c.Rules().Rules[1].Source
@@ -135,11 +138,11 @@ func TestAFailingRuleServesWhatItFoundThenSaysWhyNever404(t *testing.T) {
 			t.Errorf("queue_depth still listed %s after the rule's last discovery", 11*time.Minute)
 		}
 	}
-	_, err := c.RequireCustom(ctx, "queue_depth", pods)
+	_, err := c.RequireCustom(ctx, "shop", "queue_depth", pods)
 	if err == nil || isNotFound(err) || !strings.Contains(err.Error(), src) || !strings.Contains(err.Error(), "connection refused") {
 		t.Errorf("past StaleAfter: %v, want an error (not not-found) naming rule %s and its cause", err, src)
 	}
-	if _, err := c.RequireCustom(ctx, "http_rate", pods); err != nil {
+	if _, err := c.RequireCustom(ctx, "shop", "http_rate", pods); err != nil {
 		t.Errorf("the other rule's metric past StaleAfter: %v", err)
 	}
 	if n := testutil.CollectAndCount(reg, "adapter_rule_series"); n != 2 {
@@ -149,7 +152,7 @@ func TestAFailingRuleServesWhatItFoundThenSaysWhyNever404(t *testing.T) {
 	// It recovers: served again, the gauge back to 0.
 	d.fail("{", nil)
 	c.Discover(ctx)
-	if _, err := c.RequireCustom(ctx, "queue_depth", pods); err != nil {
+	if _, err := c.RequireCustom(ctx, "shop", "queue_depth", pods); err != nil {
 		t.Errorf("after recovery: %v", err)
 	}
 	if v := testutil.ToFloat64(c.o.Metrics.ruleFailing.WithLabelValues(src)); v != 0 {
@@ -168,7 +171,7 @@ func TestARuleThatNeverDiscoveredAnswers503NotNotFound(t *testing.T) {
 	c := New(cfg, d, nil, Options{RediscoverAfter: time.Hour})
 	ctx := context.Background()
 	c.Discover(ctx)
-	if _, err := c.RequireCustom(ctx, "http_rate", pods); err == nil || isNotFound(err) {
+	if _, err := c.RequireCustom(ctx, "shop", "http_rate", pods); err == nil || isNotFound(err) {
 		t.Errorf("http_rate with its rule failing from the start: %v, want an error that is not not-found", err)
 	}
 	// The failing rule names one series, renamed http_rate: it cannot
@@ -179,7 +182,7 @@ func TestARuleThatNeverDiscoveredAnswers503NotNotFound(t *testing.T) {
 	d.fail("{", nil)
 	d.fail("http_requests_total", errors.New("timeout"))
 	c.Discover(ctx)
-	if _, err := c.RequireCustom(ctx, "no_such_metric", pods); !isNotFound(err) {
+	if _, err := c.RequireCustom(ctx, "shop", "no_such_metric", pods); !isNotFound(err) {
 		// The pattern rule is healthy now; the failing one yields only http_rate.
 		t.Errorf("a name no failing rule can serve: %v, want not-found", err)
 	}

@@ -264,9 +264,9 @@ func (e *Explainer) Explain(ctx context.Context, w io.Writer, req Request) error
 func (e *Explainer) custom(ctx context.Context, w io.Writer, req Request, msel labels.Selector) error {
 	gr := schema.ParseGroupResource(req.Resource)
 	fmt.Fprintf(w, "custom metric %s on %s in namespace %q\n", req.Metric, gr, req.Namespace)
-	m, ok := e.Catalog.Custom(req.Metric, gr)
+	m, ok := e.Catalog.Custom(req.Namespace, req.Metric, gr)
 	if !ok {
-		e.unknownCustom(w, req.Metric, gr)
+		e.unknownCustom(w, req.Namespace, req.Metric, gr)
 		return nil
 	}
 	fmt.Fprintf(w, "  served by rule %s from series %s\n", m.Rule.Source, m.Series)
@@ -461,8 +461,8 @@ func answer(w io.Writer, list any, err error) error {
 
 // unknownCustom explains a metric no rule yields on the resource: the
 // nearest names, and a rule that serves a series of that name.
-func (e *Explainer) unknownCustom(w io.Writer, metric string, gr schema.GroupResource) {
-	fmt.Fprintf(w, "  NOT SERVED: %v\n", e.Catalog.NotServed(metric, gr))
+func (e *Explainer) unknownCustom(w io.Writer, ns, metric string, gr schema.GroupResource) {
+	fmt.Fprintf(w, "  NOT SERVED: %v\n", e.Catalog.NotServed(ns, metric, gr))
 	e.wouldServe(w, metric, false)
 	for _, d := range e.Catalog.Discoveries() {
 		for _, m := range append(append([]promsource.Metric{}, d.Metrics...), d.Unmapped...) {

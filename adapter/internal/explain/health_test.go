@@ -45,7 +45,7 @@ func TestExplainSaysARuleFails(t *testing.T) {
 		}
 	}
 	// The request for its metric names the rule, not "not served".
-	if err := c.NotServed("http_requests_per_second", schema.GroupResource{Resource: "pods"}); err == nil || !strings.Contains(err.Error(), "rule config.yaml:2, which may serve it") {
+	if err := c.NotServed("shop", "http_requests_per_second", schema.GroupResource{Resource: "pods"}); err == nil || !strings.Contains(err.Error(), "rule config.yaml:2, which may serve it") {
 		t.Errorf("NotServed: %v", err)
 	}
 }

@@ -239,7 +239,7 @@ func (p *Provider) staleMsg(newest time.Time) string {
 // catalog names the rule and series; the metric selector becomes label
 // matchers.
 func (p *Provider) CustomQuery(ctx context.Context, namespace string, info cmprovider.CustomMetricInfo, metricSelector labels.Selector, names []string) (promsource.CustomQuery, error) {
-	m, err := p.catalog.RequireCustom(ctx, info.Metric, info.GroupResource)
+	m, err := p.catalog.RequireCustom(ctx, namespace, info.Metric, info.GroupResource)
 	if err != nil {
 		return promsource.CustomQuery{}, asStatus(info.Metric, err)
 	}
@@ -261,7 +261,7 @@ func (p *Provider) CustomQuery(ctx context.Context, namespace string, info cmpro
 // GetMetricByName returns the metric of one object.
 func (p *Provider) GetMetricByName(ctx context.Context, name types.NamespacedName, info cmprovider.CustomMetricInfo, metricSelector labels.Selector) (v *custom_metrics.MetricValue, err error) {
 	start := time.Now()
-	known := p.knownCustom(info)
+	known := p.knownCustom(name.Namespace, info)
 	defer func() { p.observe(ctx, "custom", info.Metric, known, name.Namespace, start, err) }()
 	if u, err := p.o.Upstreams.CustomOwner(info.Metric, info.GroupResource, known); err != nil || u != nil {
 		known = true
@@ -284,8 +284,8 @@ func (p *Provider) GetMetricByName(ctx context.Context, name types.NamespacedNam
 	return &list.Items[0], nil
 }
 
-func (p *Provider) knownCustom(info cmprovider.CustomMetricInfo) bool {
-	_, ok := p.catalog.Custom(info.Metric, info.GroupResource)
+func (p *Provider) knownCustom(ns string, info cmprovider.CustomMetricInfo) bool {
+	_, ok := p.catalog.Custom(ns, info.Metric, info.GroupResource)
 	return ok
 }
 
@@ -293,7 +293,7 @@ func (p *Provider) knownCustom(info cmprovider.CustomMetricInfo) bool {
 // matches that has a fresh value.
 func (p *Provider) GetMetricBySelector(ctx context.Context, namespace string, selector labels.Selector, info cmprovider.CustomMetricInfo, metricSelector labels.Selector) (v *custom_metrics.MetricValueList, err error) {
 	start := time.Now()
-	known := p.knownCustom(info)
+	known := p.knownCustom(namespace, info)
 	defer func() { p.observe(ctx, "custom", info.Metric, known, namespace, start, err) }()
 	if u, err := p.o.Upstreams.CustomOwner(info.Metric, info.GroupResource, known); err != nil || u != nil {
 		known = true
@@ -314,7 +314,7 @@ func (p *Provider) GetMetricBySelector(ctx context.Context, namespace string, se
 // serves must be told which name to use, whatever its selector matches,
 // and an informer is never started for a resource no metric is about.
 func (p *Provider) Objects(ctx context.Context, namespace string, info cmprovider.CustomMetricInfo, selector labels.Selector) ([]string, error) {
-	if _, err := p.catalog.RequireCustom(ctx, info.Metric, info.GroupResource); err != nil {
+	if _, err := p.catalog.RequireCustom(ctx, namespace, info.Metric, info.GroupResource); err != nil {
 		return nil, asStatus(info.Metric, err)
 	}
 	if p.objects == nil {
@@ -433,11 +433,11 @@ func (p *Provider) ExternalQuery(ctx context.Context, namespace string, metricSe
 		}
 		return q, nil
 	}
-	m, ok := p.catalog.External(metric)
+	m, ok := p.catalog.External(namespace, metric)
 	if !ok {
 		p.catalog.Refresh(ctx)
-		if m, ok = p.catalog.External(metric); !ok {
-			return nil, asStatus(metric, p.catalog.NotServedExternal(metric))
+		if m, ok = p.catalog.External(namespace, metric); !ok {
+			return nil, asStatus(metric, p.catalog.NotServedExternal(namespace, metric))
 		}
 	}
 	ms, err := rules.SelectorMatchers(metricSelector)
@@ -452,7 +452,7 @@ func (p *Provider) GetExternalMetric(ctx context.Context, namespace string, metr
 	start := time.Now()
 	known := (isLag(info.Metric) && p.o.LagEnabled)
 	if !known {
-		_, known = p.catalog.External(info.Metric)
+		_, known = p.catalog.External(namespace, info.Metric)
 	}
 	defer func() { p.observe(ctx, "external", info.Metric, known, namespace, start, err) }()
 	if u, err := p.o.Upstreams.ExternalOwner(info.Metric, known); err != nil || u != nil {

@@ -41,8 +41,12 @@ type Config struct {
 
 // Rule is one rule of either kind.
 type Rule struct {
-	// Source is "file:line" of the rule, for messages.
-	Source       string
+	// Source is "file:line" of the rule, for messages (a team's rule:
+	// "MetricsRule namespace/name").
+	Source string
+	// Namespace is set for a team's rule (ScopeTo): it serves requests in
+	// that namespace only, and reads that namespace's series only.
+	Namespace    string
 	External     bool
 	SeriesQuery  string
 	filters      []filter

@@ -143,6 +143,9 @@ func (r *Rule) Render(qp QueryParts) (string, error) {
 		out = strings.ReplaceAll(out, seriesToken+"{", "{"+q+",")
 		out = strings.ReplaceAll(out, seriesToken, "{"+q+"}")
 	}
+	if r.Namespace != "" {
+		return scope(out, r.Namespace)
+	}
 	return out, nil
 }
 
