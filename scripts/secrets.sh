@@ -22,7 +22,9 @@ mkdir -p "$dir"
 umask 077
 
 newpassword() { head -c 24 /dev/urandom | base64 | tr -d '/+=' | head -c 24; }
-value() { sed -n "s/^$1=//p" "$dir/postgres.env" 2>/dev/null; }
+# value NAME: NAME's value in postgres.env; empty when there is none (a
+# fresh checkout has no file yet).
+value() { if [[ -f "$dir/postgres.env" ]]; then sed -n "s/^$1=//p" "$dir/postgres.env"; fi; }
 
 superuser="$(value POSTGRES_PASSWORD)"
 app="$(value POSTGRES_APP_PASSWORD)"

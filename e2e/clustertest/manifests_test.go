@@ -90,6 +90,17 @@ func TestSecretsMoveTheApplicationOffTheSuperuser(t *testing.T) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
+	// A fresh checkout has neither file (a CI run on a clean clone failed
+	// so: the script stopped reading the missing postgres.env).
+	for _, f := range []string{"postgres.env", "database.env"} {
+		_ = os.Remove(filepath.Join(dir, f))
+	}
+	if out, err := exec.Command(filepath.Join(repoRoot, "scripts", "secrets.sh")).CombinedOutput(); err != nil {
+		t.Fatalf("scripts/secrets.sh in a fresh checkout: %v\n%s", err, out)
+	}
+	if db, err := os.ReadFile(filepath.Join(dir, "database.env")); err != nil || !strings.HasPrefix(string(db), "DATABASE_URL=postgres://purchases:") {
+		t.Fatalf("a fresh checkout's database.env: %v %q", err, db)
+	}
 	const old = "the-old-superuser-password"
 	if err := os.WriteFile(filepath.Join(dir, "postgres.env"), []byte("POSTGRES_PASSWORD="+old+"\n"), 0o600); err != nil {
 		t.Fatal(err)
