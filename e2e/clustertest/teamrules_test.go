@@ -141,7 +141,7 @@ func TestTeamsOwnRulesInTheirNamespaces(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		if s.condition("Accepted") != "True" || len(s.Conflicts) == 0 || !strings.Contains(s.Conflicts[0], "flask_http_request_per_second on pods is served by") {
+		if s.condition("Accepted") != "True" || !strings.Contains(strings.Join(s.Conflicts, "\n"), "flask_http_request_per_second on pods is served by config.yaml:") {
 			return fmt.Errorf("status %+v", s)
 		}
 		return nil
