@@ -54,22 +54,22 @@ type Catalog struct {
 	mapper apimeta.RESTMapper
 	o      Options
 
-	mu       sync.RWMutex
-	cfg      *rules.Config
-	team     []*rules.Rule // teams' rules (MetricsRule objects), each scoped to its namespace
-	gen      int           // changes with cfg and team: a discovery of older rules is dropped
+	mu   sync.RWMutex
+	cfg  *rules.Config
+	team []*rules.Rule // teams' rules (MetricsRule objects), each scoped to its namespace
+	gen  int           // changes with cfg and team: a discovery of older rules is dropped
 	// conflicts are, by rule fingerprint, the metrics a team's rule yields
 	// that another rule already serves in its namespace (not served).
 	conflicts map[string][]string
-	byRule   map[string]promsource.RuleDiscovery // by rule fingerprint: the last finished discovery of each
-	health   map[string]*health                  // by rule fingerprint
-	sources  map[string]bool                     // the rules' Source labels in the self-metrics
-	lastErrs []error
-	loaded   bool // every rule of the current config finished a discovery once
-	custom   map[string][]promsource.Metric
-	external map[string][]promsource.Metric
-	cInfos   []cmprovider.CustomMetricInfo
-	eInfos   []cmprovider.ExternalMetricInfo
+	byRule    map[string]promsource.RuleDiscovery // by rule fingerprint: the last finished discovery of each
+	health    map[string]*health                  // by rule fingerprint
+	sources   map[string]bool                     // the rules' Source labels in the self-metrics
+	lastErrs  []error
+	loaded    bool // every rule of the current config finished a discovery once
+	custom    map[string][]promsource.Metric
+	external  map[string][]promsource.Metric
+	cInfos    []cmprovider.CustomMetricInfo
+	eInfos    []cmprovider.ExternalMetricInfo
 
 	discoverMu    sync.Mutex
 	lastDiscovery time.Time
