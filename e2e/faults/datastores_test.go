@@ -148,14 +148,19 @@ func TestLagDuringALeaderMove(t *testing.T) {
 	// The group's offsets committed on every partition first (a fresh
 	// deployment has none, and a group without commits has no lag yet):
 	// a few purchases through, all stored.
+	// Sent again while a partition has none: right after the switch to
+	// three brokers their quorum may still be settling, and a burst sent
+	// then reached only some partitions (a CI run: 3 of 5).
 	warm := &load.Generator{URL: strings.TrimSuffix(*webURL, "/") + "/buy", Rate: 50, Users: 50, UserPrefix: fmt.Sprintf("leader-move-warm-%d-", time.Now().UnixNano())}
-	warmCtx, stopWarm := context.WithTimeout(ctx, 5*time.Second)
-	warm.Run(warmCtx)
-	stopWarm()
-	testproc.Eventually(t, 2*time.Minute, "the group's offsets committed on every partition, lag 0", func() error {
+	testproc.Eventually(t, 3*time.Minute, "the group's offsets committed on every partition, lag 0", func() error {
 		lag, parts, err := e.groupLag(cl)
 		if err != nil {
 			return err
+		}
+		if parts < 5 {
+			warmCtx, stopWarm := context.WithTimeout(ctx, 3*time.Second)
+			warm.Run(warmCtx)
+			stopWarm()
 		}
 		if parts < 5 || lag != 0 {
 			return fmt.Errorf("lag %d over %d partitions with commits", lag, parts)
@@ -298,29 +303,49 @@ func TestPostgreSQLRefusesAWrongPassword(t *testing.T) {
 // The management API connects as the application's role, not the
 // superuser: it owns its database (the migrations run), and COPY ... TO
 // PROGRAM — a program run on the database's machine — is refused to it.
+// The role is the one in the application's Secret (purchase-db), reached
+// at the Service's address.
 func TestTheApplicationsDatabaseRoleIsNoSuperuser(t *testing.T) {
 	if *kubeconfig == "" {
 		t.Skip("needs the system deployed on the local Kubernetes: make e2e (part of make test) deploys it and passes -kubeconfig")
 	}
 	e := newEnv(t)
-	dsn, err := e.inClusterDatabaseURL()
+	superuser, err := e.inClusterDatabaseURL()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if u, err := url.Parse(dsn); err != nil || u.User.Username() == "postgres" {
-		t.Fatalf("the application's DATABASE_URL names user %q (%v): the superuser", u.User.Username(), err)
-	}
-	var super, program bool
-	var owner string
-	if err := e.db.QueryRow(`SELECT rolsuper, pg_has_role(current_user, 'pg_execute_server_program', 'MEMBER'), pg_get_userbyid(d.datdba)
-		FROM pg_roles r, pg_database d WHERE r.rolname = current_user AND d.datname = current_database()`).Scan(&super, &program, &owner); err != nil {
+	service, err := url.Parse(superuser)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if super || program {
-		t.Fatalf("the application's role: superuser %v, pg_execute_server_program %v", super, program)
+	secret, err := e.client.CoreV1().Secrets(e.ns).Get(context.Background(), "purchase-db", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
 	}
-	if _, err := e.db.Exec(`COPY (SELECT 1) TO PROGRAM 'true'`); err == nil || !strings.Contains(err.Error(), "pg_execute_server_program") {
+	app, err := url.Parse(string(secret.Data["DATABASE_URL"]))
+	if err != nil || app.User == nil {
+		t.Fatalf("purchase-db's DATABASE_URL: %v", err)
+	}
+	if app.User.Username() == "postgres" {
+		t.Fatalf("the application's DATABASE_URL names user %q: the superuser", app.User.Username())
+	}
+	app.Host = service.Host // the Service's cluster IP: postgres:5432 resolves in pods only
+	db, err := sql.Open("pgx", app.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var super, program bool
+	var user, owner string
+	if err := db.QueryRow(`SELECT current_user, rolsuper, pg_has_role(current_user, 'pg_execute_server_program', 'MEMBER'), pg_get_userbyid(d.datdba)
+		FROM pg_roles r, pg_database d WHERE r.rolname = current_user AND d.datname = current_database()`).Scan(&user, &super, &program, &owner); err != nil {
+		t.Fatal(err)
+	}
+	if super || program || owner != user {
+		t.Fatalf("the application's role %s: superuser %v, pg_execute_server_program %v, its database owned by %s", user, super, program, owner)
+	}
+	if _, err := db.Exec(`COPY (SELECT 1) TO PROGRAM 'true'`); err == nil || !strings.Contains(err.Error(), "pg_execute_server_program") {
 		t.Fatalf("COPY ... TO PROGRAM as the application: %v, want it refused", err)
 	}
-	t.Logf("the application's role owns database %s, is no superuser, and may not run programs", owner)
+	t.Logf("the application's role %s owns database %s, is no superuser, and may not run programs", user, owner)
 }
