@@ -243,15 +243,8 @@ func Up(ctx context.Context, c Config, led *ledger.Ledger, progress io.Writer) e
 			// their shims' sockets in the shared socket directory; once
 			// containerd starts it removes those bundles, and with them
 			// what tells the sockets apart from others'.
-			for _, sock := range c.shimSockets() {
-				if err := take.IfAbsent(led, sock, false); err != nil {
-					return err
-				}
-				if _, ok := led.Find(ledger.File, sock); !ok {
-					if err := led.Record(ledger.Entry{Kind: ledger.File, Name: sock}); err != nil {
-						return err
-					}
-				}
+			if err := take.RecordShimSockets(led, c.ContainerdState()); err != nil {
+				return err
 			}
 		}
 		if name == Kubelet {

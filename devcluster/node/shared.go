@@ -1,7 +1,6 @@
 package node
 
 import (
-	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -15,11 +14,9 @@ import (
 // Docker, a system containerd or another cluster's kubelet may write there
 // too. The node removes only its own entries, known by what names them.
 const (
-	// ShimSocketDir holds every containerd shim's socket on the machine:
-	// containerd fixes it at /run/containerd/s whatever its state
-	// directory (containerd#10502). A shim of the node's is named in the
-	// bundle the node's containerd keeps (bootstrap.json).
-	ShimSocketDir = "/run/containerd/s"
+	// ShimSocketDir holds every containerd shim's socket on the machine
+	// (take.ShimSocketDir).
+	ShimSocketDir = take.ShimSocketDir
 	// DevicePluginDir is where the kubelet serves its device plugin
 	// registration socket (fixed in k8s.io/kubelet's deviceplugin API).
 	DevicePluginDir = "/var/lib/kubelet/device-plugins"
@@ -59,26 +56,7 @@ func sharedPaths() []sharedPath {
 
 // shimSockets are the socket paths of the node's shims, read from the
 // bundles in containerd's state.
-func (c Config) shimSockets() []string {
-	files, _ := filepath.Glob(filepath.Join(c.ContainerdState(), "io.containerd.runtime.v2.task", "*", "*", "bootstrap.json"))
-	var out []string
-	for _, f := range files {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			continue
-		}
-		var boot struct {
-			Address string `json:"address"`
-		}
-		if json.Unmarshal(b, &boot) != nil {
-			continue
-		}
-		if p, ok := strings.CutPrefix(boot.Address, "unix://"); ok && filepath.Dir(p) == ShimSocketDir {
-			out = append(out, p)
-		}
-	}
-	return out
-}
+func (c Config) shimSockets() []string { return take.ShimSockets(c.ContainerdState()) }
 
 // sandboxes are the ids of the pod sandboxes the node's containerd
 // knows, from its state.

@@ -186,6 +186,12 @@ func Up(ctx context.Context, c Config, out io.Writer) error {
 	if err := os.WriteFile(filepath.Join(c.StateDir, "containerd.toml"), []byte(c.containerdConfig()), 0o600); err != nil {
 		return err
 	}
+	// A daemon of an earlier run that was killed left its shims' sockets
+	// in the shared socket directory; its bundles name them until this
+	// containerd starts and removes them.
+	if err := take.RecordShimSockets(led, c.containerdState()); err != nil {
+		return err
+	}
 	fmt.Fprintf(out, "==> starting Docker's containerd (%s) on %s\n", c.Containerd, c.containerdSocket())
 	if err := c.start(led, daemon.Spec{Name: containerdName, Path: c.Containerd, Args: []string{"--config", filepath.Join(c.StateDir, "containerd.toml")}}); err != nil {
 		return err
@@ -257,8 +263,12 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.internal.v1.opt"
 
 [grpc]
   address = %q
-`, filepath.Join(c.StateDir, "containerd"), filepath.Join(c.RunDir, "containerd"), c.containerdSocket())
+`, filepath.Join(c.StateDir, "containerd"), c.containerdState(), c.containerdSocket())
 }
+
+// containerdState is the state directory of Docker's containerd: the
+// shims' bundles.
+func (c Config) containerdState() string { return filepath.Join(c.RunDir, "containerd") }
 
 // Names of the ledger's notes of what the host held before Docker ran.
 const (
@@ -394,6 +404,10 @@ func Down(c Config, out io.Writer) error {
 	// The bridges of networks made since the start (kind's) are Docker's
 	// too; record them while they are there.
 	errs := []error{recordNewLinks(led)}
+	// The shims' sockets in the shared socket directory are named in the
+	// bundles in the run directory, which goes below: a shim that was
+	// killed leaves its socket, and GiveBack removes it.
+	errs = append(errs, take.RecordShimSockets(led, c.containerdState()))
 	fmt.Fprintf(out, "==> stopping the checkout's dockerd and its containers\n")
 	errs = append(errs, c.daemons().Stop(dockerdName, 90*time.Second))
 	errs = append(errs, c.daemons().Stop(containerdName, 15*time.Second))

@@ -7,6 +7,7 @@ package take
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -437,4 +438,59 @@ func ListeningSockets(pid int) []string {
 		}
 	}
 	return out
+}
+
+// ShimSocketDir holds every containerd shim's socket on the machine:
+// containerd fixes it at /run/containerd/s whatever its state directory
+// (containerd#10502), so a Docker, a system containerd and the local
+// cluster all write there.
+const ShimSocketDir = "/run/containerd/s"
+
+// ShimSockets are the sockets in ShimSocketDir of the shims whose bundles
+// the containerd with state directory state keeps: containerd 2 names a
+// shim's address in the bundle's bootstrap.json, containerd 1.6
+// (Debian's, which Docker runs) in its address file. A shim that was
+// killed leaves its socket behind, and its bundle is the only record of
+// whose it is.
+func ShimSockets(state string) []string {
+	var out []string
+	add := func(address string) {
+		if p, ok := strings.CutPrefix(strings.TrimSpace(address), "unix://"); ok && filepath.Dir(p) == ShimSocketDir {
+			out = append(out, p)
+		}
+	}
+	bundles, _ := filepath.Glob(filepath.Join(state, "io.containerd.runtime.v2.task", "*", "*"))
+	for _, b := range bundles {
+		if raw, err := os.ReadFile(filepath.Join(b, "bootstrap.json")); err == nil {
+			var boot struct {
+				Address string `json:"address"`
+			}
+			if json.Unmarshal(raw, &boot) == nil {
+				add(boot.Address)
+				continue
+			}
+		}
+		if raw, err := os.ReadFile(filepath.Join(b, "address")); err == nil {
+			add(string(raw))
+		}
+	}
+	return out
+}
+
+// RecordShimSockets records in led the sockets of the shims whose bundles
+// the containerd with state directory state keeps, so that GiveBack
+// removes them once the shims are gone. It runs before that containerd
+// starts (which removes the bundles of shims that died, and with them
+// what tells their sockets from others') and before a down removes the
+// state.
+func RecordShimSockets(led *ledger.Ledger, state string) error {
+	for _, sock := range ShimSockets(state) {
+		if _, ok := led.Find(ledger.File, sock); ok {
+			continue
+		}
+		if err := led.Record(ledger.Entry{Kind: ledger.File, Name: sock}); err != nil {
+			return err
+		}
+	}
+	return nil
 }
