@@ -296,7 +296,8 @@ TOML
 build() {
   [[ $(id -u) == 0 ]] || die "building the kind node image needs root (debootstrap, file owners)"
   scripts/tools.sh ensure kubernetes kubeadm etcd node kind
-  make --no-print-directory images >/dev/null
+  # e2e/kind/run.sh has just run make images and says so.
+  [[ -n "${KIND_NODE_IMAGES_CURRENT:-}" ]] || make --no-print-directory images >/dev/null
   local layer1; layer1="$(debian_layer)"
   control_plane_images
   local sums archives

@@ -65,6 +65,10 @@ type dialect struct {
 	lockInserts string
 }
 
+// DefaultConnectTimeout bounds each PostgreSQL connection attempt when
+// DATABASE_URL sets no connect_timeout.
+const DefaultConnectTimeout = 5 * time.Second
+
 // Open connects to the database named by databaseURL: postgres://… or
 // postgresql://… (pgx), sqlite:///abs/path or sqlite:rel/path (pure-Go
 // SQLite), or "" for DefaultSQLitePath. It checks the connection and
@@ -114,6 +118,16 @@ func parseURL(raw string) (driver, dsn string, d dialect, err error) {
 	}
 	switch u.Scheme {
 	case "postgres", "postgresql":
+		// Each connection attempt gets a bound unless the URL sets one:
+		// without it a dial whose SYN is dropped (a pod whose
+		// NetworkPolicy the enforcer has not programmed yet, a server
+		// gone from the network) waits out the kernel's SYN retries,
+		// about 2 minutes, before the next try.
+		if q := u.Query(); !q.Has("connect_timeout") {
+			q.Set("connect_timeout", strconv.Itoa(int(DefaultConnectTimeout/time.Second)))
+			u.RawQuery = q.Encode()
+			raw = u.String()
+		}
 		return "pgx", raw, dialect{name: "postgres", lockMigrations: "SELECT pg_advisory_xact_lock(7072011)",
 			seq: "seq", seqMigration: `ALTER TABLE purchases ADD COLUMN IF NOT EXISTS seq BIGSERIAL;
 				CREATE INDEX IF NOT EXISTS purchases_by_seq ON purchases (seq)`,

@@ -3,6 +3,7 @@ package store_test
 import (
 	"context"
 	"fmt"
+	"net"
 	"slices"
 	"strings"
 	"testing"
@@ -326,4 +327,39 @@ func TestAKeyIsKeptForItsRetentionThenReusable(t *testing.T) {
 			t.Fatalf("ExpireClaims: %d, %v; want both keys gone", n, err)
 		}
 	})
+}
+
+// A PostgreSQL that takes the connection and never answers (as a dial
+// whose SYN is dropped, it gives no error either) must not hold Open: each
+// attempt is bounded, so the caller's retry tries again. Found on kind:
+// the management API's first dial raced the NetworkPolicy enforcer and
+// waited out the kernel's SYN retries, 2 minutes, before its next try.
+func TestOpenGivesUpOnAPostgresThatNeverAnswers(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close() // held open, never answered
+		}
+	}()
+	done := make(chan error, 1)
+	go func() {
+		_, err := store.Open(context.Background(), "postgres://app:secret@"+l.Addr().String()+"/purchases?sslmode=disable")
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "timeout") {
+			t.Fatalf("Open = %v, want a timeout error", err)
+		}
+	case <-time.After(4 * store.DefaultConnectTimeout):
+		t.Fatalf("Open still waits for a server that never answers after %s", 4*store.DefaultConnectTimeout)
+	}
 }
