@@ -78,7 +78,7 @@ scripts/e2e.sh
 # when none runs), a kind cluster from the node image built here, the
 # system, its NetworkPolicies and the lean scenario, beside a container of
 # someone else's; the host and Docker compared before and after.
-log "the kind path: the lean scenario on kind (about 8 min)"
+log "the kind path: the lean scenario on kind (about 7 min)"
 start=$SECONDS
 go test -count=1 -v -timeout 30m ./e2e/kindtest -args -run-kind
 log "kind path passed in $((SECONDS - start)) s"
