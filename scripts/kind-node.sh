@@ -38,6 +38,18 @@ KIND_NODE_PACKAGES=(systemd systemd-sysv dbus iptables nftables iproute2 conntra
   ca-certificates libseccomp2 pigz procps bash)
 MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 
+# Host directories a build makes outside its own: debootstrap's umount
+# (libmount) makes /run/mount, and containerd 2 makes /run/containerd when
+# it starts, whatever its state directory. Those absent now are removed
+# at exit while still empty (another program's entries keep them).
+HOST_DIRS_ABSENT=()
+for d in /run/mount /run/containerd; do [[ -e "$d" ]] || HOST_DIRS_ABSENT+=("$d"); done
+give_back_host_dirs() {
+  local d
+  for d in "${HOST_DIRS_ABSENT[@]}"; do rmdir "$d" 2>/dev/null || true; done
+}
+trap give_back_host_dirs EXIT
+
 need_debootstrap() {
   command -v debootstrap >/dev/null && return 0
   log "installing Debian's debootstrap"
