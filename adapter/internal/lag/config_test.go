@@ -1,55 +1,22 @@
 package lag_test
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"maps"
-	"math/big"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/purchase-system/purchase-system/adapter/internal/lag"
+	"github.com/purchase-system/purchase-system/testkit/testpki"
 )
-
-// writePair writes a self-signed certificate and its key as PEM files.
-func writePair(t *testing.T, dir string) (certFile, keyFile string) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "client"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return certFile, keyFile
-}
 
 // The librdkafka names users already have keep working with the lag
 // source's client; every mistake is refused naming the property to fix.
 func TestLibrdkafkaPropertiesBecomeClientOptions(t *testing.T) {
 	dir := t.TempDir()
-	cert, key := writePair(t, dir)
+	pki := testpki.New(t, dir, testpki.Options{Name: "lag"})
+	cert, key := pki.Path("client.crt"), pki.Path("client.key")
 	ok := []string{
 		"",
 		"client.id=adapter,socket.connection.setup.timeout.ms=3000",

@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"os"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -131,12 +132,7 @@ func (u *Upstream) ServesExternal(name string) bool {
 	}
 	u.mu.RLock()
 	defer u.mu.RUnlock()
-	for _, n := range u.external {
-		if n == name {
-			return true
-		}
-	}
-	return false
+	return slices.Contains(u.external, name)
 }
 
 // ServesCustom reports whether the upstream claims a custom metric on a
@@ -270,17 +266,13 @@ func (u *Upstream) Custom(ctx context.Context, r CustomRequest) (*custom_metrics
 	if r.Metric != nil && !r.Metric.Empty() {
 		q.Set("metricLabelSelector", r.Metric.String())
 	}
-	var raw json.RawMessage
-	err := u.get(ctx, customPath+r.path(), q, &raw)
-	u.obs.Observe(Custom, start, err)
-	if err != nil {
-		return nil, err
-	}
 	// One object's answer is a MetricValueList too in v1beta2 (the
 	// library answers lists for both).
 	var in cmv1beta2.MetricValueList
-	if err := json.Unmarshal(raw, &in); err != nil {
-		return nil, u.unavailable(fmt.Errorf("decoding its answer: %w", err))
+	err := u.get(ctx, customPath+r.path(), q, &in)
+	u.obs.Observe(Custom, start, err)
+	if err != nil {
+		return nil, err
 	}
 	out := &custom_metrics.MetricValueList{}
 	if err := cmv1beta2.Convert_v1beta2_MetricValueList_To_custom_metrics_MetricValueList(&in, out, nil); err != nil {
