@@ -104,6 +104,7 @@ build() {
   nodeprobe "$v"
   postgres
   kafka
+  if with keda; then keda; fi
 }
 
 # unchanged ARCHIVE INPUT...: true when ARCHIVE was built from these very
@@ -200,6 +201,22 @@ kafka() {
     --created 0 --port 9092/tcp --workdir /opt/kafka "${programs[@]}" \
     --tag "docker.io/apache/kafka:${KAFKA_VERSION}" --label "org.opencontainers.image.title=kafka" \
     --label "org.opencontainers.image.version=${KAFKA_VERSION}")"
+}
+
+# keda: KEDA's operator and metrics API server (WITH=keda: make run
+# WITH=keda and make test), built from source into the tools cache, under
+# KEDA's image names and at the paths KEDA's Deployments run (/keda,
+# /keda-adapter). About 300 MB of binaries: packed again only when they
+# changed.
+keda() {
+  scripts/tools.sh ensure keda
+  local dir p ref
+  dir="$(scripts/tools.sh path keda)"
+  for p in keda keda-adapter; do
+    ref="ghcr.io/kedacore/${p/keda-adapter/keda-metrics-apiserver}:${KEDA_VERSION#v}"
+    unchanged "$OUT/$p.tar" "$dir/$p" && continue
+    built "$OUT/$p.tar" "$(upstream "$dir/$p" "$p" "$ref" 0 --label "org.opencontainers.image.version=${KEDA_VERSION}")"
+  done
 }
 
 # busybox_tag: the upstream version of Debian's package (1:1.35.0-4+deb12u1

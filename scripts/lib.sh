@@ -24,6 +24,9 @@ KUBE_STATE_METRICS_VERSION="v2.20.0"
 # the same HPAs (tools/prometheus-adapter/go.mod pins it).
 PROMETHEUS_ADAPTER_VERSION="v0.12.0"
 PROMETHEUS_VERSION="v0.316.0"
+# Run behind the adapter in the KEDA test and make run WITH=keda
+# (tools/keda/go.mod pins it; v2.21.1 needs Go 1.27).
+KEDA_VERSION="v2.21.0"
 # The release that module version is (Go module v0.3xx.y is Prometheus v3.xx.y),
 # and so the tag its image carries, as quay.io/prometheus/prometheus names it.
 PROMETHEUS_IMAGE_TAG="v3.16.0"
@@ -45,6 +48,9 @@ HELM_VERSION="v3.22.0"
 LOCAL_PATH_PROVISIONER_VERSION="v0.0.30"
 # Its helper pods' image: Debian's static busybox, by the .deb's checksum.
 BUSYBOX_DEB_VERSION="1:1.35.0-4+deb12u1+b1"
+
+# with NAME: WITH (make run WITH=keda) lists NAME, comma-separated.
+with() { [[ ",${WITH:-}," == *",$1,"* ]]; }
 
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -78,9 +84,13 @@ stop_pidfile() {
 
 # wait_workloads KUBECTL...: waits for every Deployment and StatefulSet of
 # the system's namespaces to roll out (the local and kind paths share it).
-wait_workloads() {
-  local ns kind name
-  for ns in kube-system monitoring purchase-system; do
+wait_workloads() { wait_in "kube-system monitoring purchase-system" "$@"; }
+
+# wait_in "NAMESPACE..." KUBECTL...: every Deployment and StatefulSet of
+# the namespaces rolled out.
+wait_in() {
+  local namespaces="$1" ns kind name; shift
+  for ns in $namespaces; do
     for kind in deployment statefulset; do
       for name in $("$@" -n "$ns" get "$kind" -o name 2>/dev/null); do
         "$@" -n "$ns" rollout status "$name" --timeout=300s >/dev/null \

@@ -25,6 +25,9 @@ trap stop_all EXIT
 
 [[ -f "$KUBECONFIG_FILE" ]] || started_cluster=true
 scripts/tools.sh ensure run
+# WITH=keda: KEDA behind the adapter, scaling a copy of the consumer beside
+# the system (its images are built by cluster up's make images).
+if with keda; then scripts/tools.sh ensure keda; fi
 scripts/cluster.sh up
 
 kubectl_bin="$(scripts/tools.sh path kubernetes)/kubectl"
@@ -33,7 +36,13 @@ kubectl=("$kubectl_bin" --kubeconfig "${KUBECONFIG_FILE}")
 # per transaction, 30 s scale-down windows), to watch the consumer scale.
 OVERLAY="${OVERLAY:-local}"
 [[ -d "manifests/overlays/${OVERLAY}" ]] || die "OVERLAY=${OVERLAY}: no manifests/overlays/${OVERLAY}"
-deploy_system "manifests/overlays/${OVERLAY}" "${kubectl[@]}"
+if with keda; then
+  [[ -d "manifests/overlays/${OVERLAY}-keda" ]] || die "WITH=keda: no manifests/overlays/${OVERLAY}-keda"
+  deploy_system "manifests/overlays/${OVERLAY}-keda" "${kubectl[@]}"
+  scripts/keda.sh deploy "${kubectl[@]}"
+else
+  deploy_system "manifests/overlays/${OVERLAY}" "${kubectl[@]}"
+fi
 forward_prometheus "$PROMETHEUS_PORT" "${kubectl[@]}"
 
 cat <<MSG
@@ -62,6 +71,16 @@ cat <<MSG
 
   Ctrl-C stops everything this started.
 MSG
+if with keda; then
+  cat <<MSG
+  KEDA ${KEDA_VERSION} runs behind the adapter (WITH=keda): its ScaledObject scales a copy of
+  the consumer in keda-demo on that copy's lag, read through the adapter's APIService.
+    kubectl get apiservice v1beta1.external.metrics.k8s.io      the adapter's, not KEDA's
+    kubectl get hpa -A -w                      the system's HPAs and KEDA's, side by side under make load
+    kubectl get --raw '/apis/external.metrics.k8s.io/v1beta1/namespaces/keda-demo/s0-kafka-purchases?labelSelector=scaledobject.keda.sh%2Fname%3Dcustomer-management-api-scaler'
+
+MSG
+fi
 # wait (unlike a foreground sleep) returns as soon as a signal arrives, so
 # the trap runs at once.
 while :; do sleep 3600 & wait $!; done

@@ -5,7 +5,8 @@
 #   scripts/tools.sh ensure kubernetes|etcd|metrics-server|kube-state-metrics|kafka|prometheus|helm|node|run|all
 #     (node: registry, containerd, runc, cni-plugins, crictl, kube-router, coredns, local-path-provisioner; each also by name)
 #   scripts/tools.sh ensure kind|kubeadm   (the kind path)
-#   scripts/tools.sh path   kubernetes|etcd|metrics-server|kube-state-metrics|kafka|prometheus|promtool|prometheus-adapter|registry|helm|local-path-provisioner|kind|kubeadm
+#   scripts/tools.sh ensure keda           (the KEDA test and make run WITH=keda)
+#   scripts/tools.sh path   kubernetes|etcd|metrics-server|kube-state-metrics|kafka|prometheus|promtool|prometheus-adapter|keda|registry|helm|local-path-provisioner|kind|kubeadm
 #
 # A built tool is moved into place only when complete, so an interrupted
 # build leaves nothing that looks finished.
@@ -24,6 +25,7 @@ lpp_dir()            { echo "${TOOLS_DIR}/local-path-provisioner-${LOCAL_PATH_PR
 busybox_dir()        { echo "${TOOLS_DIR}/busybox-static-${BUSYBOX_DEB_VERSION//:/_}"; }
 kafka_dir()          { echo "${TOOLS_DIR}/kafka-${KAFKA_VERSION}"; }
 prometheus_dir()     { echo "${TOOLS_DIR}/prometheus-${PROMETHEUS_VERSION}"; }
+keda_dir()           { echo "${TOOLS_DIR}/keda-${KEDA_VERSION}"; }
 
 # heartbeat LABEL PID: prints elapsed time every 30 s while PID runs, so a
 # cold 15-minute build does not look hung.
@@ -101,6 +103,29 @@ ensure_metrics_server() {
   [[ -x "$out/metrics-server" ]] && return 0
   log "metrics-server ${METRICS_SERVER_VERSION}: building (a few minutes the first time)"
   go_build_tools metrics-server "$out" "-s -w" sigs.k8s.io/metrics-server/cmd/metrics-server
+}
+
+# KEDA's operator and metrics API server, in one go build so the scalers'
+# SDKs they share compile once (about 6 min cold on 2 cores, most of it
+# the cloud SDKs every KEDA binary links); and KEDA's kustomize config of
+# that version (its install, as its release renders it: scripts/keda.sh).
+ensure_keda() {
+  local out; out="$(keda_dir)"
+  if ! have_all "$out" keda keda-adapter; then
+    log "KEDA ${KEDA_VERSION}: building the operator and the metrics API server (about 6 min the first time on 2 cores)"
+    local v="github.com/kedacore/keda/v2/version"
+    go_build_tools keda "$out.bin" "-s -w -X ${v}.Version=${KEDA_VERSION#v} -X ${v}.GitCommit=${KEDA_VERSION}" \
+      github.com/kedacore/keda/v2/cmd/operator github.com/kedacore/keda/v2/cmd/adapter
+    mkdir -p "$out"
+    mv "$out.bin/operator" "$out/keda"; mv "$out.bin/adapter" "$out/keda-adapter"; rm -rf "$out.bin"
+  fi
+  [[ -f "$out/config/minimal/kustomization.yaml" ]] && return 0
+  local src
+  src="$(cd "${REPO_ROOT}/tools/keda" && GOWORK=off go mod download -json "github.com/kedacore/keda/v2@${KEDA_VERSION}" |
+    sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
+  [[ -d "$src/config" ]] || die "KEDA ${KEDA_VERSION}: no config/ in its module (${src:-not downloaded})"
+  rm -rf "$out/config.tmp"; cp -r "$src/config" "$out/config.tmp"; chmod -R u+w "$out/config.tmp"
+  mv "$out/config.tmp" "$out/config"
 }
 
 ensure_kube_state_metrics() {
@@ -310,6 +335,7 @@ tool_path() {
     kube-router) echo "$(kube_router_dir)/kube-router" ;;
     coredns) echo "$(coredns_dir)/coredns" ;;
     prometheus-adapter) echo "$(prometheus_adapter_dir)/adapter" ;;
+    keda) keda_dir ;;
     registry) echo "$(registry_dir)/registry" ;;
     helm) echo "$(helm_dir)/helm" ;;
     kind) echo "$(kind_dir)/kind" ;;
@@ -344,7 +370,7 @@ ensure() {
     run) ensure_all ;;
     all) ensure_all helm ;;
     node) for x in registry containerd runc cni-plugins crictl kube-router coredns local-path-provisioner busybox; do ensure "$x"; done ;;
-    kubernetes|etcd|metrics-server|kube-state-metrics|kafka|prometheus|containerd|runc|cni-plugins|crictl|kube-router|coredns|prometheus-adapter|registry|helm|local-path-provisioner|busybox|kind|kubeadm)
+    kubernetes|etcd|metrics-server|kube-state-metrics|kafka|prometheus|containerd|runc|cni-plugins|crictl|kube-router|coredns|prometheus-adapter|keda|registry|helm|local-path-provisioner|busybox|kind|kubeadm)
       with_lock "${TOOLS_DIR}/${t}" "ensure_${t//-/_}" ;;
     *) die "unknown tool: $t" ;;
   esac

@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"reflect"
 	"syscall"
 	"time"
@@ -66,7 +67,9 @@ type Adapter struct {
 	UpstreamCert    string
 	TeamRules       bool
 	UpstreamKey     string
-	LogLevel        string
+	// UpstreamsFile holds upstreams beside the config's (--upstreams-file).
+	UpstreamsFile string
+	LogLevel      string
 }
 
 // Settings are the flags serving and explaining share: the rules, how to
@@ -135,6 +138,7 @@ func main() {
 	f.StringVar(&a.LogLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&a.UpstreamCert, "upstream-client-cert-file", "", "client certificate the adapter presents to its upstreams (the config's upstreams) as a front proxy: each upstream trusts its CA as a requestheader CA and reads the caller from X-Remote-User/-Group/-Extra-*")
 	f.StringVar(&a.UpstreamKey, "upstream-client-key-file", "", "its key")
+	f.StringVar(&a.UpstreamsFile, "upstreams-file", "", "file with an upstreams section only, added to the config's (read at start): a kustomize component or a ConfigMap of its own names upstreams without rewriting the rules file")
 	f.BoolVar(&a.TeamRules, "team-rules", true, "serve the MetricsRule objects teams create in their namespaces (adapter.purchase-system.dev; watched once its CRD is installed)")
 	logs.AddFlags(f)
 	if err := f.Parse(os.Args); err != nil {
@@ -190,7 +194,11 @@ func (a *Adapter) run(ctx context.Context) error {
 	st := store.New(parts.router, store.Options{Fresh: a.RefreshInterval, DemandTTL: a.DemandTTL, FetchTimeout: a.Prometheus.Timeout,
 		MaxQueries: a.MaxQueries, MaxPerNamespace: a.MaxQueriesPerNS, NamespaceFloor: a.NamespaceFloor,
 		MaxInFlight: a.MaxInFlight, MaxInFlightPerNamespace: a.MaxInFlightNS, Metrics: store.NewMetrics(reg)})
-	ups, err := a.upstreams(cfg, parts.backend, reg, logger)
+	specs, err := a.upstreamSpecs(cfg)
+	if err != nil {
+		return err
+	}
+	ups, err := a.upstreams(specs, parts.backend, reg, logger)
 	if err != nil {
 		return err
 	}
@@ -255,13 +263,29 @@ func (a *Adapter) run(ctx context.Context) error {
 	return a.Run(ctx)
 }
 
-// upstreams builds the providers the config's upstreams section names.
-func (a *Adapter) upstreams(cfg *rules.Config, bm *backend.Metrics, reg prometheus.Registerer, logger *slog.Logger) (*upstream.Set, error) {
-	if len(cfg.Upstreams) == 0 {
+// upstreamSpecs are the config's upstreams and --upstreams-file's.
+func (a *Adapter) upstreamSpecs(cfg *rules.Config) ([]upstream.Spec, error) {
+	if a.UpstreamsFile == "" {
+		return cfg.Upstreams, nil
+	}
+	b, err := os.ReadFile(a.UpstreamsFile)
+	if err != nil {
+		return nil, fmt.Errorf("--upstreams-file: %w", err)
+	}
+	extra, err := rules.ParseUpstreams(filepath.Base(a.UpstreamsFile), b)
+	if err != nil {
+		return nil, fmt.Errorf("--upstreams-file: %w", err)
+	}
+	return rules.MergeUpstreams(a.ConfigFile, cfg.Upstreams, a.UpstreamsFile, extra)
+}
+
+// upstreams builds the providers the upstreams sections name.
+func (a *Adapter) upstreams(specs []upstream.Spec, bm *backend.Metrics, reg prometheus.Registerer, logger *slog.Logger) (*upstream.Set, error) {
+	if len(specs) == 0 {
 		return nil, nil
 	}
 	var ups []*upstream.Upstream
-	for _, spec := range cfg.Upstreams {
+	for _, spec := range specs {
 		u, err := upstream.New(spec, upstream.Options{ClientCertFile: a.UpstreamCert, ClientKeyFile: a.UpstreamKey,
 			Timeout: a.Prometheus.Timeout, Backend: bm, Logger: logger})
 		if err != nil {

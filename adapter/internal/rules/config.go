@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"io"
 	"regexp"
+	"slices"
 	"strings"
 	"text/template"
 
@@ -171,6 +172,43 @@ func Parse(name string, data []byte) (*Config, error) {
 		cfg.ExternalRules = append(cfg.ExternalRules, r)
 	}
 	return cfg, nil
+}
+
+// ParseUpstreams reads a file that holds an upstreams section and nothing
+// else (the adapter's --upstreams-file): a kustomize component or a
+// second ConfigMap names upstreams without rewriting the rules file.
+func ParseUpstreams(name string, data []byte) ([]upstream.Spec, error) {
+	var spec struct {
+		Upstreams []upstream.Spec `yaml:"upstreams"`
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&spec); err != nil && !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("%s: %s (this file holds upstreams only; rules belong in --config)", name, yamlError(err))
+	}
+	for i, u := range spec.Upstreams {
+		if err := u.Validate(fmt.Sprintf("%s: upstreams[%d]", name, i)); err != nil {
+			return nil, err
+		}
+	}
+	return spec.Upstreams, nil
+}
+
+// MergeUpstreams is the config file's upstreams followed by another
+// file's; a name both use is refused, naming both files.
+func MergeUpstreams(configName string, config []upstream.Spec, otherName string, other []upstream.Spec) ([]upstream.Spec, error) {
+	all := slices.Clone(config)
+	for _, u := range other {
+		switch i := slices.IndexFunc(all, func(c upstream.Spec) bool { return c.Name == u.Name }); {
+		case i < 0:
+			all = append(all, u)
+		case i < len(config):
+			return nil, fmt.Errorf("an upstream named %s is in both %s and %s", u.Name, configName, otherName)
+		default:
+			return nil, fmt.Errorf("%s: a second upstream named %s", otherName, u.Name)
+		}
+	}
+	return all, nil
 }
 
 // lineOf finds the line of the value at path under a mapping node.

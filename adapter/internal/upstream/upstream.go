@@ -23,6 +23,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apiserver/pkg/authentication/user"
 	"k8s.io/apiserver/pkg/endpoints/request"
 	"k8s.io/metrics/pkg/apis/custom_metrics"
 	cmv1beta2 "k8s.io/metrics/pkg/apis/custom_metrics/v1beta2"
@@ -61,6 +62,12 @@ type Upstream struct {
 	obs    *backend.Observer
 	logger *slog.Logger
 
+	// self is who the adapter's own discovery asks as: the client
+	// certificate's name, authenticated (the upstream refuses a front
+	// proxy that names no user; system:discovery lets any authenticated
+	// user list its APIs).
+	self user.Info
+
 	mu          sync.RWMutex
 	custom      []cmprovider.CustomMetricInfo
 	external    []string
@@ -95,8 +102,16 @@ func New(spec Spec, o Options) (*Upstream, error) {
 	if o.ClientCertFile == "" {
 		return nil, fmt.Errorf("upstream %s: the adapter needs a client certificate (--upstream-client-cert-file, --upstream-client-key-file) that the upstream trusts as a front proxy: without it the upstream cannot know who asks", spec.Name)
 	}
-	if _, err := tls.LoadX509KeyPair(o.ClientCertFile, o.ClientKeyFile); err != nil {
+	pair, err := tls.LoadX509KeyPair(o.ClientCertFile, o.ClientKeyFile)
+	if err != nil {
 		return nil, fmt.Errorf("--upstream-client-cert-file/--upstream-client-key-file: %w", err)
+	}
+	leaf, err := x509.ParseCertificate(pair.Certificate[0])
+	if err != nil {
+		return nil, fmt.Errorf("--upstream-client-cert-file: %w", err)
+	}
+	if leaf.Subject.CommonName == "" {
+		return nil, fmt.Errorf("--upstream-client-cert-file: the certificate has no common name: the upstreams' --requestheader-allowed-names and the adapter's own discovery need one")
 	}
 	cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 		c, err := tls.LoadX509KeyPair(o.ClientCertFile, o.ClientKeyFile)
@@ -105,7 +120,8 @@ func New(spec Spec, o Options) (*Upstream, error) {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.TLSClientConfig = cfg
 	u := &Upstream{spec: spec, client: &http.Client{Transport: tr, Timeout: o.Timeout}, logger: o.Logger,
-		obs: o.Backend.For("upstream/"+spec.Name, "discovery", Custom, External)}
+		self: &user.DefaultInfo{Name: leaf.Subject.CommonName, Groups: []string{user.AllAuthenticated}},
+		obs:  o.Backend.For("upstream/"+spec.Name, "discovery", Custom, External)}
 	for _, c := range spec.Claims {
 		u.claims = append(u.claims, regexp.MustCompile(c))
 	}
@@ -157,6 +173,7 @@ func (u *Upstream) ServesCustom(name string, gr schema.GroupResource) bool {
 // Discover asks the upstream which metrics it serves. A failure keeps
 // what it listed before.
 func (u *Upstream) Discover(ctx context.Context) error {
+	ctx = request.WithUser(ctx, u.self)
 	var custom []cmprovider.CustomMetricInfo
 	var external []string
 	var errs []error

@@ -28,7 +28,8 @@ import (
 // provider is a metrics API server as KEDA's answers: HTTPS with a
 // serving certificate for its Service name, a client certificate required
 // and verified against the CA it trusts for front proxies, the caller read
-// from the X-Remote-* headers. It records what it was asked.
+// from the X-Remote-* headers (a request that names no user is 401, as
+// KEDA's is). It records what it was asked.
 type provider struct {
 	srv *httptest.Server
 	pki testpki.PKI
@@ -62,6 +63,12 @@ func newProvider(t *testing.T, external []string) *provider {
 		p.mu.Unlock()
 		w.Header().Set("Content-Type", "application/json")
 		switch {
+		case r.Header.Get("X-Remote-User") == "":
+			// A front proxy's certificate without a user in its
+			// headers authenticates no one (KEDA's metrics server has
+			// no anonymous access): discovery too must name someone.
+			w.WriteHeader(http.StatusUnauthorized)
+			_, _ = w.Write([]byte(`{"kind":"Status","apiVersion":"v1","status":"Failure","message":"Unauthorized","reason":"Unauthorized","code":401}`))
 		case r.URL.Path == "/apis/external.metrics.k8s.io/v1beta1":
 			list := metav1.APIResourceList{GroupVersion: "external.metrics.k8s.io/v1beta1"}
 			for _, n := range external {
@@ -168,6 +175,14 @@ func TestDiscoveryAndCustomMetricsAndTheUpstreamsErrors(t *testing.T) {
 	if got := set.ListExternal(); len(got) != 1 || got[0].Metric != "externalmetrics" {
 		t.Errorf("external list %v", got)
 	}
+	// Nobody asked: the adapter asks as itself, authenticated.
+	p.mu.Lock()
+	for i, path := range p.paths {
+		if want := "purchase-metrics-adapter|system:authenticated|purchase-metrics-adapter"; p.callers[i] != want {
+			t.Errorf("discovery %s asked as %q, want %q", path, p.callers[i], want)
+		}
+	}
+	p.mu.Unlock()
 	pods := schema.GroupResource{Resource: "pods"}
 	if got := set.ListCustom(); len(got) != 1 || got[0].Metric != "queue_length" || got[0].GroupResource != pods || !got[0].Namespaced {
 		t.Errorf("custom list %+v", got)
