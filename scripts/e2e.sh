@@ -7,7 +7,10 @@
 # in _output/faults/.
 #
 # E2E_OVERLAY=<kustomize dir> deploys another variant (docs/BENCHMARKS.md
-# measures the fast-rate component this way).
+# measures the fast-rate component this way). WITH=keda (make test sets
+# it) deploys KEDA behind the adapter with its demo (scripts/keda.sh) and
+# runs e2e/keda while the scenario loads the system: KEDA and the system's
+# HPAs scale side by side.
 source "$(dirname "$0")/lib.sh"
 cd "$REPO_ROOT" || exit 1
 
@@ -16,6 +19,7 @@ started_cluster=false
 [[ -f "$KUBECONFIG_FILE" ]] || started_cluster=true
 cleanup() {
   if [[ -n "${PROMETHEUS_FORWARD_PID:-}" ]]; then kill "$PROMETHEUS_FORWARD_PID" 2>/dev/null || true; fi
+  if [[ -n "${KEDA_TEST_PID:-}" ]]; then kill "$KEDA_TEST_PID" 2>/dev/null || true; fi
   if $started_cluster; then scripts/cluster.sh down || true; fi
 }
 trap cleanup EXIT
@@ -25,17 +29,41 @@ kubectl=("$(scripts/tools.sh path kubernetes)/kubectl" --kubeconfig "${KUBECONFI
 if ! $started_cluster; then
   # A cluster that was already up may hold an earlier run's replicas, HPA
   # history and stored purchases: start from a fresh deployment.
-  "${kubectl[@]}" delete namespace purchase-system --ignore-not-found --wait=true >/dev/null
+  "${kubectl[@]}" delete namespace purchase-system keda-demo keda --ignore-not-found --wait=true >/dev/null
 fi
 # The steps e2e/kind/run.sh takes on kind, here on the local Kubernetes
 # (its images are in the local registry already: scripts/cluster.sh up
 # pushed them).
-deploy_system "${E2E_OVERLAY:-manifests/overlays/e2e}" "${kubectl[@]}"
+netpolicy_flags=()
+if with keda; then
+  deploy_system "${E2E_OVERLAY:-manifests/overlays/e2e-keda}" "${kubectl[@]}"
+  scripts/keda.sh deploy "${kubectl[@]}"
+  netpolicy_flags=(-keda)
+else
+  deploy_system "${E2E_OVERLAY:-manifests/overlays/e2e}" "${kubectl[@]}"
+fi
 # The NetworkPolicies a user applies, Kafka, PostgreSQL and Prometheus in
 # the cluster (e2e/clustertest tries the host-infra overlay's).
-run_netpolicies "$KUBECONFIG_FILE"
+run_netpolicies "$KUBECONFIG_FILE" "${netpolicy_flags[@]}"
 forward_prometheus 19090 "${kubectl[@]}"
+if with keda; then
+  # Beside the scenario, on its load: its output is shown when both end.
+  mkdir -p "${REPO_ROOT}/_output/keda"
+  log "e2e/keda runs beside the scenario: KEDA scales its copy of the consumer through the adapter (log: _output/keda/test.log)"
+  go test -count=1 -v -timeout 20m ./e2e/keda -args -kubeconfig "$KUBECONFIG_FILE" >"${REPO_ROOT}/_output/keda/test.log" 2>&1 &
+  KEDA_TEST_PID=$!
+fi
 run_scenario "$KUBECONFIG_FILE" http://localhost:30080 http://127.0.0.1:19090
+if with keda; then
+  keda_start=$SECONDS
+  keda_rc=0; wait "$KEDA_TEST_PID" || keda_rc=$?
+  KEDA_TEST_PID=
+  grep -v '^=== ' "${REPO_ROOT}/_output/keda/test.log" >&2
+  (( keda_rc == 0 )) || die "e2e/keda failed (above; _output/keda/test.log)"
+  log "e2e/keda passed, $((SECONDS - keda_start)) s after the scenario"
+  # The fault table kills and counts on its own: KEDA and its copy go.
+  "${kubectl[@]}" delete namespace keda-demo keda --wait=true >/dev/null
+fi
 # The fault table kills pods' processes (kill -9 from this machine), so it
 # runs on the local Kubernetes only. It runs on three Kafka brokers, as
 # production does (one broker can be lost): a fresh deployment of

@@ -6,11 +6,12 @@
 #
 #   scripts/keda.sh render             manifests/keda/install/generated/keda.yaml: KEDA's
 #                                      install as its release renders it (config/minimal)
-#   scripts/keda.sh deploy KUBECTL...  KEDA and the demo on the local Kubernetes, rolled out
+#   scripts/keda.sh apply KUBECTL...   KEDA's install (manifests/keda/local), as an upgrade applies it
+#   scripts/keda.sh deploy KUBECTL...  that, and the demo, on the local Kubernetes, rolled out
 #                                      (the system, deployed with overlays/*-keda, first)
 #
 # make run WITH=keda and the scenario of make test (scripts/e2e.sh) run
-# deploy; e2e/keda re-applies the install as it stands.
+# deploy; e2e/keda runs apply again, as a KEDA upgrade would.
 source "$(dirname "$0")/lib.sh"
 cd "$REPO_ROOT" || exit 1
 
@@ -23,13 +24,18 @@ render() {
   mv "$out.tmp" "$out"
 }
 
-deploy() {
+apply() {
   render
   scripts/certs.sh
-  log "installing KEDA ${KEDA_VERSION} behind the adapter (manifests/keda/local)"
   # Server-side: KEDA's CRDs are larger than client-side apply's
-  # last-applied annotation may be.
-  "$@" apply --server-side -k manifests/keda/local >/dev/null
+  # last-applied annotation may be. Forced: the install owns what it
+  # names (an operator left to rotate certificates takes kedaorg-certs).
+  "$@" apply --server-side --force-conflicts -k manifests/keda/local >/dev/null
+}
+
+deploy() {
+  log "installing KEDA ${KEDA_VERSION} behind the adapter (manifests/keda/local)"
+  apply "$@"
   "$@" wait --for condition=established --timeout=60s crd/scaledobjects.keda.sh >/dev/null
   wait_in keda "$@"
   log "the demo: the seed's ScaledObject on a copy of the consumer (manifests/keda/demo-local)"
@@ -39,6 +45,7 @@ deploy() {
 
 case "${1:-}" in
   render) render ;;
+  apply) shift; apply "$@" ;;
   deploy) shift; deploy "$@" ;;
-  *) die "usage: $0 render | deploy KUBECTL..." ;;
+  *) die "usage: $0 render | apply KUBECTL... | deploy KUBECTL..." ;;
 esac

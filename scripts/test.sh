@@ -25,7 +25,11 @@ trap cleanup EXIT
 MODULES=(servicekit webserver consumer adapter testkit images devcluster e2e)
 PKGS=("${MODULES[@]/%//...}"); PKGS=("${PKGS[@]/#/./}")
 
-log "tools: Kafka, etcd, Kubernetes, metrics-server, kube-state-metrics, Prometheus (built once into ${TOOLS_DIR})"
+# KEDA behind the adapter, scaling beside the system in the scenario
+# (scripts/e2e.sh): its images are built with the others. WITH= skips it.
+export WITH="${WITH-keda}"
+
+log "tools: Kafka, etcd, Kubernetes, metrics-server, kube-state-metrics, Prometheus, KEDA (built once into ${TOOLS_DIR})"
 scripts/tools.sh ensure all
 
 scripts/check-binaries.sh
@@ -68,7 +72,7 @@ log "unit, integration and cluster tests"
 # clusters, and two of them at once on two cores would skew each other.
 # The scenario and the fault table run on a deployed system: scripts/e2e.sh
 # below deploys it and runs both with their flags (here they would skip).
-mapfile -t TEST_PKGS < <(go list "${PKGS[@]}" | grep -v -E '/e2e/(scenario|faults|netpolicies|kindtest)$')
+mapfile -t TEST_PKGS < <(go list "${PKGS[@]}" | grep -v -E '/e2e/(scenario|faults|netpolicies|keda|kindtest)$')
 go test -count=1 -p 1 -timeout 40m "${TEST_PKGS[@]}"
 
 log "the end-to-end autoscaling scenario"

@@ -365,10 +365,11 @@ ensure() {
   local t="$1"
   case "$t" in
     # run: what make run needs; all: that and what only the tests use
-    # (helm). Both build in two streams (ensure_all): a go build leaves
-    # cores idle while it downloads and links, which the other stream uses.
+    # (helm, and KEDA for the scenario's side by side). Both build in two
+    # streams (ensure_all): a go build leaves cores idle while it
+    # downloads and links, which the other stream uses.
     run) ensure_all ;;
-    all) ensure_all helm ;;
+    all) ensure_all helm keda ;;
     node) for x in registry containerd runc cni-plugins crictl kube-router coredns local-path-provisioner busybox; do ensure "$x"; done ;;
     kubernetes|etcd|metrics-server|kube-state-metrics|kafka|prometheus|containerd|runc|cni-plugins|crictl|kube-router|coredns|prometheus-adapter|keda|registry|helm|local-path-provisioner|busybox|kind|kubeadm)
       with_lock "${TOOLS_DIR}/${t}" "ensure_${t//-/_}" ;;

@@ -26,7 +26,10 @@ import (
 	"k8s.io/utils/ptr"
 )
 
-var kubeconfig = flag.String("kubeconfig", "", "kubeconfig of the cluster the system is deployed on")
+var (
+	kubeconfig = flag.String("kubeconfig", "", "kubeconfig of the cluster the system is deployed on")
+	withKEDA   = flag.Bool("keda", false, "KEDA runs behind the adapter with its demo (scripts/keda.sh deploy): try its flows too")
+)
 
 const (
 	system     = "purchase-system"
@@ -88,6 +91,25 @@ func TestTheSystemsNetworkPoliciesAreEnforced(t *testing.T) {
 		{"another namespace → management API metrics", other, prom, apiMetrics, false},
 		{"Prometheus → adapter self-metrics", monitoring, prom, adapterMetrics, true},
 		{"another namespace → adapter self-metrics", other, nil, adapterMetrics, false},
+	}
+	if *withKEDA {
+		// manifests/keda/install and manifests/keda/demo: KEDA's operator
+		// reads offsets from Kafka, the adapter forwards to KEDA's metrics
+		// server, which asks the operator over gRPC; the demo's copy of
+		// the consumer reads Kafka. KEDA's pods by address: their
+		// Services would also pick a probe pod that carries their labels.
+		kedaMetrics := podAddress(t, client, "keda", "app=keda-metrics-apiserver", 6443)
+		kedaGRPC := podAddress(t, client, "keda", "app=keda-operator", 9666)
+		flows = append(flows,
+			flow{"KEDA's operator → Kafka", "keda", labels("keda-operator"), kafka, true},
+			flow{"another pod of KEDA's namespace → Kafka", "keda", labels("not-the-operator"), kafka, false},
+			flow{"KEDA's demo consumer → Kafka", "keda-demo", api, kafka, true},
+			flow{"another pod of the demo's namespace → Kafka", "keda-demo", labels("not-the-consumer"), kafka, false},
+			flow{"adapter → KEDA's metrics server", monitoring, adapter, kedaMetrics, true},
+			flow{"another monitoring pod → KEDA's metrics server", monitoring, labels("not-the-adapter"), kedaMetrics, false},
+			flow{"KEDA's metrics server → its operator (gRPC)", "keda", labels("keda-metrics-apiserver"), kedaGRPC, true},
+			flow{"another namespace → KEDA's operator (gRPC)", other, nil, kedaGRPC, false},
+		)
 	}
 	var wg sync.WaitGroup
 	results := make([]string, len(flows))
@@ -186,7 +208,7 @@ func try(ctx context.Context, client kubernetes.Interface, f flow, name string) 
 				SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
 			},
 			Containers: []corev1.Container{{
-				Name: "probe", Image: probeImage, ImagePullPolicy: corev1.PullIfNotPresent,
+				Name: "probe", Image: probeImage, ImagePullPolicy: corev1.PullAlways, // the :dev this run pushed, not an older one a checkout's node kept
 				Args: []string{"watch", fmt.Sprint(tries), f.dest},
 				SecurityContext: &corev1.SecurityContext{
 					AllowPrivilegeEscalation: ptr.To(false), ReadOnlyRootFilesystem: ptr.To(true),
