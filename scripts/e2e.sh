@@ -26,10 +26,21 @@ trap cleanup EXIT
 
 scripts/cluster.sh up
 kubectl=("$(scripts/tools.sh path kubernetes)/kubectl" --kubeconfig "${KUBECONFIG_FILE}")
+
+# remove_keda: KEDA's demo, then KEDA. In that order: a ScaledObject keeps
+# its namespace until KEDA's operator has removed its finalizer.
+remove_keda() {
+  if "${kubectl[@]}" get crd scaledobjects.keda.sh >/dev/null 2>&1; then
+    "${kubectl[@]}" delete scaledobject --all-namespaces --all --wait=true --timeout=2m >/dev/null
+  fi
+  "${kubectl[@]}" delete namespace keda-demo --ignore-not-found --wait=true --timeout=3m >/dev/null
+  "${kubectl[@]}" delete namespace keda --ignore-not-found --wait=true --timeout=3m >/dev/null
+}
 if ! $started_cluster; then
   # A cluster that was already up may hold an earlier run's replicas, HPA
   # history and stored purchases: start from a fresh deployment.
-  "${kubectl[@]}" delete namespace purchase-system keda-demo keda --ignore-not-found --wait=true >/dev/null
+  remove_keda
+  "${kubectl[@]}" delete namespace purchase-system --ignore-not-found --wait=true >/dev/null
 fi
 # The steps e2e/kind/run.sh takes on kind, here on the local Kubernetes
 # (its images are in the local registry already: scripts/cluster.sh up
@@ -62,7 +73,7 @@ if with keda; then
   (( keda_rc == 0 )) || die "e2e/keda failed (above; _output/keda/test.log)"
   log "e2e/keda passed, $((SECONDS - keda_start)) s after the scenario"
   # The fault table kills and counts on its own: KEDA and its copy go.
-  "${kubectl[@]}" delete namespace keda-demo keda --wait=true >/dev/null
+  remove_keda
 fi
 # The fault table kills pods' processes (kill -9 from this machine), so it
 # runs on the local Kubernetes only. It runs on three Kafka brokers, as
