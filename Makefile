@@ -12,6 +12,7 @@ PROGRAMS := webserver consumer adapter loadgen devcluster runc-bounded imagebuil
 
 help:
 	@echo "make run        the whole system on a local Kubernetes (no Docker needed), URLs printed"
+	@echo "                (WITH=keda: KEDA behind the adapter, scaling a copy of the consumer beside it)"
 	@echo "make test       run every test CI runs"
 	@echo "make load       with make run going: load that makes the system scale, HPAs printed live (RATE=, DURATION=)"
 	@echo "make e2e        the end-to-end autoscaling scenario on the local Kubernetes (timeline in _output/e2e/)"
