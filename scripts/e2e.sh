@@ -45,11 +45,13 @@ fi
 # The steps e2e/kind/run.sh takes on kind, here on the local Kubernetes
 # (its images are in the local registry already: scripts/cluster.sh up
 # pushed them).
-netpolicy_flags=()
+# The probe image pulled from the local registry at every start: the :dev
+# this run pushed, not an older one the node kept.
+netpolicy_flags=(-pull-always)
 if with keda; then
   deploy_system "${E2E_OVERLAY:-manifests/overlays/e2e-keda}" "${kubectl[@]}"
   scripts/keda.sh deploy "${kubectl[@]}"
-  netpolicy_flags=(-keda)
+  netpolicy_flags+=(-keda)
 else
   deploy_system "${E2E_OVERLAY:-manifests/overlays/e2e}" "${kubectl[@]}"
 fi

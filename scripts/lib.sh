@@ -144,10 +144,10 @@ run_scenario() {
   log "scenario passed in $((SECONDS - start)) s; timeline in _output/e2e/"
 }
 
-# run_netpolicies KUBECONFIG [-keda]: the system's NetworkPolicies as a
+# run_netpolicies KUBECONFIG [FLAG...]: the system's NetworkPolicies as a
 # user applies them (Kafka, PostgreSQL and Prometheus in the cluster), each
 # flow tried from a pod's own network namespace (e2e/netpolicies); with
-# -keda, KEDA's too.
+# -keda, KEDA's too; -pull-always where a registry serves the probe image.
 run_netpolicies() {
   log "trying the NetworkPolicies from pods' network namespaces"
   (cd "$REPO_ROOT" && go test -count=1 -v -timeout 10m ./e2e/netpolicies -args -kubeconfig "$@")

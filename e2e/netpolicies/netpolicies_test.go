@@ -29,6 +29,7 @@ import (
 var (
 	kubeconfig = flag.String("kubeconfig", "", "kubeconfig of the cluster the system is deployed on")
 	withKEDA   = flag.Bool("keda", false, "KEDA runs behind the adapter with its demo (scripts/keda.sh deploy): try its flows too")
+	pullAlways = flag.Bool("pull-always", false, "pull the probe image at every start: on the local Kubernetes its registry holds the :dev this run pushed, where a node kept from an earlier run may hold an older one (kind has it loaded and nothing to pull from)")
 )
 
 const (
@@ -142,6 +143,13 @@ func TestTheSystemsNetworkPoliciesAreEnforced(t *testing.T) {
 	}
 }
 
+func pullPolicy() corev1.PullPolicy {
+	if *pullAlways {
+		return corev1.PullAlways
+	}
+	return corev1.PullIfNotPresent
+}
+
 // podAddress is pod IP:port of the first ready pod matching selector
 // (metrics ports are not behind Services).
 func podAddress(t *testing.T, client kubernetes.Interface, ns, selector string, port int) string {
@@ -208,7 +216,7 @@ func try(ctx context.Context, client kubernetes.Interface, f flow, name string) 
 				SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
 			},
 			Containers: []corev1.Container{{
-				Name: "probe", Image: probeImage, ImagePullPolicy: corev1.PullAlways, // the :dev this run pushed, not an older one a checkout's node kept
+				Name: "probe", Image: probeImage, ImagePullPolicy: pullPolicy(),
 				Args: []string{"watch", fmt.Sprint(tries), f.dest},
 				SecurityContext: &corev1.SecurityContext{
 					AllowPrivilegeEscalation: ptr.To(false), ReadOnlyRootFilesystem: ptr.To(true),
