@@ -55,27 +55,26 @@ names() {
   echo "$out"
 }
 
-# issue DIR NAMESPACE SERVICE...: a serving certificate for the Services;
-# KEDA's also authenticates clients with it (the gRPC between its operator
-# and its metrics server).
+# issue DIR USAGE NAMESPACE SERVICE...: a certificate for the Services
+# with extended key usage USAGE (serverAuth; KEDA's also clientAuth: its
+# operator and metrics server authenticate each other with it over gRPC).
 issue() {
-  local dir="$1" ns="$2" svc="$3"
+  local dir="$1" usage="$2" ns="$3" svc="$4"
   fresh "$dir" tls.crt tls.key ca.crt && return
-  local usage=serverAuth; [[ "$ns" == keda ]] && usage=serverAuth,clientAuth
   sign "$dir" "$dir/ca.crt" "${svc}.${ns}.svc" "$(printf 'subjectAltName=%s\nextendedKeyUsage=%s\nkeyUsage=digitalSignature,keyEncipherment' \
-    "$(names "${@:2}")" "$usage")"
+    "$(names "${@:3}")" "$usage")"
   log "wrote a serving certificate for ${svc}.${ns}.svc into ${dir#"$REPO_ROOT"/} (not committed)"
 }
 
-issue "${REPO_ROOT}/manifests/base/adapter/generated" monitoring purchase-metrics-adapter
-issue "${REPO_ROOT}/manifests/addons/metrics-server/generated" kube-system metrics-server
+issue "${REPO_ROOT}/manifests/base/adapter/generated" serverAuth monitoring purchase-metrics-adapter
+issue "${REPO_ROOT}/manifests/addons/metrics-server/generated" serverAuth kube-system metrics-server
 
 # KEDA behind the adapter (manifests/keda, manifests/components/keda-upstream):
 # its own certificates instead of its operator's rotation, so the adapter
 # knows the CA before KEDA runs.
 keda="${REPO_ROOT}/manifests/keda/install/generated"
 upstream="${REPO_ROOT}/manifests/components/keda-upstream/generated"
-issue "$keda" keda keda-operator keda-operator-metrics-apiserver
+issue "$keda" serverAuth,clientAuth keda keda-operator keda-operator-metrics-apiserver
 # The adapter's client certificate as a front proxy: KEDA's metrics server
 # trusts its CA as the requestheader CA and takes X-Remote-User from it.
 if ! fresh "$upstream" tls.crt tls.key || ! [[ -s "$keda/requestheader-ca.crt" ]]; then

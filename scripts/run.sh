@@ -26,8 +26,7 @@ trap stop_all EXIT
 [[ -f "$KUBECONFIG_FILE" ]] || started_cluster=true
 scripts/tools.sh ensure run
 # WITH=keda: KEDA behind the adapter, scaling a copy of the consumer beside
-# the system (its images are built by cluster up's make images).
-if with keda; then scripts/tools.sh ensure keda; fi
+# the system (cluster up's make images builds KEDA and its images).
 scripts/cluster.sh up
 
 kubectl_bin="$(scripts/tools.sh path kubernetes)/kubectl"

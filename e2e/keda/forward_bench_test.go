@@ -39,7 +39,7 @@ import (
 //     go test -run '^$' -bench ForwardedToKEDA -benchtime 1x ./e2e/keda -args -kubeconfig .cache/devcluster/kubeconfig
 func BenchmarkForwardedToKEDA(b *testing.B) {
 	if *kubeconfig == "" {
-		b.Skip("runs on the local Kubernetes with KEDA deployed (make run WITH=keda): pass -kubeconfig")
+		b.Skip("needs the local Kubernetes with KEDA behind the adapter: with make run WITH=keda going, pass -kubeconfig .cache/devcluster/kubeconfig (make bench does not run it)")
 	}
 	root, err := testproc.RepoRoot()
 	if err != nil {

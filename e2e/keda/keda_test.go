@@ -50,7 +50,7 @@ const (
 
 func TestKEDAScalesBesideTheAdapter(t *testing.T) {
 	if *kubeconfig == "" {
-		t.Skip("runs on the local Kubernetes with KEDA deployed: scripts/e2e.sh passes -kubeconfig when WITH=keda")
+		t.Skip("needs a cluster with KEDA behind the adapter and load on the system: make test runs it beside the scenario (scripts/e2e.sh, WITH=keda); by hand, with make run WITH=keda and make load going: go test ./e2e/keda -args -kubeconfig .cache/devcluster/kubeconfig")
 	}
 	cfg, err := clientcmd.BuildConfigFromFlags("", *kubeconfig)
 	if err != nil {
